@@ -1,0 +1,3 @@
+from heartline.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,246 @@
+"""The `heartline` console script.
+
+Subcommands of the kernel (migrate, dev, api-key) live here; those of the processes are found by import
+string, so the kernel never imports edge, worker or admin, and a part that is not built is said to be
+missing rather than faked.  Each delegated entry point is `main(settings, argv) -> int`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import importlib.util
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+
+from heartline import migrations, services
+from heartline.settings import Settings, SettingsError
+
+log = logging.getLogger("heartline.cli")
+
+DELEGATED: dict[str, tuple[str, str]] = {
+    "edge": ("edge.server:main", "run the HTTP edge (uvicorn)"),
+    "worker": ("worker.main:main", "run the arq worker (flush, history, reaper, partitions, backups)"),
+    "admin": ("admin.app:main", "run the admin web interface"),
+    "create-admin": ("admin.users:create_admin_main", "create an admin user"),
+    "backup": ("heartline.backup:main", "create, list and restore backups"),
+}
+
+# Processes `heartline dev` runs side by side, in this order.
+DEV_PARTS = ("edge", "worker", "admin")
+
+
+def _entry(name: str) -> Callable[[Settings, list[str]], int] | None:
+    target = DELEGATED[name][0]
+    module_name, func = target.split(":")
+    if importlib.util.find_spec(module_name.split(".")[0]) is None:
+        return None
+    try:
+        if importlib.util.find_spec(module_name) is None:
+            return None
+    except ModuleNotFoundError:
+        return None
+    return getattr(importlib.import_module(module_name), func)  # type: ignore[no-any-return]
+
+
+def _setup_logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:
+    settings = services.resolve(settings, need_redis=False)
+    assert settings.database_url
+    applied = asyncio.run(migrations.migrate(settings.database_url))
+    print(f"applied {len(applied)} migration(s): {', '.join(applied)}" if applied else "schema is up to date")
+    return 0
+
+
+def cmd_api_key(settings: Settings, args: argparse.Namespace) -> int:
+    from heartline import apikeys, db
+
+    settings = services.resolve(settings, need_redis=False)
+    assert settings.database_url
+
+    async def run() -> int:
+        conn = await db.connect(settings.database_url or "", actor="cli")
+        try:
+            if args.action == "create":
+                new = await apikeys.create_api_key(conn, args.name, created_by="cli")
+                print(f"API key {new.id} ({new.name}) created. It is shown once; store it now:\n{new.key}")
+                return 0
+            if args.action == "revoke":
+                if await apikeys.revoke_api_key(conn, args.id):
+                    print(f"API key {args.id} revoked; edges stop accepting it within "
+                          f"{settings.api_key_cache_s:.0f}s")
+                    return 0
+                print(f"no active API key with id {args.id}", file=sys.stderr)
+                return 1
+            rows = await conn.fetch("SELECT id, name, display_prefix, created_at, revoked_at, last_used_at "
+                                    "FROM api_keys ORDER BY id")
+            for r in rows:
+                state = f"revoked {r['revoked_at']:%Y-%m-%d}" if r["revoked_at"] else "active"
+                print(f"{r['id']:>5}  {r['display_prefix']:<16} {r['name']:<24} {state}")
+            return 0
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
+    from heartline.devstack import embedded_services
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    want_pg = settings.database_url is None
+    want_redis = settings.redis_url is None
+    with embedded_services(settings.data_dir / "services", postgres=want_pg, redis=want_redis) as (pg, rd):
+        settings = settings.replace(database_url=settings.database_url or pg, redis_url=settings.redis_url or rd)
+        assert settings.database_url and settings.redis_url
+        print(f"PostgreSQL: {settings.database_url}{'  (embedded)' if want_pg else ''}")
+        print(f"Redis:      {settings.redis_url}{'  (embedded)' if want_redis else ''}")
+        applied = asyncio.run(migrations.migrate(settings.database_url))
+        print(f"Migrations: {len(applied)} applied" if applied else "Migrations: schema is up to date")
+        services.write_dev_state(settings, settings.database_url, settings.redis_url)
+        try:
+            _print_demo(settings)
+            return _run_parts(settings, [p for p in DEV_PARTS if p not in args.without])
+        finally:
+            services.clear_dev_state(settings)
+
+
+def _print_demo(settings: Settings) -> None:
+    from heartline import db
+    from heartline.demo import ensure_demo_data
+
+    async def seed() -> None:
+        conn = await db.connect(settings.database_url or "", actor="heartline-dev")
+        try:
+            demo = await ensure_demo_data(conn)
+        finally:
+            await conn.close()
+        print(f"Demo license key: {demo.license_key}")
+        if demo.api_key:
+            print(f"Demo API key:     {demo.api_key}   (shown once; `heartline api-key create NAME` makes more)")
+        else:
+            print("Demo API key:     created at the first run; `heartline api-key create NAME` makes a new one")
+
+    asyncio.run(seed())
+    admin = _entry("create-admin")
+    if admin is not None:
+        admin(settings, ["--demo"])
+
+
+def _run_parts(settings: Settings, parts: list[str]) -> int:
+    env = dict(os.environ)
+    env["HEARTLINE_DATABASE_URL"] = settings.database_url or ""
+    env["HEARTLINE_REDIS_URL"] = settings.redis_url or ""
+    procs: dict[str, subprocess.Popen[str]] = {}
+    for part in parts:
+        if _entry(part) is None:
+            print(f"{part}: not built yet, not started")
+            continue
+        procs[part] = subprocess.Popen([sys.executable, "-m", "heartline", part], env=env,
+                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                       start_new_session=True)
+        threading.Thread(target=_pump, args=(part, procs[part]), daemon=True).start()
+    if settings.edge_port:
+        print(f"Edge:  http://{settings.edge_host}:{settings.edge_port}/v1  (if started)")
+    print(f"Admin: http://{settings.admin_host}:{settings.admin_port}/  (if started)")
+    print("Press Ctrl-C to stop everything.")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    code = 0
+    while not stop.wait(0.5):
+        for part, proc in procs.items():
+            if proc.poll() is not None:
+                print(f"{part} exited with code {proc.returncode}; stopping the others")
+                code = proc.returncode or 1
+                stop.set()
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for part, proc in procs.items():
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            print(f"{part} did not stop in 15s; killing it")
+            proc.kill()
+    print("stopped")
+    return code
+
+
+def _pump(name: str, proc: subprocess.Popen[str]) -> None:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        sys.stdout.write(f"{name:<7}| {line}")
+        sys.stdout.flush()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="heartline", description="Heartline license server")
+    sub = parser.add_subparsers(dest="command", required=True)
+    dev = sub.add_parser("dev", help="run everything locally: databases, migrations, demo data, edge, "
+                                     "worker and admin")
+    dev.add_argument("--without", action="append", default=[], choices=DEV_PARTS,
+                     help="do not start this part (repeatable)")
+    sub.add_parser("migrate", help="apply pending schema migrations")
+    key = sub.add_parser("api-key", help="manage system API keys")
+    key_sub = key.add_subparsers(dest="action", required=True)
+    create = key_sub.add_parser("create", help="create a key and print it once")
+    create.add_argument("name")
+    revoke = key_sub.add_parser("revoke", help="revoke a key by id")
+    revoke.add_argument("id", type=int)
+    key_sub.add_parser("list", help="list keys (prefixes only)")
+    for name, (_target, help_text) in DELEGATED.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if argv and argv[0] in DELEGATED:
+        name, rest = argv[0], argv[1:]
+        entry = _entry(name)
+        if entry is None:
+            print(f"heartline {name}: this part is not built yet", file=sys.stderr)
+            return 2
+        try:
+            settings = Settings.from_env()
+        except SettingsError as exc:
+            print(f"heartline: {exc}", file=sys.stderr)
+            return 2
+        _setup_logging(settings)
+        try:
+            return entry(settings, rest)
+        except SettingsError as exc:
+            print(f"heartline {name}: {exc}", file=sys.stderr)
+            return 2
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"heartline: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(settings)
+    handlers = {"migrate": cmd_migrate, "api-key": cmd_api_key, "dev": cmd_dev}
+    try:
+        return handlers[args.command](settings, args)
+    except SettingsError as exc:
+        print(f"heartline {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except migrations.MigrationError as exc:
+        print(f"heartline {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+

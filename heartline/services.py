@@ -1,0 +1,57 @@
+"""Resolving where PostgreSQL and Redis are: configured URLs, a running `heartline dev`, or neither.
+
+`heartline dev` writes the URLs of the servers it started to `<data_dir>/dev.json`, so that other
+commands (`heartline migrate`, `api-key`, the tests of a developer) find them without any setting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from heartline.settings import PREFIX, Settings, SettingsError
+
+
+def dev_state_path(settings: Settings) -> Path:
+    return settings.data_dir / "dev.json"
+
+
+def write_dev_state(settings: Settings, database_url: str, redis_url: str) -> None:
+    path = dev_state_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"database_url": database_url, "redis_url": redis_url, "pid": os.getpid()}))
+
+
+def clear_dev_state(settings: Settings) -> None:
+    dev_state_path(settings).unlink(missing_ok=True)
+
+
+def resolve(settings: Settings, *, need_database: bool = True, need_redis: bool = True) -> Settings:
+    """Fill unset URLs from a running `heartline dev`; stop with one clear line when none is found."""
+    db, rd = settings.database_url, settings.redis_url
+    state_file = dev_state_path(settings)
+    if (db is None or rd is None) and state_file.exists():
+        state = json.loads(state_file.read_text())
+        if _alive(int(state.get("pid", 0))):
+            db = db or state["database_url"]
+            rd = rd or state["redis_url"]
+    if need_database and db is None:
+        raise SettingsError(f"{PREFIX}DATABASE_URL is not set and no `heartline dev` is running; "
+                            "set it or start `heartline dev`")
+    if need_redis and rd is None:
+        raise SettingsError(f"{PREFIX}REDIS_URL is not set and no `heartline dev` is running; "
+                            "set it or start `heartline dev`")
+    return settings.replace(database_url=db, redis_url=rd)
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

