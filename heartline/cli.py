@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable
 
 from heartline import migrations, services
+from heartline.devstack import DevStackError
 from heartline.settings import Settings, SettingsError
 
 log = logging.getLogger("heartline.cli")
@@ -150,10 +151,11 @@ def _run_parts(settings: Settings, parts: list[str]) -> int:
                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                        start_new_session=True)
         threading.Thread(target=_pump, args=(part, procs[part]), daemon=True).start()
-    if settings.edge_port:
-        print(f"Edge:  http://{settings.edge_host}:{settings.edge_port}/v1  (if started)")
-    print(f"Admin: http://{settings.admin_host}:{settings.admin_port}/  (if started)")
-    print("Press Ctrl-C to stop everything.")
+    if "edge" in procs:
+        print(f"Edge:  http://{settings.edge_host}:{settings.edge_port}/v1")
+    if "admin" in procs:
+        print(f"Admin: http://{settings.admin_host}:{settings.admin_port}/")
+    print("Press Ctrl-C to stop everything.", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -237,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"heartline {args.command}: {exc}", file=sys.stderr)
         return 2
+    except DevStackError as exc:
+        print(f"heartline {args.command}: {exc}", file=sys.stderr)
+        return 1
     except migrations.MigrationError as exc:
         print(f"heartline {args.command}: {exc}", file=sys.stderr)
         return 1

@@ -62,6 +62,9 @@ class EmbeddedPostgres:
     port: int = 0
     _run_as: str | None = field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        self.root = self.root.resolve()  # the server runs with cwd=/, so paths must be absolute
+
     @property
     def bin_dir(self) -> Path:
         # Located without importing the package: its __init__ has side effects (runtime-dir warnings).
@@ -169,6 +172,9 @@ class EmbeddedRedis:
     port: int = 0
     persist: bool = True
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.root = self.root.resolve()
 
     @property
     def log_path(self) -> Path:
