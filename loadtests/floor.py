@@ -1,0 +1,55 @@
+"""The floor: a bare Starlette endpoint that every heartbeat figure is compared with (DESIGN §6).
+
+It takes the heartbeat's POST body at the heartbeat's path, decodes it with msgspec and answers with a
+body of the same shape and size as the edge's heartbeat reply, and it does nothing else: no API key, no
+Redis.  The edge's heartbeat throughput divided by this one's, on the same uvicorn settings in the same
+run, is the share of the box that the heartbeat's own work leaves.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import msgspec
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+
+class HeartbeatBody(msgspec.Struct, frozen=True, kw_only=True):
+    license_key: str
+
+
+class HeartbeatReply(msgspec.Struct, frozen=True, kw_only=True):
+    expires_at: str
+    next_heartbeat_in_s: int
+
+
+_decode = msgspec.json.Decoder(HeartbeatBody).decode
+_encode = msgspec.json.Encoder().encode
+
+
+async def heartbeat(request: Request) -> Response:
+    """Decode the heartbeat body and answer like an accepted heartbeat would."""
+    try:
+        _decode(await request.body())
+    except msgspec.ValidationError:
+        return Response(b'{"error":{"code":"INVALID_REQUEST","message":"bad body"}}', status_code=422,
+                        media_type="application/json")
+    # a timestamp formatted per request, as the edge does for expires_at
+    expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=60)
+    body = _encode(HeartbeatReply(expires_at=expires.isoformat(timespec="milliseconds"),
+                                  next_heartbeat_in_s=30))
+    return Response(body, media_type="application/json")
+
+
+async def healthz(_request: Request) -> Response:
+    return Response(b'{"status":"ok"}', media_type="application/json")
+
+
+def create_app() -> Starlette:
+    return Starlette(routes=[
+        Route("/v1/sessions/{token}/heartbeat", heartbeat, methods=["POST"]),
+        Route("/healthz", healthz),
+    ])
