@@ -166,7 +166,7 @@ async def test_twenty_concurrent_allocations_from_a_pool_of_ten_give_ten_distinc
             barrier.wait()
             try:
                 got[license_id] = resources.allocate(conn, license_id, "ipv4", 1, actor=f"admin:u{license_id}")
-            except Exception as exc:  # collected and asserted below
+            except resources.ResourceError as exc:  # collected and asserted below
                 refused[license_id] = exc
 
     threads = [threading.Thread(target=allocate, args=(lid,)) for lid in license_ids]
