@@ -1,0 +1,111 @@
+"""The multiplexing Redis client, on real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+
+from heartline.devstack import free_port
+from heartline.plane.multiplex import MultiplexedRedis
+
+
+@pytest.fixture
+async def client(redis: aioredis.Redis, redis_url: str):  # `redis` flushes the database first
+    mux = MultiplexedRedis.from_url(redis_url)
+    try:
+        yield mux
+    finally:
+        await mux.aclose()
+
+
+async def test_concurrent_commands_get_their_own_replies(client: MultiplexedRedis) -> None:
+    replies = await asyncio.gather(*(client.execute("INCR", "counter") for _ in range(500)))
+    assert sorted(replies) == list(range(1, 501))
+    # FIFO matching: the n-th command sent got the n-th reply
+    assert replies == list(range(1, 501))
+
+
+async def test_commands_of_one_tick_share_one_write(client: MultiplexedRedis) -> None:
+    await client.ping()
+    before = client.writes
+    await asyncio.gather(*(client.execute("SET", f"k{i}", i) for i in range(200)))
+    assert client.writes - before == 1
+
+
+async def test_error_reply_raises_without_shifting_later_replies(client: MultiplexedRedis,
+                                                                  redis: aioredis.Redis) -> None:
+    await redis.hset("h", "f", "v")
+    results = await asyncio.gather(client.execute("SET", "a", "1"), client.execute("INCR", "h"),
+                                   client.execute("GET", "a"), return_exceptions=True)
+    assert results[0] == b"OK"
+    assert isinstance(results[1], ResponseError) and "WRONGTYPE" in str(results[1])
+    assert results[2] == b"1"
+
+
+async def test_evalsha_of_unknown_script_raises_noscript_then_runs_once_loaded(
+        client: MultiplexedRedis) -> None:
+    source = "return {KEYS[1], ARGV[1], redis.call('INCR', KEYS[1])}"
+    sha = hashlib.sha1(source.encode()).hexdigest()
+    await client.execute("SCRIPT", "FLUSH")
+    with pytest.raises(NoScriptError):
+        await client.evalsha(sha, 1, "n", "x")
+    assert await client.script_load(source) == sha.encode()
+    assert await client.evalsha(sha, 1, "n", "x") == [b"n", b"x", 1]
+
+
+async def test_cancelled_caller_does_not_shift_the_replies_of_others(client: MultiplexedRedis,
+                                                                     redis: aioredis.Redis) -> None:
+    await redis.mset({"a": "A", "b": "B"})
+    first = client.execute("GET", "a")
+    first.cancel()
+    assert await client.execute("GET", "b") == b"B"
+    assert await client.execute("GET", "a") == b"A"
+
+
+async def test_reconnects_after_the_connection_is_killed(client: MultiplexedRedis,
+                                                         redis: aioredis.Redis) -> None:
+    first_id = await client.execute("CLIENT", "ID")
+    await redis.client_kill_filter(_id=first_id)
+    reply = None
+    for _ in range(50):  # the first call may still meet the dying connection and fail
+        try:
+            reply = await client.execute("CLIENT", "ID")
+            break
+        except RedisConnectionError:
+            await asyncio.sleep(0.01)
+    assert reply is not None and reply != first_id
+    assert await client.ping()
+
+
+async def test_decode_responses_returns_text(redis: aioredis.Redis, redis_url: str) -> None:
+    await redis.set("greeting", "héllo")
+    mux = MultiplexedRedis.from_url(redis_url, decode_responses=True)
+    try:
+        assert await mux.execute("GET", "greeting") == "héllo"
+    finally:
+        await mux.aclose()
+
+
+async def test_writes_land_in_the_database_of_the_url(client: MultiplexedRedis,
+                                                      redis: aioredis.Redis) -> None:
+    await client.execute("SET", "where", "here")
+    assert await redis.get("where") == b"here"
+
+
+async def test_unreachable_server_raises_connection_error() -> None:
+    mux = MultiplexedRedis("127.0.0.1", free_port(), connect_timeout=1.0)
+    with pytest.raises(RedisConnectionError):
+        await mux.execute("PING")
+
+
+def test_from_url_reads_credentials_and_database() -> None:
+    mux = MultiplexedRedis.from_url("redis://user:p%40ss@example.org:6380/4")
+    assert (mux.host, mux.port, mux.db, mux.username, mux.password) == ("example.org", 6380, 4, "user",
+                                                                        "p@ss")
+    with pytest.raises(ValueError):
+        MultiplexedRedis.from_url("rediss://example.org")
