@@ -35,6 +35,26 @@ def _tag(license_id: int, shards: int) -> str:
     return f"{PREFIX}:{{s{shard_of(license_id, shards)}}}"
 
 
+# The Lua scripts reach a license's keys from its base `hl:{sN}:L<id>:` by appending these suffixes
+# (the reaper only learns license ids from the deadline index, so it must build them itself); the
+# functions below use the same suffixes, and tests/heartline/test_plane_keys.py holds both to them.
+LICENSE_SUFFIX = "lic"
+DEVICES_SUFFIX = "dev"
+LIVE_SUFFIX = "live"
+FINGERPRINTS_SUFFIX = "fp"
+SESSION_SUFFIX = "s:"
+
+
+def shard_base(shard: int) -> str:
+    """`hl:{sN}:`, the start of every key of shard N; reap.lua appends `L<id>:` and a suffix."""
+    return f"{PREFIX}:{{s{shard}}}:"
+
+
+def license_base(license_id: int, shards: int) -> str:
+    """`hl:{sN}:L<id>:`, the start of every key of one license; the Lua scripts append the suffixes."""
+    return f"{_tag(license_id, shards)}:L{license_id}:"
+
+
 def license_hash(license_id: int, shards: int) -> str:
     """Cached license: status, valid_until_ms, limits, heartbeat interval/timeout, version."""
     return f"{_tag(license_id, shards)}:L{license_id}:lic"

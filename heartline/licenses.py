@@ -1,0 +1,173 @@
+"""Licenses as the edge sees them: PostgreSQL is the record, the plane's license hash is the cache.
+
+`LicenseCache` keeps license key -> id in process memory (ids never change), loads a license and its
+active devices into the plane on a miss (read-through), and follows edits made anywhere (admin, psql,
+another edge) by polling the audit log every `license_cache_s`: each license or device changed since
+the last poll is written to the plane again, and a license no longer active has its sessions ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from typing import Any
+
+import asyncpg
+
+from heartline.plane.events import EndReason
+from heartline.plane.licenses import CachedLicense
+from heartline.plane.sessions import SessionPlane
+from heartline.settings import Settings
+
+log = logging.getLogger("heartline.licenses")
+
+LICENSE_COLUMNS = ("id, license_key, status, valid_from, valid_until, device_limit, "
+                   "concurrent_sessions_limit, heartbeat_interval_s, heartbeat_timeout_s, version")
+
+# FOR SHARE: a reload waits for a device (de)activation holding the license row FOR UPDATE, so it never
+# writes a device list older than what that activation already put into the plane.
+LOAD_LICENSE = f"SELECT {LICENSE_COLUMNS} FROM licenses WHERE id = $1 FOR SHARE"
+ACTIVE_DEVICES = ("SELECT hardware_fingerprint, id FROM device_registrations "
+                  "WHERE license_id = $1 AND is_active")
+LICENSE_ID_BY_KEY = "SELECT id FROM licenses WHERE license_key = $1"
+
+# Licenses whose row or devices changed since $1, from the audit log (indexed by table and time, and
+# written by a trigger, so psql edits are seen too).
+CHANGED_LICENSES = """
+SELECT DISTINCT CASE WHEN table_name = 'licenses' THEN row_id::bigint
+                     ELSE (coalesce(new_values, old_values) ->> 'license_id')::bigint END AS license_id
+FROM audit_log
+WHERE table_name IN ('licenses', 'device_registrations') AND occurred_at > $1
+"""
+
+# now() is a transaction's start time, so a row committed just after a poll can carry a time before it:
+# each poll looks back this far beyond the previous one (rewriting a license twice is harmless).
+POLL_OVERLAP = dt.timedelta(seconds=10)
+# An unknown license key is remembered this long, so a client hammering with a bad key costs no query.
+UNKNOWN_KEY_TTL_S = 2.0
+
+
+def epoch_ms(value: dt.datetime) -> int:
+    return int(value.timestamp() * 1000)
+
+
+def to_cached(row: asyncpg.Record | dict[str, Any], settings: Settings) -> CachedLicense:
+    """The plane's view of a licenses row; NULL heartbeat settings fall back to the settings."""
+    return CachedLicense(
+        license_id=row["id"], version=row["version"], status=row["status"],
+        valid_from_ms=epoch_ms(row["valid_from"]),
+        valid_until_ms=epoch_ms(row["valid_until"]) if row["valid_until"] is not None else None,
+        device_limit=row["device_limit"], sessions_limit=row["concurrent_sessions_limit"],
+        interval_s=row["heartbeat_interval_s"] or settings.heartbeat_interval_s,
+        timeout_s=row["heartbeat_timeout_s"] or settings.heartbeat_timeout_s,
+    )
+
+
+class LicenseCache:
+    """License key -> id in process, license + devices in the plane, refreshed from PostgreSQL."""
+
+    def __init__(self, pool: asyncpg.Pool, plane: SessionPlane, settings: Settings) -> None:
+        self.pool = pool
+        self.plane = plane
+        self.settings = settings
+        self._ids: dict[str, int] = {}
+        self._unknown: dict[str, float] = {}
+        self._loading: dict[int, asyncio.Future[CachedLicense | None]] = {}
+        self._since: dt.datetime | None = None
+
+    async def license_id(self, license_key: str) -> int | None:
+        """The id of a license key; no I/O once known."""
+        found = self._ids.get(license_key)
+        if found is not None:
+            return found
+        now = time.monotonic()
+        if self._unknown.get(license_key, 0.0) > now:
+            return None
+        found = await self.pool.fetchval(LICENSE_ID_BY_KEY, license_key)
+        if found is None:
+            if len(self._unknown) > 10_000:
+                self._unknown.clear()
+            self._unknown[license_key] = now + UNKNOWN_KEY_TTL_S
+            return None
+        self._ids[license_key] = found
+        return int(found)
+
+    async def load(self, license_id: int) -> CachedLicense | None:
+        """Read the license and its active devices from PostgreSQL into the plane.
+
+        Concurrent loads of one license share one query (500 clients of a cold license cost one read).
+        Returns None when the license no longer exists (its cache and sessions are then dropped).
+        """
+        pending = self._loading.get(license_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[CachedLicense | None] = asyncio.get_running_loop().create_future()
+        self._loading[license_id] = future
+        try:
+            result = await self._load(license_id)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved here, so a load nobody else awaited logs no warning
+            raise
+        else:
+            future.set_result(result)
+            return result
+        finally:
+            del self._loading[license_id]
+
+    async def _load(self, license_id: int) -> CachedLicense | None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(LOAD_LICENSE, license_id)
+            if row is None:
+                await self._forget_deleted(license_id)
+                return None
+            devices = {r["hardware_fingerprint"]: r["id"] for r in await conn.fetch(ACTIVE_DEVICES, license_id)}
+            cached = to_cached(row, self.settings)
+            await self.plane.cache_license(cached, devices)
+            self._ids[row["license_key"]] = license_id
+        log.debug("license.cache.loaded license_id=%s version=%s devices=%s", license_id, cached.version,
+                  len(devices))
+        return cached
+
+    async def _forget_deleted(self, license_id: int) -> None:
+        for key in [k for k, v in self._ids.items() if v == license_id]:
+            del self._ids[key]
+        await self.plane.invalidate_license(license_id)
+        ended = await self.plane.end_license_sessions(license_id, EndReason.ADMIN_TERMINATED)
+        log.info("license.cache.deleted license_id=%s sessions_ended=%s", license_id, ended)
+
+    async def refresh_changed(self) -> int:
+        """Write every license changed since the previous poll into the plane again; returns how many."""
+        async with self.pool.acquire() as conn:
+            db_now: dt.datetime = await conn.fetchval("SELECT now()")
+            since = (self._since or db_now) - POLL_OVERLAP
+            changed = [r["license_id"] for r in await conn.fetch(CHANGED_LICENSES, since)
+                       if r["license_id"] is not None]
+        self._since = db_now
+        for license_id in changed:
+            # The key may have been edited: forget the in-process mapping, the next use looks it up again.
+            for key in [k for k, v in self._ids.items() if v == license_id]:
+                del self._ids[key]
+            cached = await self.load(license_id)
+            if cached is not None and cached.status != "active":
+                ended = await self.plane.end_license_sessions(license_id, EndReason.LICENSE_SUSPENDED)
+                if ended:
+                    log.info("license.sessions.ended license_id=%s status=%s count=%s", license_id,
+                             cached.status, ended)
+        self._unknown.clear()
+        return len(changed)
+
+    async def run_refresher(self) -> None:
+        """Background task of the edge: poll for edits every `license_cache_s` until cancelled."""
+        while True:
+            try:
+                count = await self.refresh_changed()
+                if count:
+                    log.debug("license.cache.refreshed count=%s", count)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # PostgreSQL down: keep serving from the cache, try again later
+                log.warning("license.cache.refresh_failed error=%s", type(exc).__name__)
+            await asyncio.sleep(self.settings.license_cache_s)

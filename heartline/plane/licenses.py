@@ -1,0 +1,46 @@
+"""The license as the plane caches it (`hl:{sN}:L<id>:lic`): what the Lua scripts decide with.
+
+Heartbeat interval and timeout are stored resolved (per-license override or the settings default), so
+the scripts never need the settings.  Times are epoch milliseconds, compared with Redis server time.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class CachedLicense(msgspec.Struct, frozen=True, kw_only=True):
+    license_id: int
+    version: int
+    status: str                  # active | suspended | revoked (licenses.status)
+    valid_from_ms: int
+    valid_until_ms: int | None   # None: never expires
+    device_limit: int
+    sessions_limit: int
+    interval_s: int
+    timeout_s: int
+
+    def fields(self) -> dict[str, str | int]:
+        """Hash fields as cache_license.lua writes them; '' stands for no expiry."""
+        return {
+            "license_id": self.license_id, "version": self.version, "status": self.status,
+            "valid_from_ms": self.valid_from_ms,
+            "valid_until_ms": "" if self.valid_until_ms is None else self.valid_until_ms,
+            "device_limit": self.device_limit, "sessions_limit": self.sessions_limit,
+            "interval_s": self.interval_s, "timeout_s": self.timeout_s,
+        }
+
+    @classmethod
+    def from_hash(cls, raw: dict[bytes, bytes] | dict[str, str]) -> CachedLicense | None:
+        """The struct from an HGETALL reply, None when the hash is missing."""
+        if not raw:
+            return None
+        get = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+               for k, v in raw.items()}
+        until = get.get("valid_until_ms", "")
+        return cls(
+            license_id=int(get["license_id"]), version=int(get["version"]), status=get["status"],
+            valid_from_ms=int(get["valid_from_ms"]), valid_until_ms=int(until) if until else None,
+            device_limit=int(get["device_limit"]), sessions_limit=int(get["sessions_limit"]),
+            interval_s=int(get["interval_s"]), timeout_s=int(get["timeout_s"]),
+        )

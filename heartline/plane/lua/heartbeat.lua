@@ -1,0 +1,54 @@
+-- heartbeat: keep one session alive and record the heartbeat, in one round trip.
+-- KEYS: 1 license hash, 2 live zset, 3 shard deadline index, 4 shard heartbeat stream,
+--       5 shard event stream
+-- ARGV: 1 license id, 2 license base 'hl:{sN}:L<id>:', 3 token, 4 minimum gap ms,
+--       5 stream max length, 6 session hash grace ms
+-- Reply: {'OK', deadline ms, heartbeat interval s}
+--        or {'HEARTBEAT_TOO_FREQUENT', retry after ms} (nothing recorded)
+--        or {code}: LICENSE_NOT_CACHED (caller reloads the license and retries), SESSION_NOT_FOUND,
+--        LICENSE_SUSPENDED / LICENSE_REVOKED / LICENSE_NOT_YET_VALID (session ended as
+--        license_suspended), LICENSE_EXPIRED (session ended as license_expired).
+-- The heartbeat event goes to the stream in the same script, so an accepted heartbeat is always
+-- recorded and a refused one never is.
+local license_id, base, token = ARGV[1], ARGV[2], ARGV[3]
+local lic = redis.call('HMGET', KEYS[1], 'status', 'valid_from_ms', 'valid_until_ms', 'interval_s',
+  'timeout_s')
+if not lic[1] then
+  return {'LICENSE_NOT_CACHED'}
+end
+local now = now_ms()
+local score = redis.call('ZSCORE', KEYS[2], token)
+if not score then
+  return {'SESSION_NOT_FOUND'}
+end
+if tonumber(score) <= now then
+  end_session(base, license_id, token, 'timeout', now, KEYS[3], KEYS[5], ARGV[5])
+  return {'SESSION_NOT_FOUND'}
+end
+local refusal = license_refusal(lic[1], lic[2], lic[3], now)
+if refusal then
+  local reason = 'license_suspended'
+  if refusal == 'LICENSE_EXPIRED' then
+    reason = 'license_expired'
+  end
+  end_session(base, license_id, token, reason, now, KEYS[3], KEYS[5], ARGV[5])
+  return {refusal}
+end
+
+local skey = base .. 's:' .. token
+local s = redis.call('HMGET', skey, 'lh', 's', 'd')
+local last = tonumber(s[1] or s[2] or '')
+local gap = tonumber(ARGV[4])
+if gap > 0 and last and now - last < gap then
+  return {'HEARTBEAT_TOO_FREQUENT', gap - (now - last)}
+end
+
+local timeout_ms = tonumber(lic[5]) * 1000
+local deadline = now + timeout_ms
+redis.call('ZADD', KEYS[2], deadline, token)
+redis.call('ZADD', KEYS[3], deadline, license_id .. ':' .. token)
+redis.call('HSET', skey, 'lh', now)
+redis.call('HINCRBY', skey, 'n', 1)
+redis.call('PEXPIRE', skey, timeout_ms + tonumber(ARGV[6]))
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '*', 'l', license_id, 't', token, 'd', s[3] or '')
+return {'OK', deadline, lic[4]}

@@ -1,0 +1,58 @@
+-- start: start a session for a device of one license, or resume the device's live session.
+-- KEYS: 1 license hash, 2 devices hash, 3 live zset, 4 fingerprints hash,
+--       5 shard deadline index, 6 shard event stream
+-- ARGV: 1 license id, 2 license base 'hl:{sN}:L<id>:', 3 fingerprint, 4 token for a new session
+--       (uuid4 made by the caller), 5 client version, 6 client ip, 7 stream max length,
+--       8 session hash grace ms
+-- Reply: {'STARTED' | 'RESUMED', token, deadline ms, heartbeat interval s, heartbeat timeout s}
+--        or {code}: LICENSE_NOT_CACHED (caller reloads the license and retries), LICENSE_SUSPENDED,
+--        LICENSE_REVOKED, LICENSE_EXPIRED, LICENSE_NOT_YET_VALID, DEVICE_NOT_ACTIVATED (caller activates
+--        in PostgreSQL and retries), SESSION_LIMIT_REACHED.
+-- Atomic, so parallel starts can never exceed the limit; no live session is ever ended to make room.
+local license_id, base, fp = ARGV[1], ARGV[2], ARGV[3]
+local lic = redis.call('HMGET', KEYS[1], 'status', 'valid_from_ms', 'valid_until_ms', 'sessions_limit',
+  'interval_s', 'timeout_s')
+if not lic[1] then
+  return {'LICENSE_NOT_CACHED'}
+end
+local now = now_ms()
+local refusal = license_refusal(lic[1], lic[2], lic[3], now)
+if refusal then
+  return {refusal}
+end
+local device = redis.call('HGET', KEYS[2], fp)
+if not device then
+  return {'DEVICE_NOT_ACTIVATED'}
+end
+
+-- Sessions past their deadline stop counting now, not when the reaper comes by; each still gets its
+-- ended(timeout) event.
+for _, token in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)) do
+  end_session(base, license_id, token, 'timeout', now, KEYS[5], KEYS[6], ARGV[7])
+end
+
+local timeout_ms = tonumber(lic[6]) * 1000
+local deadline = now + timeout_ms
+local current = redis.call('HGET', KEYS[4], fp)
+if current and redis.call('ZSCORE', KEYS[3], current) then
+  -- A start is a sign of life: the resumed session gets a full timeout again.
+  redis.call('ZADD', KEYS[3], deadline, current)
+  redis.call('ZADD', KEYS[5], deadline, license_id .. ':' .. current)
+  redis.call('PEXPIRE', base .. 's:' .. current, timeout_ms + tonumber(ARGV[8]))
+  return {'RESUMED', current, deadline, lic[5], lic[6]}
+end
+if redis.call('ZCARD', KEYS[3]) >= tonumber(lic[4]) then
+  return {'SESSION_LIMIT_REACHED'}
+end
+
+local token = ARGV[4]
+local skey = base .. 's:' .. token
+redis.call('ZADD', KEYS[3], deadline, token)
+redis.call('ZADD', KEYS[5], deadline, license_id .. ':' .. token)
+redis.call('HSET', KEYS[4], fp, token)
+redis.call('HSET', skey, 'd', device, 'f', fp, 's', now, 'n', 0, 'v', ARGV[5], 'ip', ARGV[6])
+redis.call('PEXPIRE', skey, timeout_ms + tonumber(ARGV[8]))
+redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[7], '*',
+  'k', 'started', 'l', license_id, 't', token, 'd', device, 'f', fp, 's', now, 'at', now,
+  'n', 0, 'v', ARGV[5], 'ip', ARGV[6])
+return {'STARTED', token, deadline, lic[5], lic[6]}

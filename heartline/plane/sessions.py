@@ -1,0 +1,165 @@
+"""`SessionPlane`: the Python face of the Redis session plane, shared by edge, worker and admin.
+
+Every change goes through one Lua script (see scripts.py), so each decision is atomic and time comes
+from the Redis server.  Outcomes are returned as `PlaneCode`s; turning them into HTTP answers is the
+edge's business.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from heartline.plane import keys
+from heartline.plane.events import EndReason
+from heartline.plane.licenses import CachedLicense
+from heartline.plane.scripts import PlaneScripts
+from heartline.settings import Settings
+
+
+class PlaneCode(StrEnum):
+    STARTED = "STARTED"
+    RESUMED = "RESUMED"
+    OK = "OK"
+    LICENSE_NOT_CACHED = "LICENSE_NOT_CACHED"
+    LICENSE_SUSPENDED = "LICENSE_SUSPENDED"
+    LICENSE_REVOKED = "LICENSE_REVOKED"
+    LICENSE_EXPIRED = "LICENSE_EXPIRED"
+    LICENSE_NOT_YET_VALID = "LICENSE_NOT_YET_VALID"
+    DEVICE_NOT_ACTIVATED = "DEVICE_NOT_ACTIVATED"
+    SESSION_LIMIT_REACHED = "SESSION_LIMIT_REACHED"
+    SESSION_NOT_FOUND = "SESSION_NOT_FOUND"
+    HEARTBEAT_TOO_FREQUENT = "HEARTBEAT_TOO_FREQUENT"
+
+
+@dataclass(frozen=True, slots=True)
+class StartOutcome:
+    code: PlaneCode
+    token: str | None = None
+    deadline_ms: int = 0
+    interval_s: int = 0
+    timeout_s: int = 0
+
+    @property
+    def granted(self) -> bool:
+        return self.code in (PlaneCode.STARTED, PlaneCode.RESUMED)
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatOutcome:
+    code: PlaneCode
+    deadline_ms: int = 0
+    interval_s: int = 0
+    retry_after_ms: int = 0
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def new_session_token() -> str:
+    """Session tokens are UUID v4: unguessable, and the worker stores them in uuid columns."""
+    return str(uuid.uuid4())
+
+
+class SessionPlane:
+    """The session plane on one Redis client (decode_responses either way)."""
+
+    def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.shards = settings.stream_shards
+        self.scripts = PlaneScripts(redis, shards=settings.stream_shards, max_len=settings.stream_max_len)
+
+    async def load_scripts(self) -> None:
+        await self.scripts.load()
+
+    # -- sessions -------------------------------------------------------------------------------------
+
+    async def start_session(self, license_id: int, fingerprint: str, *, client_version: str = "",
+                            client_ip: str = "", token: str | None = None) -> StartOutcome:
+        """Start a session for an activated device, or resume the device's live one (same token)."""
+        reply = await self.scripts.start(license_id, fingerprint, token or new_session_token(),
+                                         client_version, client_ip)
+        code = PlaneCode(_text(reply[0]))
+        if code in (PlaneCode.STARTED, PlaneCode.RESUMED):
+            return StartOutcome(code=code, token=_text(reply[1]), deadline_ms=int(reply[2]),
+                                interval_s=int(reply[3]), timeout_s=int(reply[4]))
+        return StartOutcome(code=code)
+
+    async def heartbeat(self, license_id: int, token: str) -> HeartbeatOutcome:
+        """Extend a live session and record the heartbeat: one EVALSHA, one round trip."""
+        reply = await self.scripts.heartbeat(license_id, token, self.settings.heartbeat_min_gap_ms)
+        code = PlaneCode(_text(reply[0]))
+        if code is PlaneCode.OK:
+            return HeartbeatOutcome(code=code, deadline_ms=int(reply[1]), interval_s=int(reply[2]))
+        if code is PlaneCode.HEARTBEAT_TOO_FREQUENT:
+            return HeartbeatOutcome(code=code, retry_after_ms=int(reply[1]))
+        return HeartbeatOutcome(code=code)
+
+    async def end_session(self, license_id: int, token: str, reason: EndReason) -> bool:
+        """End one session; False when it was not live (or had already timed out)."""
+        return await self.scripts.end(license_id, token, str(reason)) == 1
+
+    async def end_license_sessions(self, license_id: int, reason: EndReason) -> int:
+        return await self.scripts.end_license(license_id, str(reason))
+
+    async def end_device_sessions(self, license_id: int, fingerprint: str, reason: EndReason) -> int:
+        """End the device's sessions and drop it from the devices cache (PostgreSQL decides again)."""
+        if not fingerprint:
+            return 0
+        return await self.scripts.end_license(license_id, str(reason), fingerprint)
+
+    async def reap_expired(self, shard: int, limit: int = 1000) -> int:
+        """End up to `limit` sessions of one shard past their deadline, as timeout."""
+        return await self.scripts.reap(shard, limit)
+
+    async def live_tokens(self, license_id: int) -> set[str]:
+        """Tokens of the license's live sessions (those past their deadline excluded)."""
+        now = await self.now_ms()
+        members = await self.redis.zrangebyscore(keys.live_sessions(license_id, self.shards),
+                                                 f"({now}", "+inf")
+        return {_text(m) for m in members}
+
+    async def is_live(self, license_id: int, token: str) -> bool:
+        score = await self.redis.zscore(keys.live_sessions(license_id, self.shards), token)
+        return score is not None and score > await self.now_ms()
+
+    async def live_count(self) -> int:
+        """Sessions live across all shards (the deadline indexes), for metrics."""
+        now = await self.now_ms()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for shard in keys.all_shards(self.shards):
+                pipe.zcount(keys.deadlines(shard), f"({now}", "+inf")
+            counts = await pipe.execute()
+        return sum(int(c) for c in counts)
+
+    async def now_ms(self) -> int:
+        seconds, micros = await self.redis.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    # -- license cache --------------------------------------------------------------------------------
+
+    async def cache_license(self, license: CachedLicense, devices: dict[str, int]) -> bool:
+        """Write license and active devices as read from PostgreSQL; False if a newer version is cached."""
+        return await self.scripts.cache_license(license.license_id, license.version, license.fields(),
+                                                devices)
+
+    async def put_device(self, license_id: int, fingerprint: str, device_id: int) -> bool:
+        return await self.scripts.put_device(license_id, fingerprint, device_id)
+
+    async def invalidate_license(self, license_id: int) -> None:
+        """Drop the cached license and devices so the next request reloads them from PostgreSQL."""
+        await self.scripts.forget_license(license_id)
+
+    async def cached_license(self, license_id: int) -> CachedLicense | None:
+        raw: Any = await self.redis.hgetall(keys.license_hash(license_id, self.shards))
+        return CachedLicense.from_hash(raw)
+
+    async def cached_device(self, license_id: int, fingerprint: str) -> int | None:
+        raw = await self.redis.hget(keys.devices(license_id, self.shards), fingerprint)
+        return int(raw) if raw is not None else None

@@ -1,0 +1,234 @@
+"""The session plane's Lua scripts on real Redis: start, resume, limits, heartbeats, ends, reaping."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from heartline.plane import keys
+from heartline.plane.events import EndReason, SessionEventKind, heartbeat_from_fields, session_event_from_fields
+from heartline.plane.licenses import CachedLicense
+from heartline.plane.sessions import PlaneCode, SessionPlane
+from heartline.settings import Settings
+
+LICENSE_ID = 7
+
+
+def cached(**changes: object) -> CachedLicense:
+    fields: dict[str, object] = dict(license_id=LICENSE_ID, version=1, status="active", valid_from_ms=0,
+                                     valid_until_ms=None, device_limit=10, sessions_limit=3,
+                                     interval_s=1, timeout_s=2)
+    fields.update(changes)
+    return CachedLicense(**fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def plane(redis: aioredis.Redis, settings: Settings) -> AsyncIterator[SessionPlane]:
+    plane = SessionPlane(redis, settings)
+    await plane.load_scripts()
+    await plane.cache_license(cached(), {f"fp{i}": 100 + i for i in range(10)})
+    yield plane
+
+
+async def events(plane: SessionPlane, license_id: int = LICENSE_ID) -> list:
+    shard = keys.shard_of(license_id, plane.shards)
+    entries = await plane.redis.xrange(keys.event_stream(shard))
+    return [session_event_from_fields(shard, eid, fields) for eid, fields in entries]
+
+
+async def test_start_creates_session_and_emits_started_event(plane: SessionPlane) -> None:
+    out = await plane.start_session(LICENSE_ID, "fp1", client_version="1.2", client_ip="10.0.0.1")
+    assert out.code is PlaneCode.STARTED and out.token
+    assert await plane.live_tokens(LICENSE_ID) == {out.token}
+    [ev] = await events(plane)
+    assert ev.kind is SessionEventKind.STARTED and ev.session_token == out.token
+    assert ev.device_id == 101 and ev.fingerprint == "fp1" and ev.client_version == "1.2"
+    assert ev.client_ip == "10.0.0.1" and ev.started_ms == ev.at_ms
+    assert await plane.redis.exists(keys.session(LICENSE_ID, plane.shards, out.token)) == 1
+
+
+async def test_start_resumes_same_device_with_same_token(plane: SessionPlane) -> None:
+    first = await plane.start_session(LICENSE_ID, "fp1")
+    again = await plane.start_session(LICENSE_ID, "fp1")
+    assert again.code is PlaneCode.RESUMED and again.token == first.token
+    assert len(await events(plane)) == 1
+
+
+async def test_start_refuses_when_limit_reached_and_ends_nothing(plane: SessionPlane) -> None:
+    tokens = [(await plane.start_session(LICENSE_ID, f"fp{i}")).token for i in range(3)]
+    out = await plane.start_session(LICENSE_ID, "fp3")
+    assert out.code is PlaneCode.SESSION_LIMIT_REACHED
+    assert await plane.live_tokens(LICENSE_ID) == set(tokens)
+
+
+async def test_parallel_starts_never_exceed_limit(plane: SessionPlane) -> None:
+    outs = await asyncio.gather(*(plane.start_session(LICENSE_ID, f"fp{i % 10}") for i in range(500)))
+    granted = {o.token for o in outs if o.granted}
+    assert len(granted) == 3
+    assert await plane.redis.zcard(keys.live_sessions(LICENSE_ID, plane.shards)) == 3
+    assert sum(o.code is PlaneCode.STARTED for o in outs) == 3
+
+
+async def test_start_refuses_unknown_device_and_uncached_license(plane: SessionPlane) -> None:
+    assert (await plane.start_session(LICENSE_ID, "stranger")).code is PlaneCode.DEVICE_NOT_ACTIVATED
+    assert (await plane.start_session(LICENSE_ID + 1, "fp1")).code is PlaneCode.LICENSE_NOT_CACHED
+
+
+async def test_start_refuses_inactive_licenses(plane: SessionPlane) -> None:
+    now = await plane.now_ms()
+    cases = {
+        PlaneCode.LICENSE_SUSPENDED: cached(version=2, status="suspended"),
+        PlaneCode.LICENSE_REVOKED: cached(version=3, status="revoked"),
+        PlaneCode.LICENSE_EXPIRED: cached(version=4, valid_from_ms=now - 10_000, valid_until_ms=now - 1),
+        PlaneCode.LICENSE_NOT_YET_VALID: cached(version=5, valid_from_ms=now + 60_000),
+    }
+    for code, lic in cases.items():
+        assert await plane.cache_license(lic, {"fp1": 101})
+        assert (await plane.start_session(LICENSE_ID, "fp1")).code is code
+
+
+async def test_cache_license_keeps_newer_version(plane: SessionPlane) -> None:
+    assert await plane.cache_license(cached(version=5, sessions_limit=1), {"fp1": 101})
+    assert not await plane.cache_license(cached(version=4, sessions_limit=3), {"fp1": 101})
+    got = await plane.cached_license(LICENSE_ID)
+    assert got is not None and got.version == 5 and got.sessions_limit == 1
+
+
+async def test_heartbeat_extends_deadline_and_records_event(plane: SessionPlane) -> None:
+    out = await plane.start_session(LICENSE_ID, "fp2")
+    assert out.token
+    hb = await plane.heartbeat(LICENSE_ID, out.token)
+    assert hb.code is PlaneCode.OK and hb.deadline_ms >= out.deadline_ms and hb.interval_s == 1
+    shard = keys.shard_of(LICENSE_ID, plane.shards)
+    [(eid, fields)] = await plane.redis.xrange(keys.heartbeat_stream(shard))
+    event = heartbeat_from_fields(shard, eid, fields)
+    assert event.license_id == LICENSE_ID and event.session_token == out.token and event.device_id == 102
+    assert await plane.redis.hget(keys.session(LICENSE_ID, plane.shards, out.token), "n") == b"1"
+    deadline = await plane.redis.zscore(keys.deadlines(shard), f"{LICENSE_ID}:{out.token}")
+    assert deadline == hb.deadline_ms
+
+
+async def test_heartbeat_too_frequent_is_refused_and_not_recorded(redis: aioredis.Redis,
+                                                                  settings: Settings) -> None:
+    plane = SessionPlane(redis, settings.replace(heartbeat_min_gap_ms=60_000))
+    await plane.cache_license(cached(), {"fp1": 101})
+    out = await plane.start_session(LICENSE_ID, "fp1")
+    assert out.token
+    hb = await plane.heartbeat(LICENSE_ID, out.token)
+    assert hb.code is PlaneCode.HEARTBEAT_TOO_FREQUENT and 0 < hb.retry_after_ms <= 60_000
+    shard = keys.shard_of(LICENSE_ID, plane.shards)
+    assert await redis.xlen(keys.heartbeat_stream(shard)) == 0
+
+
+async def test_heartbeat_on_suspended_license_ends_session(plane: SessionPlane) -> None:
+    out = await plane.start_session(LICENSE_ID, "fp1")
+    assert out.token
+    await plane.cache_license(cached(version=2, status="suspended"), {"fp1": 101})
+    assert (await plane.heartbeat(LICENSE_ID, out.token)).code is PlaneCode.LICENSE_SUSPENDED
+    assert not await plane.is_live(LICENSE_ID, out.token)
+    ended = [e for e in await events(plane) if e.kind is SessionEventKind.ENDED]
+    assert [e.reason for e in ended] == [EndReason.LICENSE_SUSPENDED]
+
+
+async def test_heartbeat_unknown_token_is_not_found(plane: SessionPlane) -> None:
+    hb = await plane.heartbeat(LICENSE_ID, "00000000-0000-4000-8000-000000000000")
+    assert hb.code is PlaneCode.SESSION_NOT_FOUND
+
+
+async def test_end_session_emits_exactly_one_ended_event(plane: SessionPlane) -> None:
+    out = await plane.start_session(LICENSE_ID, "fp1")
+    assert out.token
+    await plane.heartbeat(LICENSE_ID, out.token)
+    assert await plane.end_session(LICENSE_ID, out.token, EndReason.CLIENT_END)
+    assert not await plane.end_session(LICENSE_ID, out.token, EndReason.CLIENT_END)
+    ended = [e for e in await events(plane) if e.kind is SessionEventKind.ENDED]
+    assert len(ended) == 1
+    assert ended[0].reason is EndReason.CLIENT_END and ended[0].heartbeat_count == 1
+    assert ended[0].device_id == 101 and ended[0].last_heartbeat_ms is not None
+    assert await plane.redis.hget(keys.fingerprints(LICENSE_ID, plane.shards), "fp1") is None
+    assert await plane.redis.exists(keys.session(LICENSE_ID, plane.shards, out.token)) == 0
+
+
+async def test_end_device_sessions_ends_only_that_device_and_uncaches_it(plane: SessionPlane) -> None:
+    a = await plane.start_session(LICENSE_ID, "fp1")
+    b = await plane.start_session(LICENSE_ID, "fp2")
+    assert await plane.end_device_sessions(LICENSE_ID, "fp1", EndReason.DEVICE_DEACTIVATED) == 1
+    assert await plane.live_tokens(LICENSE_ID) == {b.token}
+    assert a.token is not None and await plane.cached_device(LICENSE_ID, "fp1") is None
+    assert (await plane.start_session(LICENSE_ID, "fp1")).code is PlaneCode.DEVICE_NOT_ACTIVATED
+
+
+async def test_end_license_sessions_ends_all(plane: SessionPlane) -> None:
+    for i in range(3):
+        await plane.start_session(LICENSE_ID, f"fp{i}")
+    assert await plane.end_license_sessions(LICENSE_ID, EndReason.ADMIN_TERMINATED) == 3
+    assert await plane.live_tokens(LICENSE_ID) == set()
+    reasons = [e.reason for e in await events(plane) if e.kind is SessionEventKind.ENDED]
+    assert reasons == [EndReason.ADMIN_TERMINATED] * 3
+
+
+async def test_expired_session_stops_counting_and_start_purges_it(plane: SessionPlane) -> None:
+    await plane.cache_license(cached(version=2, sessions_limit=1, timeout_s=2), {"fp1": 101, "fp2": 102})
+    old = await plane.start_session(LICENSE_ID, "fp1")
+    assert (await plane.start_session(LICENSE_ID, "fp2")).code is PlaneCode.SESSION_LIMIT_REACHED
+    await asyncio.sleep(2.1)
+    new = await plane.start_session(LICENSE_ID, "fp2")
+    assert new.code is PlaneCode.STARTED
+    ended = [e for e in await events(plane) if e.kind is SessionEventKind.ENDED]
+    assert [(e.session_token, e.reason) for e in ended] == [(old.token, EndReason.TIMEOUT)]
+
+
+async def test_reap_ends_expired_sessions_as_timeout_once(plane: SessionPlane) -> None:
+    await plane.cache_license(cached(version=2, timeout_s=2), {"fp1": 101, "fp2": 102})
+    await plane.start_session(LICENSE_ID, "fp1")
+    await plane.start_session(LICENSE_ID, "fp2")
+    shard = keys.shard_of(LICENSE_ID, plane.shards)
+    assert await plane.reap_expired(shard) == 0
+    await asyncio.sleep(2.1)
+    assert await plane.reap_expired(shard) == 2
+    assert await plane.reap_expired(shard) == 0
+    assert await plane.redis.zcard(keys.deadlines(shard)) == 0
+    reasons = [e.reason for e in await events(plane) if e.kind is SessionEventKind.ENDED]
+    assert reasons == [EndReason.TIMEOUT, EndReason.TIMEOUT]
+
+
+async def test_end_after_timeout_records_timeout_not_client_end(plane: SessionPlane) -> None:
+    await plane.cache_license(cached(version=2, timeout_s=2), {"fp1": 101})
+    out = await plane.start_session(LICENSE_ID, "fp1")
+    assert out.token
+    await asyncio.sleep(2.1)
+    assert not await plane.end_session(LICENSE_ID, out.token, EndReason.CLIENT_END)
+    reasons = [e.reason for e in await events(plane) if e.kind is SessionEventKind.ENDED]
+    assert reasons == [EndReason.TIMEOUT]
+
+
+async def test_scripts_reload_after_script_flush(plane: SessionPlane) -> None:
+    await plane.redis.script_flush()
+    assert (await plane.start_session(LICENSE_ID, "fp1")).code is PlaneCode.STARTED
+
+
+async def test_invalidate_license_drops_cache_but_keeps_sessions(plane: SessionPlane) -> None:
+    out = await plane.start_session(LICENSE_ID, "fp1")
+    await plane.invalidate_license(LICENSE_ID)
+    assert await plane.cached_license(LICENSE_ID) is None
+    assert out.token is not None and await plane.is_live(LICENSE_ID, out.token)
+    assert (await plane.heartbeat(LICENSE_ID, out.token)).code is PlaneCode.LICENSE_NOT_CACHED
+
+
+async def test_key_functions_match_the_layout_the_scripts_use(plane: SessionPlane) -> None:
+    out = await plane.start_session(LICENSE_ID, "fp1")
+    assert out.token
+    s = plane.shards
+    base = keys.license_base(LICENSE_ID, s)
+    assert keys.license_hash(LICENSE_ID, s) == base + keys.LICENSE_SUFFIX
+    assert keys.devices(LICENSE_ID, s) == base + keys.DEVICES_SUFFIX
+    assert keys.live_sessions(LICENSE_ID, s) == base + keys.LIVE_SUFFIX
+    assert keys.fingerprints(LICENSE_ID, s) == base + keys.FINGERPRINTS_SUFFIX
+    assert keys.session(LICENSE_ID, s, out.token) == base + keys.SESSION_SUFFIX + out.token
+    assert base.startswith(keys.shard_base(keys.shard_of(LICENSE_ID, s)))
+    for key in (keys.license_hash(LICENSE_ID, s), keys.devices(LICENSE_ID, s), keys.live_sessions(LICENSE_ID, s),
+                keys.fingerprints(LICENSE_ID, s), keys.session(LICENSE_ID, s, out.token)):
+        assert await plane.redis.exists(key) == 1, key
