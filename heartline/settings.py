@@ -73,6 +73,12 @@ class Settings:
     retention_months: int = 12
     partitions_ahead_months: int = 2
     worker_metrics_port: int = 9108
+    # Address the worker's /metrics listener binds; 0.0.0.0 to let a scraper in another container in.
+    # worker_metrics_port 0 turns the listener off.
+    worker_metrics_host: str = "127.0.0.1"
+    # How often the worker looks for license_sessions rows whose session Redis lost; such a row is
+    # closed as plane_lost one to two intervals after the plane lost it.
+    reconcile_interval_s: float = 15.0
 
     # Admin
     admin_host: str = "127.0.0.1"
