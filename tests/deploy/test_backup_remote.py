@@ -1,0 +1,193 @@
+"""Backup remotes (a folder, a git repository) and pruning: never the last good backup, never anything remote."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from heartline import backup
+from heartline.backup import BackupError, BackupErrorCode, FolderRemote, GitRemote
+from heartline.settings import Settings
+from worker.backups import backup_cron, create_scheduled_backup
+
+T0 = datetime(2026, 3, 1, 3, 0, 0, tzinfo=UTC)
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def _bare_repo(path: Path, *, allow_filter: bool = False) -> Path:
+    subprocess.run(["git", "init", "--quiet", "--bare", str(path)], check=True)
+    if allow_filter:
+        # as on hosted git servers: clones may leave out blobs, fetched only when read
+        subprocess.run(["git", "--git-dir", str(path), "config", "uploadpack.allowFilter", "true"], check=True)
+    return path
+
+
+def _git_files(repo: Path) -> list[str]:
+    out = subprocess.run(["git", "--git-dir", str(repo), "ls-tree", "--name-only", "main"],
+                         capture_output=True, text=True, check=True).stdout
+    return out.split()
+
+
+def _make(settings: Settings, count: int) -> list[backup.Archive]:
+    return [backup.create_backup(settings, now=T0 + timedelta(days=i)) for i in range(count)]
+
+
+def test_prune_deletes_only_uploaded_backups_beyond_keep_local(backup_settings: Settings, tmp_path: Path) -> None:
+    remote_dir = tmp_path / "remote"
+    settings = backup_settings.replace(backup_remote=str(remote_dir), backup_keep_local=2)
+    archives = _make(settings, 5)
+    for archive in archives[1:]:          # the oldest one never reached the remote
+        backup.push_backup(settings, archive)
+    remote_before = _digests(remote_dir)
+
+    result = backup.prune_backups(settings)
+
+    assert result.deleted == [archives[1].name, archives[2].name]
+    assert result.kept_not_uploaded == [archives[0].name]
+    assert [a.name for a in backup.local_archives(settings)] == [archives[0].name, archives[3].name,
+                                                                 archives[4].name]
+    assert _digests(remote_dir) == remote_before
+
+
+def test_prune_never_deletes_the_last_good_backup(backup_settings: Settings, tmp_path: Path) -> None:
+    remote_dir = tmp_path / "remote"
+    settings = backup_settings.replace(backup_remote=str(remote_dir), backup_keep_local=0)
+    archives = _make(settings, 3)
+    for archive in archives:
+        backup.push_backup(settings, archive)
+    # the newest local copy is damaged after upload: the one before it is now the last good backup
+    data = archives[2].path.read_bytes()
+    archives[2].path.write_bytes(data[: len(data) // 2])
+
+    result = backup.prune_backups(settings)
+
+    assert result.last_good == archives[1].name
+    assert archives[1].path.exists()
+    assert archives[0].name in result.deleted and not archives[0].path.exists()
+    # a damaged copy does not match the remote's, so it is not "uploaded" either: kept for inspection
+    assert archives[2].path.exists() and archives[2].name in result.kept_not_uploaded
+    assert sorted(_digests(remote_dir)) == [a.path.name for a in archives]
+
+
+def test_prune_keeps_backups_whose_remote_copy_differs(backup_settings: Settings, tmp_path: Path) -> None:
+    remote_dir = tmp_path / "remote"
+    settings = backup_settings.replace(backup_remote=str(remote_dir), backup_keep_local=0)
+    archives = _make(settings, 2)
+    remote_dir.mkdir()
+    (remote_dir / archives[0].path.name).write_bytes(b"partial upload")
+    result = backup.prune_backups(settings)
+    assert result.deleted == [] and archives[0].path.exists()
+
+
+def test_prune_without_remote_deletes_nothing(backup_settings: Settings,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    settings = backup_settings.replace(backup_keep_local=1)
+    archives = _make(settings, 3)
+    assert backup.main(settings, ["prune"]) == 0
+    assert "none deleted" in capsys.readouterr().out
+    assert all(a.path.exists() for a in archives)
+    assert backup.prune_backups(settings).deleted == []
+
+
+def test_folder_remote_never_replaces_a_backup(backup_settings: Settings, tmp_path: Path) -> None:
+    remote = FolderRemote(tmp_path / "remote")
+    archive = backup.create_backup(backup_settings, now=T0)
+    remote.upload(archive)
+    remote.upload(archive)                # same content: nothing to do
+    archive.path.write_bytes(archive.path.read_bytes() + b"\0" * 512)
+    with pytest.raises(BackupError) as err:
+        remote.upload(archive)
+    assert err.value.code is BackupErrorCode.REMOTE_FAILED
+
+
+def test_damaged_archive_is_never_pushed(backup_settings: Settings, tmp_path: Path) -> None:
+    settings = backup_settings.replace(backup_remote=str(tmp_path / "remote"))
+    archive = backup.create_backup(settings)
+    archive.path.write_bytes(archive.path.read_bytes()[:2000])
+    with pytest.raises(BackupError) as err:
+        backup.push_backup(settings, archive)
+    assert err.value.code is BackupErrorCode.CORRUPT
+    assert not (tmp_path / "remote").exists()
+
+
+@pytest.mark.parametrize("allow_filter", [False, True], ids=["full-clone", "blobless-clone"])
+def test_git_remote_push_list_prune_and_restore_from_remote(backup_settings: Settings, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str],
+                                                           allow_filter: bool) -> None:
+    repo = _bare_repo(tmp_path / "backups.git", allow_filter=allow_filter)
+    settings = backup_settings.replace(backup_remote=str(repo), backup_keep_local=1)
+    assert isinstance(backup.remote_of(settings), GitRemote)
+    first = backup.create_backup(settings, now=T0)
+    assert backup.main(settings, ["push"]) == 0
+    second = backup.create_backup(settings, now=T0 + timedelta(days=1))
+    backup.push_backup(settings, second)
+    backup.push_backup(settings, second)   # idempotent: no second commit
+    assert _git_files(repo) == [first.path.name, second.path.name]
+    commits = subprocess.run(["git", "--git-dir", str(repo), "rev-list", "--count", "main"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    assert commits == "2"
+
+    result = backup.prune_backups(settings)
+    assert result.deleted == [first.name] and not first.path.exists()
+    assert _git_files(repo) == [first.path.name, second.path.name]
+
+    capsys.readouterr()
+    assert backup.main(settings, ["list"]) == 0
+    out = capsys.readouterr().out
+    assert f"{first.name:<30} remote" in out and f"{second.name:<30} local+remote" in out
+
+    # restoring a backup that only the remote holds fetches it, verifies it and restores it
+    url = settings.database_url
+    assert url
+    import psycopg
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO customers (name) VALUES ('after the backup')")
+    assert backup.main(settings, ["restore", first.name, "--yes"]) == 0
+    assert first.path.exists()
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM customers").fetchone() == (0,)
+
+
+def test_git_remote_url_forms_are_recognised(tmp_path: Path) -> None:
+    def kind(value: str) -> str:
+        remote = backup.remote_of(Settings(backup_remote=value, backup_dir=tmp_path))
+        return type(remote).__name__
+
+    assert kind("git@github.com:acme/backups.git") == "GitRemote"
+    assert kind("https://git.example.com/ops/backups") == "GitRemote"
+    assert kind("ssh://backup@host/srv/backups.git") == "GitRemote"
+    assert kind(str(tmp_path / "plain-folder")) == "FolderRemote"
+    assert kind(str(_bare_repo(tmp_path / "repo-without-suffix"))) == "GitRemote"
+
+
+async def test_scheduled_backup_creates_pushes_and_prunes(backup_settings: Settings, tmp_path: Path) -> None:
+    remote_dir = tmp_path / "remote"
+    settings = backup_settings.replace(backup_remote=str(remote_dir), backup_keep_local=1)
+    old = backup.create_backup(settings, now=T0)
+    backup.push_backup(settings, old)
+    name = await create_scheduled_backup({"settings": settings})
+    assert name is not None
+    assert (remote_dir / f"{name}.tar").is_file()
+    assert [a.name for a in backup.local_archives(settings)] == [name]
+    assert sorted(_digests(remote_dir)) == [f"{old.name}.tar", f"{name}.tar"]
+
+
+async def test_scheduled_backup_without_remote_keeps_everything(backup_settings: Settings) -> None:
+    settings = backup_settings.replace(backup_keep_local=0)
+    old = backup.create_backup(settings, now=T0)
+    name = await create_scheduled_backup({"settings": settings})
+    assert name is not None and old.path.exists()
+    assert len(backup.local_archives(settings)) == 2
+
+
+def test_backup_cron_runs_daily_at_the_configured_hour() -> None:
+    job = backup_cron(Settings(backup_cron_hour=4))
+    assert job.coroutine is create_scheduled_backup
+    assert job.hour == {4} and job.minute == {0} and job.unique
