@@ -1,0 +1,1 @@
+"""Admin login security: a small FAB security-manager subclass and TOTP two-factor authentication."""

@@ -1,0 +1,110 @@
+"""The admin's security manager: FAB's database login followed by a TOTP step.
+
+A correct password no longer logs the admin in: it parks the user id in the session as "pending" and
+sends the browser to /totp/verify (or /totp/enroll when the admin has no second factor yet and
+HEARTLINE_ADMIN_2FA_REQUIRED is on).  Only a correct code calls login_user.  FAB's JWT login API would
+skip that step, so it is replaced by one that refuses.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from flask import current_app, flash, g, redirect, request, session, url_for
+from flask_appbuilder import expose
+from flask_appbuilder.security.api import SecurityApi
+from flask_appbuilder.security.sqla.manager import SecurityManager
+from flask_appbuilder.security.views import AuthDBView
+from flask_appbuilder.utils.base import get_safe_redirect
+from flask_appbuilder.security.decorators import no_cache
+from flask_login import login_user
+from werkzeug.wrappers import Response
+
+from admin.security.totp import SecretBox, TotpService
+from heartline.settings import Settings
+
+PENDING_KEY = "heartline_2fa_pending"
+# A password check is good for this long; after that the admin starts again from the password.
+PENDING_TTL_S = 300
+
+
+def settings() -> Settings:
+    return current_app.config["HEARTLINE_SETTINGS"]  # type: ignore[no-any-return]
+
+
+def totp_service(sm: Any) -> TotpService:
+    s = settings()
+    return TotpService(sm.session, SecretBox(current_app.config["SECRET_KEY"]),
+                       max_failures=s.totp_max_failures, lockout_s=s.totp_lockout_s)
+
+
+def start_pending(user_id: int, next_url: str) -> None:
+    session.clear()  # a fresh session id after the password step: no fixation across the login
+    session[PENDING_KEY] = {"uid": user_id, "at": time.time(), "next": next_url}
+
+
+def pending() -> dict[str, Any] | None:
+    state = session.get(PENDING_KEY)
+    if not state or time.time() - float(state.get("at", 0)) > PENDING_TTL_S:
+        return None
+    return dict(state)
+
+
+def finish_login(user: Any) -> Response:
+    state = session.pop(PENDING_KEY, None) or {}
+    login_user(user, remember=False)
+    return redirect(get_safe_redirect(state.get("next") or ""))
+
+
+class HeartlineAuthDBView(AuthDBView):
+    """Password first; a second factor follows unless 2FA is optional and the admin has none."""
+
+    @expose("/login/", methods=["GET", "POST"])
+    @no_cache
+    def login(self) -> Any:
+        from flask_appbuilder.security.forms import LoginForm_db
+
+        if g.user is not None and g.user.is_authenticated:
+            return redirect(self._get_safe_next_url())
+        form = LoginForm_db()
+        if form.validate_on_submit():
+            next_url = get_safe_redirect(request.args.get("next", ""))
+            user = self.appbuilder.sm.auth_user_db(form.username.data, form.password.data)
+            if not user:
+                current_app.logger.info("admin.login.refused username=%s reason=password",
+                                        form.username.data)
+                flash(str(self.invalid_login_message), "warning")
+                return redirect(self.appbuilder.get_url_for_login_with(next_url))
+            enrolled = totp_service(self.appbuilder.sm).is_enrolled(user.id)
+            self.appbuilder.sm.session.commit()
+            if not enrolled and not settings().admin_2fa_required:
+                login_user(user, remember=False)
+                return redirect(next_url)
+            start_pending(user.id, next_url)
+            return redirect(url_for("TotpView.verify" if enrolled else "TotpView.enroll"))
+        return self.render_template(self.login_template, title=self.title, form=form,
+                                    appbuilder=self.appbuilder)
+
+
+class PasswordOnlyApiRefused(SecurityApi):
+    """FAB's JWT login would bypass the second factor: the admin has no API login."""
+
+    @expose("/login", methods=["POST"])
+    def login(self) -> Response:
+        return self.response(403, message="API login is disabled: admins sign in with password and TOTP")
+
+    @expose("/refresh", methods=["POST"])
+    def refresh(self) -> Response:
+        return self.response(403, message="API login is disabled")
+
+
+class HeartlineSecurityManager(SecurityManager):
+    authdbview = HeartlineAuthDBView
+    security_api = PasswordOnlyApiRefused
+
+    def register_views(self) -> None:
+        from admin.security.views import TotpView
+
+        super().register_views()
+        self.appbuilder.add_view_no_menu(TotpView())

@@ -1,0 +1,79 @@
+"""Shared pieces of the admin views: readable database refusals and access to settings / the plane."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import current_app
+from flask_appbuilder.models.sqla.interface import SQLAInterface
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from admin.plane import AdminPlane
+from heartline.settings import Settings
+
+# What the database's named constraints mean, in the words a form error would use.  Forms check these
+# first; the messages here catch what a form cannot see (a concurrent edit, a unique key).
+CONSTRAINT_MESSAGES = {
+    "licenses_device_limit_range": "The device limit must be between 1 and 10.",
+    "licenses_sessions_limit_range":
+        "The concurrent sessions limit must be at least 1 and not greater than the device limit.",
+    "licenses_timeout_exceeds_interval":
+        "The heartbeat timeout must be greater than the heartbeat interval (defaults: 60 s and 30 s).",
+    "licenses_valid_range": "'Valid until' must be after 'valid from'.",
+    "licenses_license_key_key": "This license key exists already.",
+    "licenses_customer_id_fkey": "This customer still has licenses; delete or move them first.",
+    "device_registrations_fingerprint_per_license": "This device is already registered for the license.",
+    "customers_name_check": "A customer needs a name.",
+}
+
+
+class DatabaseRefusal(Exception):
+    """A write the database refused; str() is the sentence shown to the admin."""
+
+
+def refusal_message(exc: SQLAlchemyError) -> str:
+    orig: Any = getattr(exc, "orig", None)
+    diag = getattr(orig, "diag", None)
+    name = getattr(diag, "constraint_name", None)
+    if name in CONSTRAINT_MESSAGES:
+        return CONSTRAINT_MESSAGES[name]
+    if isinstance(exc, IntegrityError):
+        detail = getattr(diag, "message_detail", None) or getattr(diag, "message_primary", None)
+        return f"The database refused the change: {detail or 'a constraint is violated'}."
+    return "The database refused the change."
+
+
+class ReadableInterface(SQLAInterface):
+    """SQLAInterface whose refusals read as sentences instead of SQL errors."""
+
+    def add(self, item: Any, commit: bool = True) -> None:
+        try:
+            super().add(item, commit)
+        except SQLAlchemyError as exc:
+            raise DatabaseRefusal(refusal_message(exc)) from None
+
+    def edit(self, item: Any, commit: bool = True) -> None:
+        try:
+            super().edit(item, commit)
+        except Exception as exc:
+            cause = exc.__cause__ if isinstance(exc.__cause__, SQLAlchemyError) else exc
+            if isinstance(cause, SQLAlchemyError):
+                raise DatabaseRefusal(refusal_message(cause)) from None
+            raise
+
+    def delete(self, item: Any, commit: bool = True) -> None:
+        try:
+            super().delete(item, commit)
+        except Exception as exc:
+            cause = exc.__cause__ if isinstance(exc.__cause__, SQLAlchemyError) else exc
+            if isinstance(cause, SQLAlchemyError):
+                raise DatabaseRefusal(refusal_message(cause)) from None
+            raise
+
+
+def settings() -> Settings:
+    return current_app.config["HEARTLINE_SETTINGS"]  # type: ignore[no-any-return]
+
+
+def plane() -> AdminPlane:
+    return AdminPlane(settings())

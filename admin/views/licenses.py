@@ -1,0 +1,197 @@
+"""Licenses: generated keys, limits validated like the database CHECKs, suspend / reactivate / extend.
+
+Every change drops the license from the plane's cache, so the edge reloads it from PostgreSQL at the
+next request (and within HEARTLINE_LICENSE_CACHE_S at the latest, by its version check).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+from flask import flash, g, redirect
+from flask_appbuilder import AppBuilder, ModelView, action
+from sqlalchemy import text
+from wtforms import Form
+from wtforms.fields import Field
+from wtforms.validators import DataRequired, NumberRange, Optional, ValidationError
+
+from admin import permissions
+from admin.models.core import License
+from admin.plane import PlaneError
+from admin.views.base import ReadableInterface, plane
+from admin.views.devices import DeviceView
+from admin.views.sessions import LiveSessionView, SessionHistoryView
+from heartline.demo import new_license_key
+from heartline.plane.events import EndReason
+
+log = logging.getLogger("admin.licenses")
+
+DEFAULT_INTERVAL_S = 30  # sql/0001 licenses_timeout_exceeds_interval: coalesce(interval, 30)
+DEFAULT_TIMEOUT_S = 60   # and coalesce(timeout, 60)
+EXTEND_BY = dt.timedelta(days=365)
+
+
+class LicenseStatus:
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    REVOKED = "revoked"
+
+
+def sessions_within_device_limit(form: Form, field: Field) -> None:
+    """concurrent_sessions_limit <= device_limit (CHECK licenses_sessions_limit_range)."""
+    devices = form.device_limit.data  # type: ignore[attr-defined]
+    if field.data is not None and devices is not None and field.data > devices:
+        raise ValidationError(f"Concurrent sessions ({field.data}) cannot exceed the device limit "
+                              f"({devices}): every session runs on its own device.")
+
+
+def timeout_exceeds_interval(form: Form, field: Field) -> None:
+    """coalesce(timeout, 60) > coalesce(interval, 30) (CHECK licenses_timeout_exceeds_interval)."""
+    interval = form.heartbeat_interval_s.data or DEFAULT_INTERVAL_S  # type: ignore[attr-defined]
+    timeout = field.data or DEFAULT_TIMEOUT_S
+    if timeout <= interval:
+        raise ValidationError(f"The heartbeat timeout ({timeout} s) must be greater than the heartbeat "
+                              f"interval ({interval} s); empty fields mean {DEFAULT_TIMEOUT_S} s and "
+                              f"{DEFAULT_INTERVAL_S} s.")
+
+
+def valid_until_after_valid_from(form: Form, field: Field) -> None:
+    """valid_until > valid_from (CHECK licenses_valid_range); the form's datetimes are naive UTC."""
+    start = getattr(form, "valid_from", None)
+    if field.data is None or start is None or start.data is None:
+        return
+    if field.data.replace(tzinfo=None) <= start.data.replace(tzinfo=None):
+        raise ValidationError("'Valid until' must be after 'valid from'.")
+
+
+class LicenseView(ModelView):
+    datamodel = ReadableInterface(License)
+    class_permission_name = permissions.LICENSES
+    list_title = show_title = add_title = edit_title = "Licenses"
+    related_views = [DeviceView, LiveSessionView, SessionHistoryView]
+    show_template = "appbuilder/general/model/show_cascade.html"
+
+    list_columns = ["license_key", "customer", "product", "status", "valid_until", "device_limit",
+                    "concurrent_sessions_limit"]
+    show_columns = ["license_key", "customer", "product", "status", "valid_from", "valid_until",
+                    "device_limit", "concurrent_sessions_limit", "heartbeat_interval_s", "heartbeat_timeout_s",
+                    "quota_domains", "quota_ipv4", "quota_phones", "notes", "version", "created_at",
+                    "updated_at"]
+    add_columns = ["customer", "product", "valid_from", "valid_until", "device_limit",
+                   "concurrent_sessions_limit", "heartbeat_interval_s", "heartbeat_timeout_s",
+                   "quota_domains", "quota_ipv4", "quota_phones", "notes"]
+    edit_columns = add_columns
+    search_columns = ["license_key", "customer", "product", "status", "valid_until"]
+    order_columns = ["license_key", "product", "status", "valid_until", "device_limit"]
+    base_order = ("id", "desc")
+    label_columns = {
+        "concurrent_sessions_limit": "Concurrent sessions",
+        "heartbeat_interval_s": "Heartbeat interval (s)",
+        "heartbeat_timeout_s": "Heartbeat timeout (s)",
+        "quota_domains": "Domains", "quota_ipv4": "IPv4 addresses", "quota_phones": "Phone numbers",
+    }
+    description_columns = {
+        "device_limit": "1 to 10 devices may be activated.",
+        "concurrent_sessions_limit": "At least 1, at most the device limit.",
+        "heartbeat_interval_s": "Empty: 30 s.",
+        "heartbeat_timeout_s": "Empty: 60 s. Must exceed the interval.",
+    }
+    validators_columns = {
+        "customer": [DataRequired(message="Choose the customer this license belongs to.")],
+        "device_limit": [DataRequired(message="Enter a device limit between 1 and 10."),
+                         NumberRange(min=1, max=10, message="The device limit must be between 1 and 10.")],
+        "concurrent_sessions_limit": [
+            DataRequired(message="Enter a concurrent sessions limit of at least 1."),
+            NumberRange(min=1, message="The concurrent sessions limit must be at least 1."),
+            sessions_within_device_limit],
+        "heartbeat_interval_s": [Optional(), NumberRange(min=1, message="The interval must be at least 1 s.")],
+        "heartbeat_timeout_s": [timeout_exceeds_interval, Optional(),
+                                NumberRange(min=2, message="The timeout must be at least 2 s.")],
+        "valid_until": [Optional(), valid_until_after_valid_from],
+        "quota_domains": [NumberRange(min=0, message="A quota cannot be negative.")],
+        "quota_ipv4": [NumberRange(min=0, message="A quota cannot be negative.")],
+        "quota_phones": [NumberRange(min=0, message="A quota cannot be negative.")],
+    }
+
+    def pre_add(self, item: License) -> None:
+        item.license_key = new_license_key()
+        item.status = LicenseStatus.ACTIVE
+        for quota in ("quota_domains", "quota_ipv4", "quota_phones"):
+            if getattr(item, quota) is None:
+                setattr(item, quota, 0)
+        if item.valid_from is None:
+            item.valid_from = dt.datetime.now(dt.UTC)
+
+    def post_add(self, item: License) -> None:
+        log.info("license.created license_id=%s actor=%s", item.id, g.get("heartline_actor"))
+        flash(f"License key: {item.license_key}", "info")
+
+    def post_update(self, item: License) -> None:
+        refresh_edge_cache(item.id)
+
+    # -- actions --------------------------------------------------------------------------------------
+
+    @action("suspend", "Suspend", "Suspend the selected licenses? Their live sessions end now.",
+            "fa-pause")
+    def suspend(self, items: Any) -> Any:
+        for item in _as_list(items):
+            if item.status == LicenseStatus.SUSPENDED:
+                continue
+            self._set_status(item, LicenseStatus.SUSPENDED)
+            try:
+                ended = plane().end_license_sessions(item.id, EndReason.LICENSE_SUSPENDED)
+            except PlaneError as exc:
+                flash(f"{item.license_key} suspended, but its sessions could not be ended: {exc}", "danger")
+                continue
+            refresh_edge_cache(item.id)
+            log.info("license.suspended license_id=%s sessions_ended=%s", item.id, ended)
+            flash(f"{item.license_key} suspended; {ended} live session(s) ended.", "success")
+        return redirect(self.get_redirect())
+
+    @action("reactivate", "Reactivate", "Reactivate the selected licenses?", "fa-play")
+    def reactivate(self, items: Any) -> Any:
+        for item in _as_list(items):
+            if item.status == LicenseStatus.ACTIVE:
+                continue
+            self._set_status(item, LicenseStatus.ACTIVE)
+            refresh_edge_cache(item.id)
+            flash(f"{item.license_key} is active again.", "success")
+        return redirect(self.get_redirect())
+
+    @action("extend", "Extend by 1 year", "Extend the selected licenses by one year?", "fa-calendar-plus-o")
+    def extend(self, items: Any) -> Any:
+        session = self.datamodel.session
+        for item in _as_list(items):
+            # from the later of now and the current end, so an expired license gets a full year
+            new_end = session.execute(
+                text("UPDATE licenses SET valid_until = greatest(coalesce(valid_until, now()), now()) + "
+                     ":by WHERE id = :id RETURNING valid_until"), {"by": EXTEND_BY, "id": item.id}).scalar_one()
+            session.commit()
+            refresh_edge_cache(item.id)
+            flash(f"{item.license_key} valid until {new_end:%Y-%m-%d}.", "success")
+        return redirect(self.get_redirect())
+
+    def _set_status(self, item: License, status: str) -> None:
+        session = self.datamodel.session
+        session.execute(text("UPDATE licenses SET status = :s WHERE id = :id"), {"s": status, "id": item.id})
+        session.commit()
+        log.info("license.status license_id=%s status=%s actor=%s", item.id, status, g.get("heartline_actor"))
+
+
+def refresh_edge_cache(license_id: int) -> None:
+    """Drop the license from the plane's cache: the edge reloads it from PostgreSQL at the next request."""
+    try:
+        plane().invalidate_license(license_id)
+    except PlaneError as exc:
+        flash(f"Saved, but the edge cache could not be refreshed ({exc}); edges pick the change up by "
+              "their version check.", "warning")
+
+
+def _as_list(items: Any) -> list[Any]:
+    return list(items) if isinstance(items, list) else [items]
+
+
+def register(appbuilder: AppBuilder) -> None:
+    appbuilder.add_view(LicenseView, "Licenses", icon="fa-key", category="Licensing")

@@ -1,0 +1,75 @@
+"""Live sessions (the durable mirror the worker writes) with a terminate action, and session history."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import flash, redirect
+from flask_appbuilder import AppBuilder, ModelView, action
+
+from admin import permissions
+from admin.models.core import LicenseSession, SessionHistory
+from admin.plane import PlaneError
+from admin.views.base import ReadableInterface, plane
+
+log = logging.getLogger("admin.sessions")
+
+READ_ONLY = ["can_list", "can_show"]
+
+
+class LiveSessionView(ModelView):
+    """Mirror of the plane's live sessions; lags it by at most the worker's flush interval."""
+
+    datamodel = ReadableInterface(LicenseSession)
+    class_permission_name = permissions.LIVE_SESSIONS
+    list_title = show_title = "Live sessions"
+    base_permissions = READ_ONLY
+
+    list_columns = ["session_token", "license", "device", "started_at", "last_heartbeat_at",
+                    "heartbeat_count", "client_version", "client_ip"]
+    show_columns = list_columns + ["hardware_fingerprint"]
+    search_columns = ["license", "device", "started_at", "last_heartbeat_at", "client_version"]
+    order_columns = ["started_at", "last_heartbeat_at", "heartbeat_count"]
+    base_order = ("started_at", "desc")
+    label_columns = {"session_token": "Session", "heartbeat_count": "Heartbeats",
+                     "last_heartbeat_at": "Last heartbeat"}
+
+    @action("terminate", "Terminate", "End the selected sessions now? The clients must start new ones.",
+            "fa-stop")
+    def terminate(self, items: Any) -> Any:
+        for item in items if isinstance(items, list) else [items]:
+            try:
+                ended = plane().terminate_session(item.license_id, str(item.session_token))
+            except PlaneError as exc:
+                flash(f"Session {item.session_token} could not be ended: {exc}", "danger")
+                continue
+            log.info("session.terminated license_id=%s token=%s ended=%s", item.license_id,
+                     item.session_token, ended)
+            if ended:
+                flash(f"Session {item.session_token} terminated; it moves to the history within seconds.",
+                      "success")
+            else:
+                flash(f"Session {item.session_token} had already ended.", "info")
+        return redirect(self.get_redirect())
+
+
+class SessionHistoryView(ModelView):
+    datamodel = ReadableInterface(SessionHistory)
+    class_permission_name = permissions.SESSION_HISTORY
+    list_title = show_title = "Session history"
+    base_permissions = READ_ONLY
+
+    list_columns = ["session_token", "license", "device", "started_at", "ended_at", "end_reason",
+                    "heartbeat_count", "client_version"]
+    show_columns = list_columns + ["hardware_fingerprint", "client_ip"]
+    search_columns = ["license", "device", "end_reason", "started_at", "ended_at", "hardware_fingerprint"]
+    order_columns = ["started_at", "ended_at", "end_reason", "heartbeat_count"]
+    base_order = ("ended_at", "desc")
+    label_columns = {"session_token": "Session", "heartbeat_count": "Heartbeats", "end_reason": "Reason"}
+
+
+def register(appbuilder: AppBuilder) -> None:
+    appbuilder.add_view(LiveSessionView, "Live sessions", icon="fa-heartbeat", category="Sessions",
+                        category_icon="fa-heartbeat")
+    appbuilder.add_view(SessionHistoryView, "Session history", icon="fa-history", category="Sessions")
