@@ -1,0 +1,137 @@
+"""Heartbeat flush: streams -> license_heartbeats, exactly once, in the right month partitions."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import redis.asyncio as aioredis
+from worker_support import add_heartbeat, eventually
+
+from heartline.plane import keys
+from worker.flush import flush_batch, flush_heartbeats, heartbeat_records, store_heartbeats
+from worker.streams import StreamConsumer
+
+
+def ms(*args: int) -> int:
+    return int(datetime(*args, tzinfo=UTC).timestamp() * 1000)  # type: ignore[misc]
+
+
+async def open_session(db: asyncpg.Connection, license_id: int, device_id: int | None) -> str:
+    token = str(uuid.uuid4())
+    await db.execute("INSERT INTO license_sessions (session_token, license_id, device_id, started_at) "
+                     "VALUES ($1, $2, $3, '2026-01-01')", uuid.UUID(token), license_id, device_id)
+    return token
+
+
+async def make_device(db: asyncpg.Connection, license_id: int, fp: str = "fp-1") -> int:
+    return int(await db.fetchval("INSERT INTO device_registrations (license_id, hardware_fingerprint) "
+                                 "VALUES ($1, $2) RETURNING id", license_id, fp))
+
+
+async def drain(ctx: dict[str, Any]) -> int:
+    total = 0
+    while n := await flush_heartbeats(ctx):
+        total += n
+    return total
+
+
+async def test_heartbeats_land_once_each_in_their_month_partition(
+        worker_ctx: dict[str, Any], db: asyncpg.Connection, redis: aioredis.Redis, make_license: Any) -> None:
+    shards = worker_ctx["settings"].stream_shards
+    lic = await make_license()
+    device = await make_device(db, lic["id"])
+    token = await open_session(db, lic["id"], device)
+    # across a month and a year boundary; 2027-01 has no partition yet, the flush creates it
+    stamps = [ms(2026, 10, 31, 23, 59, 59), ms(2026, 11, 1), ms(2026, 11, 15, 12), ms(2026, 12, 31, 23, 59, 59),
+              ms(2027, 1, 1), ms(2027, 1, 1, 0, 0, 1)]
+    for stamp in stamps:
+        for seq in range(100):
+            await add_heartbeat(redis, shards, lic["id"], token, device, entry_id=f"{stamp}-{seq}")
+
+    assert await drain(worker_ctx) == 600
+
+    rows = await db.fetch("SELECT tableoid::regclass::text AS part, count(*) AS n FROM license_heartbeats "
+                          "GROUP BY 1 ORDER BY 1")
+    assert [(r["part"], r["n"]) for r in rows] == [
+        ("license_heartbeats_2026_10", 100), ("license_heartbeats_2026_11", 200),
+        ("license_heartbeats_2026_12", 100), ("license_heartbeats_2027_01", 200)]
+    assert await db.fetchval("SELECT count(DISTINCT event_id) FROM license_heartbeats") == 600
+    session = await db.fetchrow("SELECT heartbeat_count, last_heartbeat_at FROM license_sessions")
+    assert session["heartbeat_count"] == 600
+    assert session["last_heartbeat_at"] == datetime(2027, 1, 1, 0, 0, 1, tzinfo=UTC)
+    assert await db.fetchval("SELECT last_seen_at FROM device_registrations WHERE id = $1", device) == \
+        datetime(2027, 1, 1, 0, 0, 1, tzinfo=UTC)
+    # everything acknowledged: nothing pending for any consumer
+    for shard in range(shards):
+        assert (await redis.xpending(keys.heartbeat_stream(shard), keys.HEARTBEAT_GROUP))["pending"] == 0
+
+
+async def test_batch_delivered_again_after_commit_is_neither_stored_nor_counted_twice(
+        worker_ctx: dict[str, Any], db: asyncpg.Connection, redis: aioredis.Redis, make_license: Any) -> None:
+    settings = worker_ctx["settings"]
+    lic = await make_license()
+    token = await open_session(db, lic["id"], None)
+    for _ in range(150):
+        await add_heartbeat(redis, settings.stream_shards, lic["id"], token, None)
+
+    # A consumer that commits and dies before acknowledging...
+    dying = StreamConsumer(redis, group=keys.HEARTBEAT_GROUP, stream_key=keys.heartbeat_stream,
+                           shards=settings.stream_shards, consumer="dying", batch_size=1000, claim_idle_ms=200)
+    entries = await dying.read_batch()
+    records, _ = heartbeat_records(entries)
+    assert await store_heartbeats(worker_ctx["pool"], records) == 150
+
+    # ...and a live one that takes its entries over once they sit idle.
+    await asyncio.sleep(0.3)
+    heir = StreamConsumer(redis, group=keys.HEARTBEAT_GROUP, stream_key=keys.heartbeat_stream,
+                          shards=settings.stream_shards, consumer="heir", batch_size=1000, claim_idle_ms=200)
+    result = await flush_batch(worker_ctx["pool"], heir)
+    assert (result.read, result.stored, result.duplicates) == (150, 0, 150)
+
+    assert await db.fetchval("SELECT count(*) FROM license_heartbeats") == 150
+    assert await db.fetchval("SELECT heartbeat_count FROM license_sessions") == 150
+    shard = keys.shard_of(lic["id"], settings.stream_shards)
+    assert (await redis.xpending(keys.heartbeat_stream(shard), keys.HEARTBEAT_GROUP))["pending"] == 0
+
+
+async def test_malformed_entries_are_acknowledged_and_never_stored(
+        worker_ctx: dict[str, Any], db: asyncpg.Connection, redis: aioredis.Redis, make_license: Any) -> None:
+    shards = worker_ctx["settings"].stream_shards
+    lic = await make_license()
+    token = await open_session(db, lic["id"], None)
+    stream = keys.heartbeat_stream(keys.shard_of(lic["id"], shards))
+    await redis.xadd(stream, {"l": lic["id"], "t": "not-a-uuid", "d": ""})
+    await redis.xadd(stream, {"t": token})
+    await redis.xadd(stream, {"l": "x", "t": token})
+    await add_heartbeat(redis, shards, lic["id"], token, None)
+
+    assert await drain(worker_ctx) == 4
+    assert await db.fetchval("SELECT count(*) FROM license_heartbeats") == 1
+    assert (await redis.xpending(stream, keys.HEARTBEAT_GROUP))["pending"] == 0
+
+
+async def test_flush_loop_stores_heartbeats_of_every_shard(
+        worker_ctx: dict[str, Any], run_loops: Any, db: asyncpg.Connection, redis: aioredis.Redis,
+        make_license: Any) -> None:
+    shards = worker_ctx["settings"].stream_shards
+    tokens = []
+    for _ in range(shards * 2):
+        lic = await make_license()
+        tokens.append((lic["id"], await open_session(db, lic["id"], None)))
+    run_loops()
+    for round_ in range(50):
+        for license_id, token in tokens:
+            await add_heartbeat(redis, shards, license_id, token, None)
+        if round_ % 10 == 0:
+            await asyncio.sleep(0.02)
+
+    async def stored() -> bool:
+        return await db.fetchval("SELECT count(*) FROM license_heartbeats") == 50 * len(tokens)
+
+    await eventually(stored)
+    counts = await db.fetch("SELECT heartbeat_count FROM license_sessions")
+    assert sorted(r["heartbeat_count"] for r in counts) == [50] * len(tokens)

@@ -1,0 +1,43 @@
+"""Helpers shared by the worker tests (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from heartline.plane import keys
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 15.0, every: float = 0.05) -> Any:
+    """Poll `check` until it returns something truthy; fail with its last value after `timeout`."""
+    deadline = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < deadline:
+        value = await check()
+        if value:
+            return value
+        await asyncio.sleep(every)
+    raise AssertionError(f"condition not met within {timeout}s (last value {value!r})")
+
+
+async def add_heartbeat(redis: aioredis.Redis, shards: int, license_id: int, token: str,
+                        device_id: int | None, entry_id: str = "*") -> str:
+    """XADD one heartbeat entry with the fields heartbeat.lua writes (l, t, d)."""
+    got = await redis.xadd(keys.heartbeat_stream(keys.shard_of(license_id, shards)),
+                           {"l": license_id, "t": token, "d": "" if device_id is None else device_id},
+                           id=entry_id)
+    return got.decode() if isinstance(got, bytes) else str(got)
+
+
+async def add_session_event(redis: aioredis.Redis, shards: int, *, kind: str, license_id: int, token: str,
+                            device_id: int | None = None, fingerprint: str = "", started_ms: int,
+                            at_ms: int, reason: str = "", count: int = 0) -> None:
+    """XADD one session event with the fields start.lua / end_session write."""
+    await redis.xadd(keys.event_stream(keys.shard_of(license_id, shards)), {
+        "k": kind, "l": license_id, "t": token, "d": "" if device_id is None else device_id,
+        "f": fingerprint, "s": started_ms, "at": at_ms, "r": reason, "n": count, "lh": "",
+        "v": "1.2.3", "ip": "192.0.2.7"})

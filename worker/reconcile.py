@@ -1,0 +1,142 @@
+"""Reconciliation: `license_sessions` rows the plane no longer knows (Redis restarted empty, keys lost)
+are closed as `plane_lost`.
+
+A row whose token is missing from its license's live set is not closed at once: its session may have
+just ended, with the `ended` event (and its true reason) still waiting in the shard's event stream.  So a
+round notes such tokens with the event stream's last id at that moment (the watermark), and a later
+round closes those still open only once the history consumer has stored every event up to the watermark.
+An event ending the session was written before the token left the live set, so by then it has been
+recorded and removed the row, and only sessions that really vanished are left.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from heartline.plane import keys
+from worker.streams import parse_stream_id
+
+log = logging.getLogger("worker.reconcile")
+
+OPEN_SESSIONS = "SELECT session_token::text AS token, license_id FROM license_sessions ORDER BY license_id"
+
+# ended_at is the session's last sign of life: when it vanished after that is unknown.
+CLOSE_LOST = """
+WITH lost AS (
+    DELETE FROM license_sessions WHERE session_token = ANY($1::uuid[]) RETURNING *
+)
+INSERT INTO session_history (session_token, license_id, device_id, hardware_fingerprint, started_at,
+                             ended_at, end_reason, heartbeat_count, client_version, client_ip)
+SELECT session_token, license_id, device_id, hardware_fingerprint, started_at,
+       greatest(coalesce(last_heartbeat_at, started_at), started_at), 'plane_lost', heartbeat_count,
+       client_version, client_ip
+  FROM lost
+ON CONFLICT (session_token) DO NOTHING
+"""
+
+PIPELINE_CHUNK = 1000
+
+
+@dataclass
+class Suspects:
+    """Tokens of one shard not live in the plane, and the event stream's last id when that was seen."""
+
+    watermark: tuple[int, int]
+    tokens: set[str] = field(default_factory=set)
+
+
+@dataclass
+class LostSessions:
+    """State kept between rounds: shard -> suspects awaiting the history consumer."""
+
+    pending: dict[int, Suspects] = field(default_factory=dict)
+
+
+async def _not_live(redis: aioredis.Redis, rows: list[asyncpg.Record], shards: int) -> list[asyncpg.Record]:
+    # Membership in the live set, not "deadline in the future": an expired session not yet reaped is
+    # still the plane's, and the reaper will end it with reason timeout.
+    missing: list[asyncpg.Record] = []
+    for start in range(0, len(rows), PIPELINE_CHUNK):
+        chunk = rows[start:start + PIPELINE_CHUNK]
+        async with redis.pipeline(transaction=False) as pipe:
+            for row in chunk:
+                pipe.zscore(keys.live_sessions(row["license_id"], shards), row["token"])
+            scores = await pipe.execute()
+        missing.extend(row for row, score in zip(chunk, scores, strict=True) if score is None)
+    return missing
+
+
+async def _stream_watermark(redis: aioredis.Redis, shard: int) -> tuple[int, int]:
+    try:
+        info = await redis.xinfo_stream(keys.event_stream(shard))
+    except ResponseError:
+        return (0, 0)  # no stream: nothing can be waiting
+    return parse_stream_id(info["last-generated-id"])
+
+
+async def _recorded_up_to(redis: aioredis.Redis, shard: int, watermark: tuple[int, int]) -> bool:
+    """Has the history group stored (acknowledged) every event of the shard up to `watermark`?"""
+    key = keys.event_stream(shard)
+    try:
+        groups = await redis.xinfo_groups(key)
+    except ResponseError:
+        return True  # the stream is gone (Redis restarted empty): no event is waiting
+    group = next((g for g in groups if _text(g["name"]) == keys.EVENT_GROUP), None)
+    if group is None:
+        return int(await redis.xlen(key)) == 0
+    if parse_stream_id(group["last-delivered-id"]) < watermark:
+        return False
+    if not int(group.get("pending") or 0):
+        return True
+    pending = await redis.xpending(key, keys.EVENT_GROUP)
+    return parse_stream_id(pending["min"]) > watermark
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def close_lost_sessions(ctx: dict[str, Any]) -> int:
+    """Close live-session rows whose session the plane lost, as plane_lost; returns how many."""
+    pool: asyncpg.Pool = ctx["pool"]
+    redis: aioredis.Redis = ctx["redis"]
+    shards: int = ctx["settings"].stream_shards
+    state: LostSessions = ctx["lost_sessions"]
+
+    closed = 0
+    for shard, suspects in list(state.pending.items()):
+        if not await _recorded_up_to(redis, shard, suspects.watermark):
+            continue
+        async with pool.acquire() as conn:
+            status = await conn.execute(CLOSE_LOST, sorted(suspects.tokens))
+        closed += int(status.rsplit(" ", 1)[-1])
+        del state.pending[shard]
+
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(OPEN_SESSIONS)
+    by_shard: dict[int, set[str]] = {}
+    for row in await _not_live(redis, rows, shards):
+        by_shard.setdefault(keys.shard_of(row["license_id"], shards), set()).add(row["token"])
+    for shard, tokens in by_shard.items():
+        known = state.pending.get(shard)
+        if known is not None and tokens <= known.tokens:
+            continue
+        # New suspects need a watermark taken after they were seen missing; a later one serves the
+        # earlier suspects of the shard just as well.
+        watermark = await _stream_watermark(redis, shard)
+        if known is None:
+            state.pending[shard] = Suspects(watermark, tokens)
+        else:
+            known.watermark = max(known.watermark, watermark)
+            known.tokens |= tokens
+
+    if closed:
+        log.warning("worker.reconcile.closed_lost sessions=%s", closed)
+        ctx["metrics"].sessions_lost(closed)
+    return closed

@@ -1,0 +1,196 @@
+"""arq wiring: `worker_settings(settings)` builds the WorkerSettings class, and `startup` / `shutdown`
+own the process's long-lived resources in arq's ctx.
+
+ctx holds: settings, pool (asyncpg, audit actor 'worker'), redis, plane (SessionPlane), the two stream
+consumers, metrics, lost_sessions (reconciliation state), and the loop tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from datetime import UTC, date, datetime
+from typing import Any, ClassVar
+
+import redis.asyncio as aioredis
+from arq.connections import RedisSettings
+from arq.cron import CronJob
+
+from heartline import db
+from heartline.plane import keys
+from heartline.plane.sessions import SessionPlane
+from heartline.settings import Settings
+from worker.flush import flush_heartbeats, prepare_connection
+from worker.history import record_session_events
+from worker.loops import run_loop
+from worker.metrics import WorkerMetrics, serve_metrics
+from worker.partitions import maintain_heartbeat_partitions
+from worker.reaper import reap_expired_sessions
+from worker.reconcile import LostSessions, close_lost_sessions
+from worker.streams import StreamConsumer
+
+log = logging.getLogger("worker.settings")
+
+# How often acknowledged entries are trimmed from the streams (the backlog /metrics reports is then
+# the stream length) and how long a consumer with nothing pending may stay idle before it is forgotten.
+TIDY_INTERVAL_S = 5.0
+DEAD_CONSUMER_IDLE_MS = 3_600_000
+# How often the partitions loop checks whether today's maintenance ran.
+PARTITIONS_CHECK_S = 60.0
+# Time a loop gets on shutdown to finish the batch it holds before it is cancelled.
+SHUTDOWN_GRACE_S = 10.0
+POOL_MAX_SIZE = 4
+
+
+def consumer_name() -> str:
+    """Unique per process: a new process never inherits a dead one's pending entries by name."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+async def open_resources(ctx: dict[str, Any]) -> None:
+    """PostgreSQL pool, Redis, the plane and the two stream consumers (groups created)."""
+    settings: Settings = ctx["settings"]
+    assert settings.database_url and settings.redis_url
+    # min_size=0: the worker starts (and the loops back off) even while PostgreSQL is down.
+    ctx["pool"] = await db.create_pool(settings.database_url, actor="worker", min_size=0,
+                                       max_size=POOL_MAX_SIZE, init=prepare_connection)
+    ctx["redis"] = aioredis.Redis.from_url(settings.redis_url)
+    ctx["plane"] = SessionPlane(ctx["redis"], settings)
+    await ctx["plane"].load_scripts()
+    ctx.setdefault("consumer_name", consumer_name())
+    claim_idle_ms = int(settings.pending_claim_idle_s * 1000)
+    ctx["heartbeat_consumer"] = StreamConsumer(
+        ctx["redis"], group=keys.HEARTBEAT_GROUP, stream_key=keys.heartbeat_stream,
+        shards=settings.stream_shards, consumer=ctx["consumer_name"], batch_size=settings.flush_batch_size,
+        claim_idle_ms=claim_idle_ms)
+    ctx["event_consumer"] = StreamConsumer(
+        ctx["redis"], group=keys.EVENT_GROUP, stream_key=keys.event_stream,
+        shards=settings.stream_shards, consumer=ctx["consumer_name"], batch_size=settings.flush_batch_size,
+        claim_idle_ms=claim_idle_ms)
+    await ctx["heartbeat_consumer"].ensure_groups()
+    await ctx["event_consumer"].ensure_groups()
+    ctx["metrics"] = WorkerMetrics()
+    ctx["lost_sessions"] = LostSessions()
+
+
+def start_loops(ctx: dict[str, Any]) -> None:
+    """One task per concern (see worker/loops.py for why loops rather than arq cron)."""
+    ctx["stop"] = asyncio.Event()
+    ctx["tasks"] = [asyncio.create_task(run_loop(name, step, interval, ctx["stop"],
+                                                 on_state=ctx["metrics"].loop_state), name=f"worker.{name}")
+                    for name, step, interval in _loops(ctx)]
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    """arq on_startup: open the resources, start the loops and /metrics."""
+    settings: Settings = ctx["settings"]
+    await open_resources(ctx)
+    start_loops(ctx)
+    ctx["metrics_server"] = None
+    if settings.worker_metrics_port:
+        ctx["metrics_server"] = await serve_metrics(ctx, settings.worker_metrics_host,
+                                                    settings.worker_metrics_port)
+    log.info("worker.started consumer=%s shards=%s batch=%s", ctx["consumer_name"], settings.stream_shards,
+             settings.flush_batch_size)
+
+
+def _loops(ctx: dict[str, Any]) -> list[tuple[str, Callable[[], Awaitable[bool]], float]]:
+    settings: Settings = ctx["settings"]
+    batch = settings.flush_batch_size
+
+    async def flush() -> bool:
+        return await flush_heartbeats(ctx) >= batch
+
+    async def history() -> bool:
+        return await record_session_events(ctx) >= batch
+
+    async def reaper() -> bool:
+        await reap_expired_sessions(ctx)
+        return False
+
+    async def reconcile() -> bool:
+        await close_lost_sessions(ctx)
+        return False
+
+    async def tidy() -> bool:
+        for consumer in (ctx["heartbeat_consumer"], ctx["event_consumer"]):
+            await consumer.trim()
+            await consumer.forget_idle_consumers(DEAD_CONSUMER_IDLE_MS)
+        return False
+
+    done: dict[str, date] = {}
+
+    async def partitions() -> bool:
+        # At start and then once per UTC day, retried with backoff while PostgreSQL is down.
+        today = datetime.now(UTC).date()
+        if done.get("day") != today:
+            await maintain_heartbeat_partitions(ctx, today)
+            done["day"] = today
+        return False
+
+    return [
+        ("flush", flush, settings.flush_interval_s),
+        ("history", history, settings.flush_interval_s),
+        ("reaper", reaper, settings.reap_interval_s),
+        ("reconcile", reconcile, settings.reconcile_interval_s),
+        ("streams", tidy, TIDY_INTERVAL_S),
+        ("partitions", partitions, PARTITIONS_CHECK_S),
+    ]
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    """Let each loop finish the batch it holds, then close everything startup opened."""
+    stop: asyncio.Event | None = ctx.get("stop")
+    tasks: list[asyncio.Task[None]] = ctx.get("tasks", [])
+    if stop is not None:
+        stop.set()
+    if tasks:
+        _done, late = await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE_S)
+        for task in late:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    server: asyncio.Server | None = ctx.get("metrics_server")
+    if server is not None:
+        server.close()
+        await server.wait_closed()
+    if ctx.get("pool") is not None:
+        await ctx["pool"].close()
+    if ctx.get("redis") is not None:
+        await ctx["redis"].aclose()
+    log.info("worker.stopped")
+
+
+def _cron_jobs(settings: Settings) -> list[CronJob]:
+    """Daily jobs that arq schedules once across all workers; backups when that module is built."""
+    jobs: list[CronJob] = []
+    if importlib.util.find_spec("worker.backups") is not None:
+        from worker.backups import backup_cron
+
+        jobs.append(backup_cron(settings))
+    return jobs
+
+
+def worker_settings(settings: Settings) -> type:
+    """arq's WorkerSettings for these settings (arq reads the class attributes)."""
+    assert settings.redis_url
+
+    class WorkerSettings:
+        functions = (maintain_heartbeat_partitions,)
+        cron_jobs = _cron_jobs(settings)
+        redis_settings = RedisSettings.from_dsn(settings.redis_url)
+        on_startup = startup
+        on_shutdown = shutdown
+        ctx: ClassVar[dict[str, Any]] = {"settings": settings}
+        timezone = UTC
+        # arq's own health key (arq:queue:health-check) is refreshed this often.
+        health_check_interval = 30
+        max_jobs = 2
+
+    return WorkerSettings
