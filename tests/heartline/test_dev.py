@@ -18,6 +18,13 @@ from pathlib import Path
 from heartline.devstack import free_port
 
 
+def _built(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
 def _port_open(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
@@ -59,7 +66,7 @@ def test_dev_brings_up_everything_and_stops_cleanly_on_ctrl_c(tmp_path: Path) ->
         migrate = subprocess.run([sys.executable, "-m", "heartline", "migrate"], env=env, cwd=tmp_path,
                                  capture_output=True, text=True, timeout=60)
         assert migrate.stdout.strip() == "schema is up to date", migrate.stderr
-        if importlib.util.find_spec("edge.server") is not None:
+        if _built("edge.server"):
             deadline = time.monotonic() + 60
             while True:
                 try:
