@@ -44,3 +44,17 @@ class CachedLicense(msgspec.Struct, frozen=True, kw_only=True):
             device_limit=int(get["device_limit"]), sessions_limit=int(get["sessions_limit"]),
             interval_s=int(get["interval_s"]), timeout_s=int(get["timeout_s"]),
         )
+
+    def refusal(self, now_ms: int) -> str | None:
+        """Why the license refuses service at `now_ms`, or None; the same rule as _prelude.lua's."""
+        if self.status == "suspended":
+            return "LICENSE_SUSPENDED"
+        if self.status == "revoked":
+            return "LICENSE_REVOKED"
+        if self.status != "active":
+            return "LICENSE_SUSPENDED"
+        if self.valid_until_ms is not None and now_ms >= self.valid_until_ms:
+            return "LICENSE_EXPIRED"
+        if now_ms < self.valid_from_ms:
+            return "LICENSE_NOT_YET_VALID"
+        return None

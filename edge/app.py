@@ -1,0 +1,83 @@
+"""`create_app(settings)`: the edge's Starlette app, with its resources built in the lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import asyncpg
+import redis.asyncio as aioredis
+import redis.exceptions
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.routing import Route
+
+from edge import errors
+from edge.auth import ApiKeyGuard
+from edge.metrics import EdgeMetrics, MetricsMiddleware
+from edge.openapi import build_document, openapi_endpoint
+from edge.routes import routes
+from edge.state import EdgeState
+from heartline import db
+from heartline.licenses import LicenseCache
+from heartline.plane.sessions import SessionPlane
+from heartline.settings import Settings
+
+log = logging.getLogger("heartline.edge")
+
+# Connections from one edge process; requests beyond them wait (activations serialize per license anyway).
+DATABASE_POOL_SIZE = 10
+REDIS_MAX_CONNECTIONS = 256
+
+
+def create_app(settings: Settings) -> Starlette:
+    if not settings.database_url or not settings.redis_url:
+        raise ValueError("the edge needs settings.database_url and settings.redis_url")
+    metrics = EdgeMetrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # hiredis is used automatically when installed (redis[hiredis]).
+        redis_client = aioredis.Redis.from_url(settings.redis_url or "", max_connections=REDIS_MAX_CONNECTIONS)
+        pool = await db.create_pool(settings.database_url or "", actor="edge", max_size=DATABASE_POOL_SIZE)
+        plane = SessionPlane(redis_client, settings)
+        try:
+            await plane.load_scripts()
+        except redis.exceptions.ConnectionError:
+            log.warning("edge.plane.unavailable at start; scripts load on first use")
+        api_keys = ApiKeyGuard(pool, settings)
+        app.state.edge = EdgeState(settings=settings, redis=redis_client, pool=pool, plane=plane,
+                                   licenses=LicenseCache(pool, plane, settings), api_keys=api_keys)
+        tasks = [asyncio.create_task(app.state.edge.licenses.run_refresher(), name="license-refresher"),
+                 asyncio.create_task(api_keys.run_flusher(), name="api-key-last-used")]
+        log.info("edge.started shards=%s", settings.stream_shards)
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await api_keys.flush_last_used()
+            await pool.close()
+            await redis_client.aclose()
+
+    app = Starlette(
+        routes=[*routes(), Route("/v1/openapi.json", openapi_endpoint(build_document()), methods=["GET"])],
+        middleware=[Middleware(MetricsMiddleware, metrics=metrics)],
+        exception_handlers={
+            errors.EdgeError: errors.handle_edge_error,
+            HTTPException: errors.handle_http_exception,
+            redis.exceptions.ConnectionError: errors.handle_redis_down,
+            redis.exceptions.TimeoutError: errors.handle_redis_down,
+            asyncpg.PostgresConnectionError: errors.handle_database_down,
+            asyncpg.InterfaceError: errors.handle_database_down,
+            OSError: errors.handle_database_down,
+        },
+        lifespan=lifespan,
+    )
+    app.state.metrics = metrics
+    return app

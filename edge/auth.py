@@ -1,0 +1,103 @@
+"""X-API-Key authentication with an in-process cache, so the hot path does no I/O for it.
+
+A key is looked up in PostgreSQL by its sha256 at most once per `api_key_cache_s` per process: a
+revoked key therefore stops working within that time (30 s by default).  Unknown keys are remembered
+briefly too, so a client retrying a bad key costs no query each time.  `last_used_at` is written in
+batches by a background task, never per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import asyncpg
+from starlette.requests import Request
+
+from edge.errors import ApiKeyInvalid, ApiKeyMissing
+from heartline.apikeys import hash_key, is_well_formed
+from heartline.settings import Settings
+
+log = logging.getLogger("heartline.edge.auth")
+
+HEADER = "x-api-key"
+ACTIVE_KEY = "SELECT id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL"
+TOUCH_KEYS = "UPDATE api_keys SET last_used_at = now() WHERE id = ANY($1::bigint[])"
+# Unknown keys are remembered for at most this long, so a key created a moment ago works soon.
+UNKNOWN_KEY_TTL_S = 5.0
+# Bound on remembered keys: random garbage keys must not grow memory without limit.
+MAX_CACHED_KEYS = 50_000
+LAST_USED_FLUSH_S = 30.0
+
+
+class ApiKeyGuard:
+    """Checks X-API-Key headers; one per edge process, created in the lifespan."""
+
+    def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
+        self.pool = pool
+        self.ttl_s = settings.api_key_cache_s
+        # sha256 of the key -> (key id or None when unknown/revoked, monotonic time the entry expires).
+        # Looking up the digest of the presented key leaks nothing about other keys' digests.
+        self._cache: dict[bytes, tuple[int | None, float]] = {}
+        self._pending: dict[bytes, asyncio.Future[int | None]] = {}
+        self._used: set[int] = set()
+
+    async def authenticate(self, request: Request) -> int:
+        """The id of the request's API key; raises ApiKeyMissing / ApiKeyInvalid."""
+        presented = request.headers.get(HEADER)
+        if not presented:
+            raise ApiKeyMissing()
+        if not is_well_formed(presented):
+            raise ApiKeyInvalid()
+        digest = hash_key(presented)
+        entry = self._cache.get(digest)
+        key_id = entry[0] if entry is not None and entry[1] > time.monotonic() else await self._lookup(digest)
+        if key_id is None:
+            raise ApiKeyInvalid()
+        self._used.add(key_id)
+        return key_id
+
+    async def _lookup(self, digest: bytes) -> int | None:
+        pending = self._pending.get(digest)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        self._pending[digest] = future
+        try:
+            key_id = await self.pool.fetchval(ACTIVE_KEY, digest)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()
+            raise
+        finally:
+            del self._pending[digest]
+        if len(self._cache) >= MAX_CACHED_KEYS:
+            self._cache.clear()
+        ttl = self.ttl_s if key_id is not None else min(self.ttl_s, UNKNOWN_KEY_TTL_S)
+        self._cache[digest] = (key_id, time.monotonic() + ttl)
+        future.set_result(key_id)
+        return None if key_id is None else int(key_id)
+
+    async def flush_last_used(self) -> int:
+        """Write last_used_at for the keys used since the previous flush."""
+        if not self._used:
+            return 0
+        used, self._used = self._used, set()
+        try:
+            await self.pool.execute(TOUCH_KEYS, list(used))
+        except Exception:
+            self._used |= used
+            raise
+        return len(used)
+
+    async def run_flusher(self) -> None:
+        """Background task: flush last_used_at every LAST_USED_FLUSH_S until cancelled."""
+        while True:
+            await asyncio.sleep(LAST_USED_FLUSH_S)
+            try:
+                await self.flush_last_used()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("edge.api_key.touch_failed error=%s", type(exc).__name__)

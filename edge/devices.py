@@ -1,0 +1,134 @@
+"""Device activation and deactivation: PostgreSQL's device_registrations is the record.
+
+Both take the license row FOR UPDATE, so activations of one license run one at a time and the device
+limit holds under any concurrency; the plane's devices hash is rewritten inside that lock, so it never
+goes back to an older list.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from edge.bodies import read_struct
+from edge.errors import LICENSE_REFUSALS, DeviceLimitReached, DeviceNotFound, LicenseNotFound
+from edge.schemas import ActivateRequest, ActivateResponse, DeactivateResponse, DeviceRequest, encode
+from edge.state import EdgeState, edge_state
+from heartline.licenses import ACTIVE_DEVICES, LICENSE_COLUMNS, to_cached
+from heartline.plane.events import EndReason
+
+log = logging.getLogger("heartline.edge.devices")
+
+LOCK_LICENSE = f"""
+SELECT {LICENSE_COLUMNS},
+       CASE WHEN status = 'suspended' THEN 'LICENSE_SUSPENDED'
+            WHEN status = 'revoked' THEN 'LICENSE_REVOKED'
+            WHEN status <> 'active' THEN 'LICENSE_SUSPENDED'
+            WHEN valid_until IS NOT NULL AND valid_until <= now() THEN 'LICENSE_EXPIRED'
+            WHEN valid_from > now() THEN 'LICENSE_NOT_YET_VALID'
+       END AS refusal
+FROM licenses WHERE id = $1 FOR UPDATE
+"""
+FIND_DEVICE = ("SELECT id, is_active FROM device_registrations "
+               "WHERE license_id = $1 AND hardware_fingerprint = $2")
+INSERT_DEVICE = ("INSERT INTO device_registrations (license_id, hardware_fingerprint, device_name, device_type) "
+                 "VALUES ($1, $2, $3, $4) RETURNING id")
+REACTIVATE_DEVICE = """
+UPDATE device_registrations
+SET is_active = true, deactivated_at = NULL, deactivation_reason = NULL,
+    device_name = coalesce($2, device_name), device_type = coalesce($3, device_type)
+WHERE id = $1
+"""
+DEACTIVATE_DEVICE = """
+UPDATE device_registrations SET is_active = false, deactivated_at = now(), deactivation_reason = 'client'
+WHERE license_id = $1 AND hardware_fingerprint = $2 AND is_active
+RETURNING id
+"""
+
+
+@dataclass(frozen=True)
+class Activation:
+    device_id: int
+    newly_activated: bool
+    active_devices: int
+    device_limit: int
+
+
+async def activate_device(state: EdgeState, license_id: int, fingerprint: str, device_name: str | None,
+                          device_type: str | None) -> Activation:
+    """Activate a device (idempotent for an active one); raises the license or device-limit refusal."""
+    async with state.pool.acquire() as conn, conn.transaction():
+        lic = await conn.fetchrow(LOCK_LICENSE, license_id)
+        if lic is None:
+            raise LicenseNotFound()
+        if lic["refusal"] is not None:
+            raise LICENSE_REFUSALS[lic["refusal"]]()
+        found = await conn.fetchrow(FIND_DEVICE, license_id, fingerprint)
+        devices = {r["hardware_fingerprint"]: r["id"] for r in await conn.fetch(ACTIVE_DEVICES, license_id)}
+        if found is not None and found["is_active"]:
+            device_id, created = found["id"], False
+        else:
+            if len(devices) >= lic["device_limit"]:
+                log.info("device.activation.refused license_id=%s code=DEVICE_LIMIT_REACHED", license_id)
+                raise DeviceLimitReached()
+            if found is None:
+                device_id = await conn.fetchval(INSERT_DEVICE, license_id, fingerprint, device_name, device_type)
+            else:
+                device_id = found["id"]
+                await conn.execute(REACTIVATE_DEVICE, device_id, device_name, device_type)
+            devices[fingerprint] = device_id
+            created = True
+            log.info("device.activated license_id=%s device_id=%s", license_id, device_id)
+        # Still under the row lock: the plane sees this device list before any later change.
+        await state.plane.cache_license(to_cached(lic, state.settings), devices)
+    return Activation(device_id=device_id, newly_activated=created, active_devices=len(devices),
+                      device_limit=lic["device_limit"])
+
+
+async def deactivate_device(state: EdgeState, license_id: int, fingerprint: str) -> int:
+    """Deactivate a device and end its sessions (device_deactivated); returns how many ended."""
+    async with state.pool.acquire() as conn, conn.transaction():
+        if await conn.fetchval("SELECT id FROM licenses WHERE id = $1 FOR UPDATE", license_id) is None:
+            raise LicenseNotFound()
+        device_id = await conn.fetchval(DEACTIVATE_DEVICE, license_id, fingerprint)
+        if device_id is None:
+            raise DeviceNotFound()
+        ended = await state.plane.end_device_sessions(license_id, fingerprint, EndReason.DEVICE_DEACTIVATED)
+    log.info("device.deactivated license_id=%s device_id=%s sessions_ended=%s", license_id, device_id, ended)
+    return ended
+
+
+async def license_id_or_404(state: EdgeState, license_key: str) -> int:
+    license_id = await state.licenses.license_id(license_key)
+    if license_id is None:
+        raise LicenseNotFound()
+    return license_id
+
+
+async def activate(request: Request) -> Response:
+    """POST /v1/devices/activate: activate a device on a license (201 new, 200 already active)."""
+    state = edge_state(request)
+    await state.api_keys.authenticate(request)
+    body = await read_struct(request, ActivateRequest, state.settings.max_body_bytes)
+    license_id = await license_id_or_404(state, body.license_key)
+    result = await activate_device(state, license_id, body.hardware_fingerprint, body.device_name,
+                                   body.device_type)
+    return Response(encode(ActivateResponse(
+        device_id=result.device_id, hardware_fingerprint=body.hardware_fingerprint,
+        newly_activated=result.newly_activated, active_devices=result.active_devices,
+        device_limit=result.device_limit)), status_code=201 if result.newly_activated else 200,
+        media_type="application/json")
+
+
+async def deactivate(request: Request) -> Response:
+    """POST /v1/devices/deactivate: deactivate a device; its live session ends."""
+    state = edge_state(request)
+    await state.api_keys.authenticate(request)
+    body = await read_struct(request, DeviceRequest, state.settings.max_body_bytes)
+    license_id = await license_id_or_404(state, body.license_key)
+    ended = await deactivate_device(state, license_id, body.hardware_fingerprint)
+    return Response(encode(DeactivateResponse(hardware_fingerprint=body.hardware_fingerprint, deactivated=True,
+                                              sessions_ended=ended)), media_type="application/json")

@@ -1,0 +1,72 @@
+"""Prometheus metrics of one edge process: requests and latency by route and status, refusals by
+code, live sessions (read from the plane at scrape time).
+
+Each app gets its own registry (several apps may live in one test process).  With several uvicorn
+workers each serves its own counters; scrape them through the load balancer's per-instance targets or
+run one worker per container.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from edge.state import edge_state
+
+# Heartbeats take about a millisecond; starts with an activation tens of milliseconds.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class EdgeMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("heartline_edge_requests_total", "HTTP requests by route, method and status",
+                                ["route", "method", "status"], registry=self.registry)
+        self.latency = Histogram("heartline_edge_request_duration_seconds",
+                                 "Time to answer, by route, method and status", ["route", "method", "status"],
+                                 buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.refusals = Counter("heartline_edge_refusals_total", "Error answers by code", ["code"],
+                                registry=self.registry)
+        self.live_sessions = Gauge("heartline_live_sessions", "Sessions live in the plane (all shards)",
+                                   registry=self.registry)
+
+
+class MetricsMiddleware:
+    """Counts and times every HTTP request under its route template (e.g. /v1/sessions/{token}/end)."""
+
+    def __init__(self, app: ASGIApp, metrics: EdgeMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            labels = (path, scope["method"], str(status))
+            self.metrics.requests.labels(*labels).inc()
+            self.metrics.latency.labels(*labels).observe(time.perf_counter() - started)
+
+
+async def metrics(request: Request) -> Response:
+    """GET /metrics: Prometheus text format."""
+    collected: EdgeMetrics = request.app.state.metrics
+    collected.live_sessions.set(await edge_state(request).plane.live_count())
+    return Response(generate_latest(collected.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,87 @@
+"""The edge's calls in one table: the app's routes and the OpenAPI document are both built from it."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from edge import devices, health, heartbeats, licenses, metrics, sessions
+from edge.schemas import (
+    ActivateRequest,
+    ActivateResponse,
+    DeactivateResponse,
+    DeviceRequest,
+    EndResponse,
+    HealthResponse,
+    HeartbeatResponse,
+    LicenseRequest,
+    ResourcesResponse,
+    SessionResponse,
+    StartSessionRequest,
+    ValidateResponse,
+)
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str
+    endpoint: Endpoint
+    summary: str
+    request: type | None = None
+    # status -> (response struct, description); error statuses use the error body.
+    responses: dict[int, tuple[type | None, str]] = field(default_factory=dict)
+    refusals: dict[int, str] = field(default_factory=dict)
+    authenticated: bool = True
+    tag: str = "client"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+LICENSE_REFUSED = "LICENSE_SUSPENDED, LICENSE_REVOKED, LICENSE_EXPIRED or LICENSE_NOT_YET_VALID"
+
+OPERATIONS: tuple[Operation, ...] = (
+    Operation("POST", "/v1/licenses/validate", licenses.validate,
+              "Validate a license for a device", DeviceRequest,
+              {200: (ValidateResponse, "Whether the license serves this device, with a code saying why")}),
+    Operation("POST", "/v1/devices/activate", devices.activate, "Activate a device on a license",
+              ActivateRequest,
+              {201: (ActivateResponse, "Device activated"), 200: (ActivateResponse, "Device was already active")},
+              {404: "LICENSE_NOT_FOUND", 403: LICENSE_REFUSED, 409: "DEVICE_LIMIT_REACHED"}),
+    Operation("POST", "/v1/devices/deactivate", devices.deactivate,
+              "Deactivate a device; its live session ends", DeviceRequest,
+              {200: (DeactivateResponse, "Device deactivated")},
+              {404: "LICENSE_NOT_FOUND or DEVICE_NOT_FOUND"}),
+    Operation("POST", "/v1/sessions", sessions.start, "Start a session, or resume the device's live one",
+              StartSessionRequest,
+              {201: (SessionResponse, "Session started"),
+               200: (SessionResponse, "The device's live session, resumed (same token)")},
+              {404: "LICENSE_NOT_FOUND", 403: LICENSE_REFUSED,
+               409: "SESSION_LIMIT_REACHED or DEVICE_LIMIT_REACHED"}),
+    Operation("POST", "/v1/sessions/{token}/heartbeat", heartbeats.heartbeat, "Keep a session alive",
+              LicenseRequest, {200: (HeartbeatResponse, "Session extended")},
+              {404: "SESSION_NOT_FOUND (start a new session) or LICENSE_NOT_FOUND", 403: LICENSE_REFUSED +
+               " (the session has been ended)", 429: "HEARTBEAT_TOO_FREQUENT (see Retry-After)"}),
+    Operation("POST", "/v1/sessions/{token}/end", sessions.end, "End a session", LicenseRequest,
+              {200: (EndResponse, "Session ended")}, {404: "SESSION_NOT_FOUND or LICENSE_NOT_FOUND"}),
+    Operation("POST", "/v1/licenses/resources", licenses.resources,
+              "The domains, IPv4 addresses and phone numbers a license holds", LicenseRequest,
+              {200: (ResourcesResponse, "Resources held")}, {404: "LICENSE_NOT_FOUND"}),
+    Operation("GET", "/healthz", health.healthz, "Liveness", None, {200: (HealthResponse, "Alive")},
+              authenticated=False, tag="operations"),
+    Operation("GET", "/readyz", health.readyz, "Readiness: Redis reachable", None,
+              {200: (HealthResponse, "Ready"), 503: (HealthResponse, "Redis unreachable")},
+              authenticated=False, tag="operations"),
+    Operation("GET", "/metrics", metrics.metrics, "Prometheus metrics", None, {200: (None, "Prometheus text")},
+              authenticated=False, tag="operations"),
+)
+
+
+def routes() -> list[Route]:
+    return [Route(op.path, op.endpoint, methods=[op.method]) for op in OPERATIONS]

@@ -1,0 +1,143 @@
+"""msgspec structs for every body the edge reads or writes; the OpenAPI document is generated from them.
+
+Requests ignore unknown fields (older servers keep working with newer clients); limits on lengths
+mirror the database's CHECK constraints so bad input is refused before any query.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta
+
+# PostgreSQL text cannot hold NUL characters, so no string may carry one.
+NO_NUL = r"^[^\x00]*$"
+LicenseKey = Annotated[str, Meta(min_length=8, max_length=64, pattern=NO_NUL,
+                                 description="The license key, e.g. HL-XXXXX-XXXXX-XXXXX-XXXXX")]
+Fingerprint = Annotated[str, Meta(min_length=1, max_length=256, pattern=NO_NUL,
+                                  description="Stable hardware fingerprint of the device")]
+DeviceName = Annotated[str, Meta(max_length=200, pattern=NO_NUL)]
+DeviceType = Annotated[str, Meta(max_length=64, pattern=NO_NUL)]
+ClientVersion = Annotated[str, Meta(max_length=64, pattern=NO_NUL)]
+
+
+class Struct(msgspec.Struct, frozen=True, kw_only=True):
+    pass
+
+
+# -- requests ----------------------------------------------------------------------------------------
+
+class DeviceRequest(Struct):
+    """Body of validate and deactivate: a license and a device."""
+    license_key: LicenseKey
+    hardware_fingerprint: Fingerprint
+
+
+class ActivateRequest(Struct):
+    license_key: LicenseKey
+    hardware_fingerprint: Fingerprint
+    device_name: DeviceName | None = None
+    device_type: DeviceType | None = None
+
+
+class StartSessionRequest(Struct):
+    license_key: LicenseKey
+    hardware_fingerprint: Fingerprint
+    device_name: DeviceName | None = None
+    device_type: DeviceType | None = None
+    client_version: ClientVersion | None = None
+
+
+class LicenseRequest(Struct):
+    """Body of heartbeat, end and resources: the license the session or resources belong to."""
+    license_key: LicenseKey
+
+
+# -- responses ---------------------------------------------------------------------------------------
+
+class ErrorDetail(Struct):
+    code: str
+    message: str
+
+
+class ErrorBody(Struct):
+    error: ErrorDetail
+
+
+class LicenseInfo(Struct):
+    status: str
+    valid_from: dt.datetime
+    valid_until: dt.datetime | None
+    device_limit: int
+    concurrent_sessions_limit: int
+    heartbeat_interval_s: int
+    heartbeat_timeout_s: int
+
+
+class DeviceInfo(Struct):
+    hardware_fingerprint: str
+    activated: bool
+    device_id: int | None = None
+
+
+class ValidateResponse(Struct):
+    valid: bool
+    code: str
+    license: LicenseInfo | None = None
+    device: DeviceInfo | None = None
+
+
+class ActivateResponse(Struct):
+    device_id: int
+    hardware_fingerprint: str
+    newly_activated: bool
+    active_devices: int
+    device_limit: int
+
+
+class DeactivateResponse(Struct):
+    hardware_fingerprint: str
+    deactivated: bool
+    sessions_ended: int
+
+
+class SessionResponse(Struct):
+    session_token: Annotated[str, Meta(extra_json_schema={"format": "uuid"})]
+    resumed: bool
+    heartbeat_interval_s: int
+    heartbeat_timeout_s: int
+    expires_at: dt.datetime
+
+
+class HeartbeatResponse(Struct):
+    expires_at: dt.datetime
+    next_heartbeat_in_s: int
+
+
+class EndResponse(Struct):
+    ended: bool
+
+
+class ResourcesResponse(Struct):
+    domains: list[str]
+    ipv4: list[str]
+    phones: list[str]
+
+
+class HealthResponse(Struct):
+    status: str
+    redis: bool | None = None
+    database: bool | None = None
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def encode(value: Any) -> bytes:
+    return _encoder.encode(value)
+
+
+def utc_from_ms(ms: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC)

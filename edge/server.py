@@ -1,0 +1,42 @@
+"""`heartline edge`: serve the edge with uvicorn (uvloop, httptools).
+
+Proxy headers (X-Forwarded-For, X-Forwarded-Proto) are trusted only from `trusted_proxies`, so the
+client address in session events is the real one behind nginx and cannot be forged from elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import uvicorn
+from starlette.applications import Starlette
+
+from edge.app import create_app
+from heartline import services
+from heartline.settings import Settings
+
+
+def app_from_env() -> Starlette:
+    """Factory for uvicorn's worker processes: each builds its settings from the environment."""
+    return create_app(services.resolve(Settings.from_env()))
+
+
+def main(settings: Settings, argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="heartline edge", description="Run the HTTP edge")
+    parser.add_argument("--host", default=settings.edge_host)
+    parser.add_argument("--port", type=int, default=settings.edge_port)
+    parser.add_argument("--workers", type=int, default=settings.edge_workers)
+    args = parser.parse_args(argv)
+    settings = services.resolve(settings)
+    common = dict(host=args.host, port=args.port, loop="uvloop", http="httptools", lifespan="on",
+                  proxy_headers=True, forwarded_allow_ips=list(settings.trusted_proxies), access_log=False,
+                  log_level=settings.log_level.lower(), limit_concurrency=None, timeout_graceful_shutdown=10)
+    if args.workers > 1:
+        # Worker processes import the app by name and read the settings from the environment.
+        os.environ["HEARTLINE_DATABASE_URL"] = settings.database_url or ""
+        os.environ["HEARTLINE_REDIS_URL"] = settings.redis_url or ""
+        uvicorn.run("edge.server:app_from_env", factory=True, workers=args.workers, **common)  # type: ignore[arg-type]
+    else:
+        uvicorn.run(create_app(settings), **common)  # type: ignore[arg-type]
+    return 0

@@ -1,0 +1,85 @@
+"""Sessions: start (or resume) and end.  Heartbeats have their own module, being the hot path."""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from edge.bodies import read_struct, session_token
+from edge.devices import activate_device, license_id_or_404
+from edge.errors import (
+    LICENSE_REFUSALS,
+    EdgeError,
+    LicenseNotFound,
+    PlaneUnavailable,
+    SessionLimitReached,
+    SessionNotFound,
+)
+from edge.schemas import EndResponse, LicenseRequest, SessionResponse, StartSessionRequest, encode, utc_from_ms
+from edge.state import EdgeState, client_ip, edge_state
+from heartline.plane.events import EndReason
+from heartline.plane.sessions import PlaneCode, StartOutcome
+
+log = logging.getLogger("heartline.edge.sessions")
+
+# A start may need the license loaded and then the device activated before the plane can decide.
+START_ATTEMPTS = 3
+
+
+async def start_or_resume(state: EdgeState, license_id: int, body: StartSessionRequest, ip: str) -> StartOutcome:
+    """The plane decides; the edge only supplies what it lacks (license cache, device activation)."""
+    for _ in range(START_ATTEMPTS):
+        outcome = await state.plane.start_session(license_id, body.hardware_fingerprint,
+                                                  client_version=body.client_version or "", client_ip=ip)
+        if outcome.code is PlaneCode.LICENSE_NOT_CACHED:
+            if await state.licenses.load(license_id) is None:
+                raise LicenseNotFound()
+        elif outcome.code is PlaneCode.DEVICE_NOT_ACTIVATED:
+            # Unknown device: activate it on the fly when the device limit allows (raises otherwise).
+            await activate_device(state, license_id, body.hardware_fingerprint, body.device_name,
+                                  body.device_type)
+        else:
+            return outcome
+    raise PlaneUnavailable("The session could not be started; retry.")
+
+
+def refusal(code: PlaneCode) -> EdgeError:
+    if code is PlaneCode.SESSION_LIMIT_REACHED:
+        return SessionLimitReached()
+    if code is PlaneCode.SESSION_NOT_FOUND:
+        return SessionNotFound()
+    if code in LICENSE_REFUSALS:
+        return LICENSE_REFUSALS[code]()
+    return PlaneUnavailable(f"Unexpected plane answer {code}.")
+
+
+async def start(request: Request) -> Response:
+    """POST /v1/sessions: start a session (201), or resume the device's live one (200, resumed=true)."""
+    state = edge_state(request)
+    await state.api_keys.authenticate(request)
+    body = await read_struct(request, StartSessionRequest, state.settings.max_body_bytes)
+    license_id = await license_id_or_404(state, body.license_key)
+    outcome = await start_or_resume(state, license_id, body, client_ip(request))
+    if not outcome.granted:
+        log.info("session.start.refused license_id=%s code=%s", license_id, outcome.code)
+        raise refusal(outcome.code)
+    assert outcome.token is not None
+    resumed = outcome.code is PlaneCode.RESUMED
+    return Response(encode(SessionResponse(
+        session_token=outcome.token, resumed=resumed, heartbeat_interval_s=outcome.interval_s,
+        heartbeat_timeout_s=outcome.timeout_s, expires_at=utc_from_ms(outcome.deadline_ms))),
+        status_code=200 if resumed else 201, media_type="application/json")
+
+
+async def end(request: Request) -> Response:
+    """POST /v1/sessions/{token}/end: end a session (client_end)."""
+    state = edge_state(request)
+    await state.api_keys.authenticate(request)
+    body = await read_struct(request, LicenseRequest, state.settings.max_body_bytes)
+    token = session_token(request)
+    license_id = await license_id_or_404(state, body.license_key)
+    if not await state.plane.end_session(license_id, token, EndReason.CLIENT_END):
+        raise SessionNotFound()
+    return Response(encode(EndResponse(ended=True)), media_type="application/json")

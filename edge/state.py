@@ -1,0 +1,34 @@
+"""The long-lived resources of one edge process, built in the app's lifespan and reached per request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+import redis.asyncio as aioredis
+from starlette.requests import Request
+
+from edge.auth import ApiKeyGuard
+from heartline.licenses import LicenseCache
+from heartline.plane.sessions import SessionPlane
+from heartline.settings import Settings
+
+
+@dataclass(frozen=True)
+class EdgeState:
+    settings: Settings
+    redis: aioredis.Redis
+    pool: asyncpg.Pool
+    plane: SessionPlane
+    licenses: LicenseCache
+    api_keys: ApiKeyGuard
+
+
+def edge_state(request: Request) -> EdgeState:
+    state: EdgeState = request.app.state.edge
+    return state
+
+
+def client_ip(request: Request) -> str:
+    """The client's address; uvicorn puts X-Forwarded-For's here only behind trusted proxies."""
+    return request.client.host if request.client else ""
