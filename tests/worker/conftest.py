@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import msgspec
 import pytest
 import redis.asyncio as aioredis
+from worker_support import LiveLicense
 
 from heartline.licenses import to_cached
 from heartline.plane.sessions import SessionPlane
@@ -41,14 +41,6 @@ async def worker_ctx(worker_settings: Settings, db: asyncpg.Connection,
 def run_loops(worker_ctx: dict[str, Any]) -> Callable[[], None]:
     """Start the worker's loops on worker_ctx (stopped by worker_ctx's teardown)."""
     return lambda: start_loops(worker_ctx)
-
-
-@dataclass
-class LiveLicense:
-    license_id: int
-    license_key: str
-    device_id: int
-    fingerprint: str
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -41,3 +42,11 @@ async def add_session_event(redis: aioredis.Redis, shards: int, *, kind: str, li
         "k": kind, "l": license_id, "t": token, "d": "" if device_id is None else device_id,
         "f": fingerprint, "s": started_ms, "at": at_ms, "r": reason, "n": count, "lh": "",
         "v": "1.2.3", "ip": "192.0.2.7"})
+
+
+@dataclass
+class LiveLicense:
+    license_id: int
+    license_key: str
+    device_id: int
+    fingerprint: str

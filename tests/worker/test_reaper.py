@@ -1,0 +1,32 @@
+"""Reaper: a session that stops sending heartbeats is ended as timeout and reaches history in seconds."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+from worker_support import LiveLicense, eventually
+
+from heartline.plane.sessions import SessionPlane
+
+
+async def test_timed_out_session_reaches_history_as_timeout_soon_after_its_deadline(
+        worker_ctx: dict[str, Any], run_loops: Any, db: asyncpg.Connection, plane: SessionPlane,
+        live_license: Callable[..., Awaitable[LiveLicense]]) -> None:
+    lic = await live_license(timeout_s=1)
+    quiet = await plane.start_session(lic.license_id, lic.fingerprint)
+    assert quiet.token
+    run_loops()
+
+    async def history() -> asyncpg.Record | None:
+        return await db.fetchrow("SELECT * FROM session_history")
+
+    row = await eventually(history, timeout=20)
+    assert str(row["session_token"]) == quiet.token and row["end_reason"] == "timeout"
+    # ended by the reaper within a couple of reap intervals of the deadline (Redis server clock)
+    overdue_ms = row["ended_at"].timestamp() * 1000 - quiet.deadline_ms
+    assert 0 <= overdue_ms < 3000
+    assert await db.fetchval("SELECT count(*) FROM license_sessions") == 0
+    assert not await plane.is_live(lic.license_id, quiet.token)
+    assert worker_ctx["metrics"].reaped._value.get() == 1
