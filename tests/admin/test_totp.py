@@ -1,0 +1,197 @@
+"""Two-factor login: enrolment, codes, replay, lockout, recovery codes, and what a password alone gets."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+from admin_support import Admin, csrf_token, enrol, password_step, post_form
+from flask import Flask
+from flask.testing import FlaskClient
+
+from admin.app import create_app
+from admin.security.totp import STEP_S, code_for, current_step
+from heartline.settings import Settings
+
+
+def sign_in_with_code(client: FlaskClient, admin: Admin, code: str) -> Any:
+    assert password_step(client, admin).location.endswith("/totp/verify")
+    return post_form(client, "/totp/verify", {"code": code})
+
+
+def is_signed_in(client: FlaskClient) -> bool:
+    return client.get("/dashboard/").status_code == 200
+
+
+def test_enrolment_shows_qr_code_and_secret_and_a_first_code_signs_in(
+        client: FlaskClient, make_admin: Callable[..., Admin], pg: psycopg.Connection[Any]) -> None:
+    admin = make_admin()
+    password_step(client, admin)
+    page = client.get("/totp/enroll").get_data(as_text=True)
+    assert "<svg" in page and 'id="totp-qr"' in page
+    assert re.search(r'id="totp-secret">[A-Z2-7]{32}<', page)
+    codes = enrol(client, admin)
+    assert is_signed_in(client)
+    assert len(set(codes)) == 10
+    secret_stored, confirmed = pg.execute("SELECT secret_encrypted, confirmed_at FROM admin_totp "
+                                          "WHERE user_id = %s", (admin.id,)).fetchone()
+    assert confirmed is not None and admin.secret not in secret_stored
+    hashes = [r[0] for r in pg.execute("SELECT code_hash FROM admin_recovery_codes WHERE user_id = %s",
+                                       (admin.id,))]
+    assert len(hashes) == 10 and not set(hashes) & {c.replace("-", "") for c in codes}
+    actor, event = pg.execute("SELECT actor, new_values->>'event' FROM audit_log "
+                              "WHERE table_name = 'admin_totp' AND row_id = %s", (str(admin.id),)).fetchone()
+    assert (actor, event) == (f"admin:{admin.username}", "totp.enrolled")
+
+
+def test_enrolment_refuses_a_wrong_first_code(client: FlaskClient, make_admin: Callable[..., Admin]) -> None:
+    admin = make_admin()
+    password_step(client, admin)
+    response = post_form(client, "/totp/enroll", {"code": "000000"})
+    assert "That code is not valid" in response.get_data(as_text=True)
+    assert not is_signed_in(client)
+
+
+def test_a_password_alone_gives_no_access(client: FlaskClient, make_admin: Callable[..., Admin]) -> None:
+    admin = make_admin()
+    enrol(client, admin)
+    client.get("/logout/")
+    assert password_step(client, admin).location.endswith("/totp/verify")
+    response = client.get("/dashboard/")
+    assert response.status_code == 302 and "/login/" in response.location
+    assert client.get("/licenseview/list/").status_code == 302
+
+
+def test_a_second_login_needs_a_current_code(client: FlaskClient, make_admin: Callable[..., Admin]) -> None:
+    admin = make_admin()
+    enrol(client, admin)
+    client.get("/logout/")
+    assert not is_signed_in(client)
+    response = sign_in_with_code(client, admin, admin.code(step_offset=1))  # next step: in the window
+    assert response.status_code == 302
+    assert is_signed_in(client)
+
+
+def test_a_wrong_code_is_refused(client: FlaskClient, make_admin: Callable[..., Admin]) -> None:
+    admin = make_admin()
+    enrol(client, admin)
+    client.get("/logout/")
+    wrong = f"{(int(admin.code()) + 1) % 1_000_000:06d}"
+    response = sign_in_with_code(client, admin, wrong)
+    assert response.status_code == 200 and "That code is not valid" in response.get_data(as_text=True)
+    assert not is_signed_in(client)
+    too_old = code_for(admin.secret or "", current_step() - 3)  # outside the ±1 step window
+    response = post_form(client, "/totp/verify", {"code": too_old})
+    assert "That code is not valid" in response.get_data(as_text=True)
+    assert not is_signed_in(client)
+
+
+def test_a_used_code_cannot_be_replayed(client: FlaskClient, make_admin: Callable[..., Admin]) -> None:
+    admin = make_admin()
+    enrol(client, admin)  # used the code of the current step
+    client.get("/logout/")
+    response = sign_in_with_code(client, admin, admin.code())
+    assert "already used" in response.get_data(as_text=True)
+    assert not is_signed_in(client)
+    # an older step's code is refused too, even inside the window
+    response = post_form(client, "/totp/verify", {"code": admin.code(step_offset=-1)})
+    assert "already used" in response.get_data(as_text=True)
+    assert not is_signed_in(client)
+
+
+def test_repeated_failures_lock_the_admin_out(client: FlaskClient, make_admin: Callable[..., Admin],
+                                              admin_settings: Settings, pg: psycopg.Connection[Any]) -> None:
+    admin = make_admin()
+    enrol(client, admin)
+    client.get("/logout/")
+    password_step(client, admin)
+    page = client.get("/totp/verify").get_data(as_text=True)
+    for attempt in range(admin_settings.totp_max_failures):
+        response = client.post("/totp/verify", data={"code": "000001", "csrf_token": csrf_token(page)})
+        page = response.get_data(as_text=True)
+    assert "Too many failed attempts" in page
+    # while locked even the right code is refused
+    page = client.post("/totp/verify", data={"code": admin.code(step_offset=1),
+                                             "csrf_token": csrf_token(page)}).get_data(as_text=True)
+    assert "Too many failed attempts" in page and not is_signed_in(client)
+    locked_until = pg.execute("SELECT locked_until - now() FROM admin_totp WHERE user_id = %s",
+                              (admin.id,)).fetchone()[0]
+    assert 0 < locked_until.total_seconds() <= admin_settings.totp_lockout_s
+    # the lockout over, the right code signs in
+    pg.execute("UPDATE admin_totp SET locked_until = now() - interval '1 second' WHERE user_id = %s", (admin.id,))
+    response = client.post("/totp/verify", data={"code": admin.code(step_offset=1), "csrf_token": csrf_token(page)})
+    assert response.status_code == 302 and is_signed_in(client)
+
+
+def test_a_recovery_code_signs_in_once(client: FlaskClient, make_admin: Callable[..., Admin]) -> None:
+    admin = make_admin()
+    codes = enrol(client, admin)
+    client.get("/logout/")
+    response = sign_in_with_code(client, admin, codes[3].lower())  # case and dash do not matter
+    assert response.status_code == 302 and is_signed_in(client)
+    client.get("/logout/")
+    response = sign_in_with_code(client, admin, codes[3])
+    assert "That code is not valid" in response.get_data(as_text=True)
+    assert not is_signed_in(client)
+    response = post_form(client, "/totp/verify", {"code": codes[4]})
+    assert response.status_code == 302 and is_signed_in(client)
+
+
+def test_new_recovery_codes_replace_the_old_ones(signed_in: tuple[FlaskClient, Admin]) -> None:
+    client, admin = signed_in
+    old_page = client.get("/totp/recovery-codes").get_data(as_text=True)
+    assert "<strong>10</strong> unused" in old_page
+    page = client.post("/totp/recovery-codes", data={"csrf_token": csrf_token(old_page)}).get_data(as_text=True)
+    new_codes = re.findall(r"<li>([A-Z2-9]{5}-[A-Z2-9]{5})</li>", page)
+    assert len(new_codes) == 10
+    client.get("/logout/")
+    assert sign_in_with_code(client, admin, new_codes[0]).status_code == 302
+
+
+def test_forms_without_csrf_token_are_refused(client: FlaskClient, make_admin: Callable[..., Admin]) -> None:
+    admin = make_admin()
+    response = client.post("/login/", data={"username": admin.username, "password": admin.password})
+    assert response.status_code == 400
+    assert not is_signed_in(client)
+
+
+def test_password_only_api_login_is_refused(client: FlaskClient, make_admin: Callable[..., Admin]) -> None:
+    admin = make_admin()
+    response = client.post("/api/v1/security/login", json={"username": admin.username,
+                                                            "password": admin.password, "provider": "db"})
+    assert response.status_code in (400, 403)
+    assert "access_token" not in response.get_data(as_text=True)
+
+
+def test_session_cookie_is_httponly_and_lax(client: FlaskClient, make_admin: Callable[..., Admin]) -> None:
+    admin = make_admin()
+    response = password_step(client, admin)
+    cookie = response.headers.get("Set-Cookie", "")
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+
+
+def test_optional_two_factor_lets_unenrolled_admins_in_with_a_password(
+        admin_settings: Settings, make_admin: Callable[..., Admin]) -> None:
+    app: Flask = create_app(admin_settings.replace(admin_2fa_required=False, admin_secure_cookies=True),
+                            view_modules=["admin.views.dashboard"])
+    client = app.test_client()
+    admin = make_admin()
+    response = password_step(client, admin)
+    assert response.status_code == 302 and "/totp/" not in response.location
+    assert "Secure" in response.headers.get("Set-Cookie", "")
+    assert client.get("/dashboard/").status_code == 200
+
+
+def test_code_window_is_one_step_either_side() -> None:
+    from admin.security.totp import matching_step
+
+    secret = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
+    now = 1_800_000_000.0
+    step = int(now // STEP_S)
+    for offset in (-1, 0, 1):
+        assert matching_step(secret, code_for(secret, step + offset), now) == step + offset
+    for offset in (-2, 2):
+        assert matching_step(secret, code_for(secret, step + offset), now) is None
+    assert matching_step(secret, "12345", now) is None and matching_step(secret, "abcdef", now) is None
