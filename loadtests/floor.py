@@ -9,6 +9,7 @@ run, is the share of the box that the heartbeat's own work leaves.
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 import msgspec
 from starlette.applications import Starlette
@@ -22,7 +23,7 @@ class HeartbeatBody(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class HeartbeatReply(msgspec.Struct, frozen=True, kw_only=True):
-    expires_at: str
+    expires_at: dt.datetime
     next_heartbeat_in_s: int
 
 
@@ -37,9 +38,9 @@ async def heartbeat(request: Request) -> Response:
     except msgspec.ValidationError:
         return Response(b'{"error":{"code":"INVALID_REQUEST","message":"bad body"}}', status_code=422,
                         media_type="application/json")
-    # a timestamp formatted per request, as the edge does for expires_at
-    expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=60)
-    body = _encode(HeartbeatReply(expires_at=expires.isoformat(timespec="milliseconds"),
+    # a deadline in epoch ms turned into a datetime and encoded per request, as the edge does
+    deadline_ms = int(time.time() * 1000) + 60_000
+    body = _encode(HeartbeatReply(expires_at=dt.datetime.fromtimestamp(deadline_ms / 1000, dt.UTC),
                                   next_heartbeat_in_s=30))
     return Response(body, media_type="application/json")
 

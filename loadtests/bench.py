@@ -1,0 +1,445 @@
+"""The benchmark: heartbeat throughput against the floor, latency at half load, and what a million live
+sessions cost — measured in one run, on 127.0.0.1 only, stopping by itself.
+
+    python -m loadtests.bench                       # 3 rounds of 10 s per measurement, ~5 minutes
+    python -m loadtests.bench --rounds 1 --duration 3 --sessions 1000 --large-sessions 20000   # quick
+
+What one run does:
+1. starts its own PostgreSQL and two Redis servers (embedded wheels, temporary folder), migrates, and
+   seeds licenses (10 devices / 10 sessions each, heartbeat timeout 1 h so nothing expires mid-run);
+2. fills one Redis with `--sessions` live sessions and the other with `--large-sessions`, through the
+   plane's own Python API (`SessionPlane.start_session`, pipelined by the multiplexing client), and
+   reads Redis's `used_memory` before and after: bytes per live session;
+3. serves the floor (loadtests/floor.py) and two edges (one per Redis) through loadtests/serve.py, so
+   all three run on identical uvicorn settings (uvloop, httptools, 1 worker);
+4. per round: saturates the floor, the edge with `--sessions`, the edge with `--large-sessions` (one at a
+   time, the others idle), then drives the first edge at half its saturating rate for its latency;
+5. prints the figures per round and as ranges, and writes them as JSON to loadtests/reports/.
+
+Heartbeats rotate over a hot set of up to `--hot-set` sessions drawn at random from all live ones, so
+the large plane is hit on sessions spread over all its licenses.  The edges run with
+HEARTLINE_HEARTBEAT_MIN_GAP_MS=0: at bench rates each session beats several times a second, and the
+figure wanted is accepted heartbeats, not 429s.  The load generator is wrk when installed, else the
+built-in asyncio client (loadtests/loadgen.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from heartline import db
+from heartline.devstack import EmbeddedPostgres, EmbeddedRedis, free_port
+from heartline.licenses import LICENSE_COLUMNS, to_cached
+from heartline.migrations import migrate
+from heartline.plane import keys
+from heartline.plane.multiplex import MultiplexedRedis
+from heartline.plane.sessions import PlaneCode, SessionPlane
+from heartline.settings import Settings
+from loadtests.loadgen import LoadResult, run_load, write_requests, wrk_available
+from loadtests.seed import LicenseSpec, Seed, seed
+
+REPORTS = Path(__file__).with_name("reports")
+SESSIONS_PER_LICENSE = 10
+# Sessions started per batch: big enough to fill a socket write, small enough to keep memory flat.
+START_BATCH = 4000
+
+# Targets from issue #7, reported against (never asserted).
+TARGET_FLOOR_RATIO = 0.60
+TARGET_P99_MS = 10.0
+TARGET_LARGE_RATIO = 0.90
+TARGET_BYTES_PER_SESSION = 300
+
+
+# --- servers --------------------------------------------------------------------------------------------
+
+@dataclass
+class Server:
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_server(name: str, which: str, env: dict[str, str], workdir: Path) -> Server:
+    """`python -m loadtests.serve <which>` on a free port; returns once /healthz answers."""
+    port = free_port()
+    log_path = workdir / f"{name}.log"
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "loadtests.serve", which, "--port", str(port)],
+                                env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+    server = Server(name, port, proc, log_path)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"{server.url}/healthz", timeout=2) as response:
+            if response.status == 200:
+                return server
+        time.sleep(0.2)
+    server.stop()
+    raise RuntimeError(f"{name} did not answer /healthz within 60 s:\n{log_path.read_text()[-3000:]}")
+
+
+# --- the plane ------------------------------------------------------------------------------------------
+
+@dataclass
+class Plane:
+    """One Redis filled with live sessions for one set of seeded licenses."""
+
+    label: str
+    redis_url: str
+    seed: Seed
+    tokens: list[tuple[str, str]] = field(default_factory=list)  # (license key, session token)
+    memory_before: int = 0
+    memory_after: int = 0
+    stream_bytes: int = 0
+    fill_s: float = 0.0
+
+    @property
+    def sessions(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def bytes_per_session(self) -> float:
+        """used_memory growth per session, the `started` events in the streams left out."""
+        return (self.memory_after - self.memory_before - self.stream_bytes) / max(1, self.sessions)
+
+    @property
+    def bytes_per_session_with_streams(self) -> float:
+        return (self.memory_after - self.memory_before) / max(1, self.sessions)
+
+
+async def _used_memory(client: aioredis.Redis) -> int:
+    info = await client.info("memory")
+    return int(info["used_memory"])
+
+
+async def _stream_bytes(client: aioredis.Redis, shards: int) -> int:
+    total = 0
+    for shard in keys.all_shards(shards):
+        for key in (keys.event_stream(shard), keys.heartbeat_stream(shard)):
+            total += int(await client.memory_usage(key, samples=0) or 0)
+    return total
+
+
+async def fill_plane(plane: Plane, database_url: str, settings: Settings, sessions: int) -> None:
+    """Cache the seeded licenses in the plane as the edge would, then start `sessions` live sessions."""
+    conn = await db.connect(database_url, actor="loadtest")
+    try:
+        rows = await conn.fetch(f"SELECT {LICENSE_COLUMNS} FROM licenses WHERE customer_id = $1 ORDER BY id",
+                                plane.seed.customer_id)
+    finally:
+        await conn.close()
+    by_id = {lic.id: lic for lic in plane.seed.licenses}
+    client = aioredis.Redis.from_url(plane.redis_url)
+    mux = MultiplexedRedis.from_url(plane.redis_url)
+    # The plane's own API on the multiplexing client: each start is the real start.lua, and a batch of
+    # them leaves in one socket write.
+    session_plane = SessionPlane(mux, settings)  # type: ignore[arg-type]
+    try:
+        await session_plane.load_scripts()
+        for i in range(0, len(rows), 1000):
+            await asyncio.gather(*(session_plane.cache_license(to_cached(r, settings), by_id[r["id"]].devices)
+                                   for r in rows[i:i + 1000]))
+        plane.memory_before = await _used_memory(client)
+        started = time.perf_counter()
+        wanted = [(lic, fp) for lic in plane.seed.licenses for fp in lic.devices][:sessions]
+        for i in range(0, len(wanted), START_BATCH):
+            batch = wanted[i:i + START_BATCH]
+            outcomes = await asyncio.gather(*(session_plane.start_session(lic.id, fp, client_version="bench")
+                                              for lic, fp in batch))
+            for (lic, _fp), outcome in zip(batch, outcomes, strict=True):
+                if outcome.code is not PlaneCode.STARTED or outcome.token is None:
+                    raise RuntimeError(f"start refused for license {lic.id}: {outcome.code}")
+                plane.tokens.append((lic.key, outcome.token))
+        plane.fill_s = time.perf_counter() - started
+        plane.memory_after = await _used_memory(client)
+        plane.stream_bytes = await _stream_bytes(client, settings.stream_shards)
+    finally:
+        await mux.aclose()
+        await client.aclose()
+
+
+def heartbeat_requests(plane: Plane, hot_set: int, rng: random.Random) -> list[tuple[str, bytes]]:
+    chosen = rng.sample(plane.tokens, min(hot_set, len(plane.tokens)))
+    return [(f"/v1/sessions/{token}/heartbeat", json.dumps({"license_key": key}).encode())
+            for key, token in chosen]
+
+
+# --- the run --------------------------------------------------------------------------------------------
+
+@dataclass
+class Round:
+    floor: LoadResult
+    small: LoadResult
+    large: LoadResult
+    small_half: LoadResult
+
+    @property
+    def floor_ratio(self) -> float:
+        return self.small.ok_rps / self.floor.rps if self.floor.rps else 0.0
+
+    @property
+    def large_ratio(self) -> float:
+        return self.large.ok_rps / self.small.ok_rps if self.small.ok_rps else 0.0
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {"nproc": os.cpu_count(), "cpu": model, "python": platform.python_version(),
+            "system": f"{platform.system()} {platform.release()}"}
+
+
+def _range(values: Sequence[float], fmt: str = "{:.0f}") -> str:
+    if len(values) == 1:
+        return fmt.format(values[0])
+    return f"{fmt.format(min(values))}–{fmt.format(max(values))} (median {fmt.format(statistics.median(values))})"
+
+
+def _mark(ok: bool) -> str:
+    return "meets target" if ok else "BELOW TARGET"
+
+
+def report(rounds: list[Round], small: Plane, large: Plane, tool: str, args: argparse.Namespace) -> str:
+    lines = [(f"load generator: {tool}, {args.connections} connections, {args.duration:.0f} s per measurement, "
+             f"{len(rounds)} round(s)"), ""]
+    head = (f"{'round':>5} {'floor/s':>9} {'hb/s @' + _short(small.sessions):>11} {'ratio':>6} "
+            f"{'p50':>6} {'p99':>6} {'hb/s @' + _short(large.sessions):>11} {'1M/10k':>7} "
+            f"{'half-rate/s':>11} {'p50':>6} {'p99':>6}")
+    lines.append(head.replace("1M/10k", f"{_short(large.sessions)}/{_short(small.sessions)}"))
+    for i, r in enumerate(rounds, 1):
+        lines.append(f"{i:>5} {r.floor.rps:>9.0f} {r.small.ok_rps:>11.0f} {r.floor_ratio:>6.2f} "
+                     f"{r.small.p50_ms:>6.2f} {r.small.p99_ms:>6.2f} {r.large.ok_rps:>11.0f} "
+                     f"{r.large_ratio:>7.2f} {r.small_half.ok_rps:>11.0f} {r.small_half.p50_ms:>6.2f} "
+                     f"{r.small_half.p99_ms:>6.2f}")
+    refused = sum(r.small.refused + r.large.refused + r.small_half.refused for r in rounds)
+    errors = sum(r.small.socket_errors + r.large.socket_errors + r.small_half.socket_errors for r in rounds)
+    floor_ratios = [r.floor_ratio for r in rounds]
+    large_ratios = [r.large_ratio for r in rounds]
+    half_p99 = [r.small_half.p99_ms for r in rounds]
+    lines += [
+        "",
+        f"floor (bare Starlette, same POST body):     {_range([r.floor.rps for r in rounds])} req/s",
+        (f"heartbeat, {small.sessions:>9,} live sessions:    {_range([r.small.ok_rps for r in rounds])} /s, "
+        f"p50 {_range([r.small.p50_ms for r in rounds], '{:.2f}')} ms, "
+        f"p99 {_range([r.small.p99_ms for r in rounds], '{:.2f}')} ms"),
+        (f"heartbeat / floor:                          {_range(floor_ratios, '{:.2f}')}   "
+        f"target ≥ {TARGET_FLOOR_RATIO:.2f}: {_mark(statistics.median(floor_ratios) >= TARGET_FLOOR_RATIO)}"),
+        (f"at half the saturating rate:                {_range([r.small_half.ok_rps for r in rounds])} /s, "
+        f"p50 {_range([r.small_half.p50_ms for r in rounds], '{:.2f}')} ms, "
+        f"p99 {_range(half_p99, '{:.2f}')} ms   target p99 < {TARGET_P99_MS:.0f} ms: "
+        f"{_mark(statistics.median(half_p99) < TARGET_P99_MS)}"),
+        (f"heartbeat, {large.sessions:>9,} live sessions:    {_range([r.large.ok_rps for r in rounds])} /s, "
+        f"p99 {_range([r.large.p99_ms for r in rounds], '{:.2f}')} ms"),
+        (f"{_short(large.sessions)} / {_short(small.sessions)} sessions:                       "
+        f"{_range(large_ratios, '{:.2f}')}   target ≥ {TARGET_LARGE_RATIO:.2f}: "
+        f"{_mark(statistics.median(large_ratios) >= TARGET_LARGE_RATIO)}"),
+        (f"Redis memory per live session:              {large.bytes_per_session:.0f} bytes at "
+        f"{large.sessions:,}, {small.bytes_per_session:.0f} bytes at {small.sessions:,} (streams left out; "
+        f"with the `started` events still in the streams: {large.bytes_per_session_with_streams:.0f})   "
+        f"target ≤ {TARGET_BYTES_PER_SESSION}: {_mark(large.bytes_per_session <= TARGET_BYTES_PER_SESSION)}"),
+        (f"plane fill: {large.sessions:,} starts in {large.fill_s:.1f} s "
+        f"({large.sessions / max(large.fill_s, 1e-9):,.0f} starts/s through the multiplexing client)"),
+    ]
+    if refused or errors:
+        lines.append(f"WARNING: {refused} heartbeats refused and {errors} socket errors during the run; "
+                     "the figures above count accepted heartbeats only")
+    return "\n".join(lines)
+
+
+def _short(n: int) -> str:
+    if n >= 1_000_000 and n % 1_000_000 == 0:
+        return f"{n // 1_000_000}M"
+    if n >= 1000 and n % 1000 == 0:
+        return f"{n // 1000}k"
+    return str(n)
+
+
+@contextlib.contextmanager
+def services(workdir: Path) -> Iterator[tuple[str, str, str]]:
+    """Embedded PostgreSQL and two Redis servers (no persistence) for one bench run."""
+    pg = EmbeddedPostgres(workdir / "postgres")
+    small = EmbeddedRedis(workdir / "redis-small", persist=False)
+    large = EmbeddedRedis(workdir / "redis-large", persist=False)
+    try:
+        yield pg.start(), small.start(), large.start()
+    finally:
+        large.stop()
+        small.stop()
+        pg.stop()
+
+
+def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    rng = random.Random(args.seed)
+    tool = args.tool if args.tool != "auto" else ("wrk" if wrk_available() else "asyncio")
+    settings = Settings(stream_shards=args.shards, heartbeat_min_gap_ms=0)
+    with services(workdir) as (database_url, small_url, large_url):
+        print(f"bench: PostgreSQL {database_url}, Redis {small_url} and {large_url}", flush=True)
+        asyncio.run(migrate(database_url))
+
+        async def seed_both() -> tuple[Seed, Seed]:
+            conn = await db.connect(database_url, actor="loadtest")
+            try:
+                def spec(sessions: int) -> LicenseSpec:
+                    return LicenseSpec(count=-(-sessions // SESSIONS_PER_LICENSE),
+                                       device_limit=SESSIONS_PER_LICENSE, sessions_limit=SESSIONS_PER_LICENSE,
+                                       interval_s=30, timeout_s=3600, devices=SESSIONS_PER_LICENSE)
+                return (await seed(conn, [spec(args.sessions)]),
+                        await seed(conn, [spec(args.large_sessions)]))
+            finally:
+                await conn.close()
+
+        started = time.perf_counter()
+        small_seed, large_seed = asyncio.run(seed_both())
+        print(f"bench: seeded {len(small_seed.licenses) + len(large_seed.licenses):,} licenses in "
+              f"{time.perf_counter() - started:.1f} s", flush=True)
+        small = Plane("small", small_url, small_seed)
+        large = Plane("large", large_url, large_seed)
+        for plane, count in ((small, args.sessions), (large, args.large_sessions)):
+            asyncio.run(fill_plane(plane, database_url, settings, count))
+            print(f"bench: {plane.sessions:,} live sessions in {plane.fill_s:.1f} s, "
+                  f"{plane.bytes_per_session:.0f} bytes/session", flush=True)
+
+        floor_file = write_requests(workdir / "floor.txt", heartbeat_requests(small, args.hot_set, rng))
+        small_file = write_requests(workdir / "small.txt", heartbeat_requests(small, args.hot_set, rng))
+        large_file = write_requests(workdir / "large.txt", heartbeat_requests(large, args.hot_set, rng))
+
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTLINE_")}
+        base_env.update({"HEARTLINE_DATABASE_URL": database_url, "HEARTLINE_STREAM_SHARDS": str(args.shards),
+                         "HEARTLINE_HEARTBEAT_MIN_GAP_MS": "0", "HEARTLINE_LOG_LEVEL": "WARNING",
+                         "HEARTLINE_DATA_DIR": str(workdir / "data")})
+        servers: list[Server] = []
+        try:
+            floor = start_server("floor", "floor", base_env, workdir)
+            servers.append(floor)
+            edge_small = start_server("edge-small", "edge", {**base_env, "HEARTLINE_REDIS_URL": small_url},
+                                      workdir)
+            servers.append(edge_small)
+            edge_large = start_server("edge-large", "edge", {**base_env, "HEARTLINE_REDIS_URL": large_url},
+                                      workdir)
+            servers.append(edge_large)
+
+            def load(server: Server, requests_file: Path, seed_data: Seed, duration: float,
+                     rate: float | None = None) -> LoadResult:
+                return run_load(server.url, requests_file, seed_data.api_key, duration_s=duration,
+                                connections=args.connections, rate=rate, tool=tool)
+
+            # Warm-up: every edge learns the license ids of its hot set (one PostgreSQL lookup per license
+            # key, then memory) and every server's code paths get going.
+            for server, requests_file, seed_data in ((floor, floor_file, small_seed),
+                                                     (edge_small, small_file, small_seed),
+                                                     (edge_large, large_file, large_seed)):
+                warm = load(server, requests_file, seed_data, args.warmup)
+                print(f"bench: warm-up {server.name}: {warm.ok_rps:.0f}/s, {warm.refused} refused", flush=True)
+
+            rounds: list[Round] = []
+            for i in range(args.rounds):
+                f = load(floor, floor_file, small_seed, args.duration)
+                s = load(edge_small, small_file, small_seed, args.duration)
+                lg = load(edge_large, large_file, large_seed, args.duration)
+                h = load(edge_small, small_file, small_seed, args.duration, rate=s.ok_rps / 2)
+                rounds.append(Round(f, s, lg, h))
+                print(f"bench: round {i + 1}: floor {f.rps:.0f}/s, heartbeat {s.ok_rps:.0f}/s "
+                      f"({rounds[-1].floor_ratio:.2f}), at {_short(large.sessions)} {lg.ok_rps:.0f}/s "
+                      f"({rounds[-1].large_ratio:.2f}), half rate p99 {h.p99_ms:.2f} ms", flush=True)
+        finally:
+            for server in servers:
+                server.stop()
+
+    text = report(rounds, small, large, tool, args)
+    return {
+        "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "command": "python -m loadtests.bench " + " ".join(sys.argv[1:]),
+        "machine": machine(),
+        "tool": tool,
+        "rounds": [{"floor": r.floor.as_dict(), "heartbeat": r.small.as_dict(), "heartbeat_large": r.large.as_dict(),
+                    "heartbeat_half_rate": r.small_half.as_dict(), "floor_ratio": round(r.floor_ratio, 3),
+                    "large_ratio": round(r.large_ratio, 3)} for r in rounds],
+        "planes": [{"sessions": p.sessions, "bytes_per_session": round(p.bytes_per_session, 1),
+                    "bytes_per_session_with_streams": round(p.bytes_per_session_with_streams, 1),
+                    "used_memory_before": p.memory_before, "used_memory_after": p.memory_after,
+                    "stream_bytes": p.stream_bytes, "fill_s": round(p.fill_s, 2)} for p in (small, large)],
+        "summary": text,
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m loadtests.bench", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement (default 10)")
+    parser.add_argument("--warmup", type=float, default=5.0, help="seconds of warm-up per server (default 5)")
+    parser.add_argument("--rounds", type=int, default=3, help="measurement rounds (default 3)")
+    parser.add_argument("--sessions", type=int, default=10_000,
+                        help="live sessions for the main heartbeat figures (default 10000)")
+    parser.add_argument("--large-sessions", type=int, default=1_000_000,
+                        help="live sessions of the second plane (default 1000000)")
+    parser.add_argument("--hot-set", type=int, default=20_000,
+                        help="sessions the heartbeats rotate over, drawn from all live ones (default 20000)")
+    parser.add_argument("--connections", type=int, default=64, help="keep-alive connections (default 64)")
+    parser.add_argument("--shards", type=int, default=8, help="HEARTLINE_STREAM_SHARDS of the run (default 8)")
+    parser.add_argument("--tool", choices=("auto", "wrk", "asyncio"), default="auto",
+                        help="load generator (default: wrk if installed)")
+    parser.add_argument("--seed", type=int, default=7, help="random seed of the hot-set sampling")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="where to write the figures (default loadtests/reports/bench-<time>.json)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.sessions < 1 or args.large_sessions < 1:
+        print("bench: --sessions and --large-sessions must be positive", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="heartline-bench-") as tmp:
+        result = measure(args, Path(tmp))
+    result["machine"]["load_generator"] = result["tool"]
+    out = args.json or REPORTS / f"bench-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    m = result["machine"]
+    print(f"\nmachine: {m['nproc']} cores, {m['cpu']}, Python {m['python']}, {m['system']}")
+    print(result["summary"])
+    print(f"\nfigures written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
