@@ -88,6 +88,9 @@ class Settings:
     admin_secure_cookies: bool = False
     totp_max_failures: int = 5
     totp_lockout_s: int = 300
+    # Comma-separated /metrics URLs of the edges, read by the admin dashboard's "top refusal codes";
+    # empty means http://<edge_host>:<edge_port>/metrics.
+    admin_edge_metrics_urls: str = ""
 
     # Resources
     resource_quarantine_days: int = 30
