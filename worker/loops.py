@@ -20,8 +20,6 @@ import asyncpg
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-log = logging.getLogger("worker.loops")
-
 FIRST_DELAY_S = 0.5
 MAX_DELAY_S = 30.0
 
@@ -53,6 +51,7 @@ class Backoff:
 
     def __init__(self, name: str, *, first_s: float = FIRST_DELAY_S, max_s: float = MAX_DELAY_S) -> None:
         self.name = name
+        self.log = logging.getLogger(f"worker.{name}")
         self.first_s = first_s
         self.max_s = max_s
         self.state = LoopState.OK
@@ -63,9 +62,9 @@ class Backoff:
         state = classify(exc)
         if state != self.state:
             if state is LoopState.FAILING:
-                log.error("worker.%s.failing error=%s: %s", self.name, type(exc).__name__, exc, exc_info=exc)
+                self.log.error("worker.%s.failing error=%s: %s", self.name, type(exc).__name__, exc, exc_info=exc)
             else:
-                log.warning("worker.%s.%s error=%s: %s", self.name, state, type(exc).__name__, exc)
+                self.log.warning("worker.%s.%s error=%s: %s", self.name, state, type(exc).__name__, exc)
             self.state = state
             self._since = time.monotonic()
             self.failures = 0
@@ -75,7 +74,7 @@ class Backoff:
     def succeeded(self) -> None:
         if self.state is not LoopState.OK:
             recovered = str(self.state).replace("unavailable", "recovered").replace("failing", "recovered")
-            log.warning("worker.%s.%s after_s=%.1f attempts=%s", self.name, recovered,
+            self.log.warning("worker.%s.%s after_s=%.1f attempts=%s", self.name, recovered,
                         time.monotonic() - self._since, self.failures)
             self.state = LoopState.OK
             self.failures = 0
