@@ -44,8 +44,7 @@ class Script:
             return await redis.evalsha(self.sha, len(script_keys), *script_keys, *args)
 
 
-SCRIPT_NAMES = ("start", "heartbeat", "end", "end_license", "reap", "cache_license", "put_device",
-                "forget_license")
+SCRIPT_NAMES = ("start", "heartbeat", "end", "end_license", "reap", "cache_license", "forget_license")
 # Read once per process: the files do not change while it runs.
 SCRIPTS = {name: Script.read(name) for name in SCRIPT_NAMES}
 
@@ -109,21 +108,20 @@ class PlaneScripts:
             [keys.shard_base(shard), limit, self.max_len]))
 
     async def cache_license(self, license_id: int, version: int, fields: dict[str, str | int],
-                            devices: dict[str, int], ttl_s: int = keys.LICENSE_CACHE_TTL_S) -> bool:
-        args: list[Any] = [version, ttl_s, len(fields)]
+                            devices: dict[str, int], ttl_s: int = keys.LICENSE_CACHE_TTL_S) -> int:
+        s = self.shards
+        shard = keys.shard_of(license_id, s)
+        args: list[Any] = [license_id, keys.license_base(license_id, s), version, ttl_s, self.max_len,
+                           len(fields)]
         for name, value in fields.items():
             args += [name, value]
         for fingerprint, device_id in devices.items():
             args += [fingerprint, device_id]
-        return bool(await SCRIPTS["cache_license"](
-            self.redis, [keys.license_hash(license_id, self.shards), keys.devices(license_id, self.shards)],
+        return int(await SCRIPTS["cache_license"](
+            self.redis,
+            [keys.license_hash(license_id, s), keys.devices(license_id, s), keys.live_sessions(license_id, s),
+             keys.deadlines(shard), keys.event_stream(shard)],
             args))
-
-    async def put_device(self, license_id: int, fingerprint: str, device_id: int,
-                         ttl_s: int = keys.LICENSE_CACHE_TTL_S) -> bool:
-        return bool(await SCRIPTS["put_device"](
-            self.redis, [keys.license_hash(license_id, self.shards), keys.devices(license_id, self.shards)],
-            [fingerprint, device_id, ttl_s]))
 
     async def forget_license(self, license_id: int) -> int:
         return int(await SCRIPTS["forget_license"](

@@ -145,12 +145,12 @@ class SessionPlane:
     # -- license cache --------------------------------------------------------------------------------
 
     async def cache_license(self, license: CachedLicense, devices: dict[str, int]) -> bool:
-        """Write license and active devices as read from PostgreSQL; False if a newer version is cached."""
-        return await self.scripts.cache_license(license.license_id, license.version, license.fields(),
-                                                devices)
+        """Write license and active devices as read from PostgreSQL; False if a newer version is cached.
 
-    async def put_device(self, license_id: int, fingerprint: str, device_id: int) -> bool:
-        return await self.scripts.put_device(license_id, fingerprint, device_id)
+        Live sessions of devices missing from `devices` are ended (device_deactivated): PostgreSQL is the
+        record of which devices are active."""
+        return await self.scripts.cache_license(license.license_id, license.version, license.fields(),
+                                                devices) >= 0
 
     async def invalidate_license(self, license_id: int) -> None:
         """Drop the cached license and devices so the next request reloads them from PostgreSQL."""

@@ -232,3 +232,12 @@ async def test_key_functions_match_the_layout_the_scripts_use(plane: SessionPlan
     for key in (keys.license_hash(LICENSE_ID, s), keys.devices(LICENSE_ID, s), keys.live_sessions(LICENSE_ID, s),
                 keys.fingerprints(LICENSE_ID, s), keys.session(LICENSE_ID, s, out.token)):
         assert await plane.redis.exists(key) == 1, key
+
+
+async def test_cache_license_ends_sessions_of_devices_no_longer_active(plane: SessionPlane) -> None:
+    gone = await plane.start_session(LICENSE_ID, "fp1")
+    kept = await plane.start_session(LICENSE_ID, "fp2")
+    assert await plane.cache_license(cached(version=2), {"fp2": 102})
+    assert await plane.live_tokens(LICENSE_ID) == {kept.token}
+    ended = [e for e in await events(plane) if e.kind is SessionEventKind.ENDED]
+    assert [(e.session_token, e.reason) for e in ended] == [(gone.token, EndReason.DEVICE_DEACTIVATED)]

@@ -1,26 +1,42 @@
 -- cache_license: write a license and its active devices, as read from PostgreSQL, into the plane.
--- KEYS: 1 license hash, 2 devices hash
--- ARGV: 1 license version, 2 TTL s, 3 number N of license field/value pairs,
---       4 .. 3+2N license field/value pairs, then fingerprint/device id pairs of the active devices
--- Reply: 1 when written; 0 when the cached version is newer (a slower reader lost the race).
+-- KEYS: 1 license hash, 2 devices hash, 3 live zset, 4 shard deadline index, 5 shard event stream
+-- ARGV: 1 license id, 2 license base 'hl:{sN}:L<id>:', 3 license version, 4 TTL s, 5 stream max length,
+--       6 number N of license field/value pairs, 7 .. 6+2N license field/value pairs,
+--       then fingerprint/device id pairs of the active devices
+-- Reply: -1 when the cached version is newer (a slower reader lost the race; nothing written), else the
+--        number of live sessions ended because their device is no longer active (device_deactivated):
+--        PostgreSQL is the record, so a device deactivated there (admin, psql) loses its session here.
+local license_id, base = ARGV[1], ARGV[2]
 local cached = redis.call('HGET', KEYS[1], 'version')
-if cached and tonumber(cached) > tonumber(ARGV[1]) then
-  return 0
+if cached and tonumber(cached) > tonumber(ARGV[3]) then
+  return -1
 end
-local n = tonumber(ARGV[3])
+local n = tonumber(ARGV[6])
 redis.call('DEL', KEYS[1], KEYS[2])
 local fields = {}
-for i = 4, 3 + 2 * n do
+for i = 7, 6 + 2 * n do
   fields[#fields + 1] = ARGV[i]
 end
 redis.call('HSET', KEYS[1], unpack(fields))
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-if #ARGV > 3 + 2 * n then
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+if #ARGV > 6 + 2 * n then
   local devices = {}
-  for i = 4 + 2 * n, #ARGV do
+  for i = 7 + 2 * n, #ARGV do
     devices[#devices + 1] = ARGV[i]
   end
   redis.call('HSET', KEYS[2], unpack(devices))
-  redis.call('EXPIRE', KEYS[2], ARGV[2])
+  redis.call('EXPIRE', KEYS[2], ARGV[4])
 end
-return 1
+
+local ended = 0
+local now = nil
+for _, token in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+  local fp = redis.call('HGET', base .. 's:' .. token, 'f')
+  if fp and redis.call('HEXISTS', KEYS[2], fp) == 0 then
+    now = now or now_ms()
+    if end_session(base, license_id, token, 'device_deactivated', now, KEYS[4], KEYS[5], ARGV[5]) > 0 then
+      ended = ended + 1
+    end
+  end
+end
+return ended

@@ -1,0 +1,83 @@
+"""POST /v1/licenses/validate and /resources, and how edits in PostgreSQL reach the edge."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+import httpx
+
+
+async def validate(client: httpx.AsyncClient, license_key: str, fingerprint: str) -> dict[str, Any]:
+    r = await client.post("/v1/licenses/validate", json={"license_key": license_key,
+                                                         "hardware_fingerprint": fingerprint})
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+async def test_validate_valid_license_and_activated_device(client: httpx.AsyncClient,
+                                                           license_with_devices: Callable[..., Any]) -> None:
+    lic, devices = await license_with_devices(devices=1, device_limit=3, concurrent_sessions_limit=2,
+                                              heartbeat_interval_s=10, heartbeat_timeout_s=25)
+    body = await validate(client, lic["license_key"], "fp0")
+    assert body["valid"] is True and body["code"] == "VALID"
+    assert body["device"] == {"hardware_fingerprint": "fp0", "activated": True, "device_id": devices["fp0"]}
+    assert body["license"]["device_limit"] == 3 and body["license"]["concurrent_sessions_limit"] == 2
+    assert body["license"]["heartbeat_interval_s"] == 10 and body["license"]["heartbeat_timeout_s"] == 25
+    assert body["license"]["status"] == "active" and body["license"]["valid_until"] is None
+
+
+async def test_validate_codes(client: httpx.AsyncClient, license_with_devices: Callable[..., Any]) -> None:
+    now = dt.datetime.now(dt.UTC)
+    good, _ = await license_with_devices(devices=1)
+    suspended, _ = await license_with_devices(devices=1, status="suspended")
+    expired, _ = await license_with_devices(devices=1, valid_from=now - dt.timedelta(days=5),
+                                            valid_until=now - dt.timedelta(seconds=1))
+    assert (await validate(client, "HL-NO-SUCH-LICENSE", "fp0")) == {
+        "valid": False, "code": "LICENSE_NOT_FOUND", "license": None, "device": None}
+    assert (await validate(client, good["license_key"], "stranger"))["code"] == "DEVICE_NOT_ACTIVATED"
+    assert (await validate(client, suspended["license_key"], "fp0"))["code"] == "LICENSE_SUSPENDED"
+    body = await validate(client, expired["license_key"], "fp0")
+    assert body["code"] == "LICENSE_EXPIRED" and body["valid"] is False
+
+
+async def test_license_edit_in_postgres_reaches_the_edge(client: httpx.AsyncClient, db: asyncpg.Connection,
+                                                         license_with_devices: Callable[..., Any]) -> None:
+    lic, _ = await license_with_devices(devices=2, device_limit=2, concurrent_sessions_limit=2)
+    assert (await validate(client, lic["license_key"], "fp0"))["license"]["concurrent_sessions_limit"] == 2
+    await db.execute("UPDATE licenses SET concurrent_sessions_limit = 1 WHERE id = $1", lic["id"])
+    for _ in range(100):
+        if (await validate(client, lic["license_key"], "fp0"))["license"]["concurrent_sessions_limit"] == 1:
+            break
+        await asyncio.sleep(0.05)
+    assert (await validate(client, lic["license_key"], "fp0"))["license"]["concurrent_sessions_limit"] == 1
+    r1 = await client.post("/v1/sessions", json={"license_key": lic["license_key"], "hardware_fingerprint": "fp0"})
+    r2 = await client.post("/v1/sessions", json={"license_key": lic["license_key"], "hardware_fingerprint": "fp1"})
+    assert (r1.status_code, r2.status_code) == (201, 409)
+
+
+async def test_new_license_is_served_after_unknown_key_was_tried(client: httpx.AsyncClient,
+                                                                 make_license: Callable[..., Any]) -> None:
+    assert (await validate(client, "HL-LATER-CREATED", "fp"))["code"] == "LICENSE_NOT_FOUND"
+    await make_license(license_key="HL-LATER-CREATED")
+    for _ in range(100):
+        if (await validate(client, "HL-LATER-CREATED", "fp"))["code"] != "LICENSE_NOT_FOUND":
+            break
+        await asyncio.sleep(0.05)
+    assert (await validate(client, "HL-LATER-CREATED", "fp"))["code"] == "DEVICE_NOT_ACTIVATED"
+
+
+async def test_resources_lists_what_the_license_holds(client: httpx.AsyncClient, db: asyncpg.Connection,
+                                                      make_license: Callable[..., Any]) -> None:
+    lic = await make_license()
+    await db.execute("INSERT INTO resource_pools (resource_type, value, status, license_id) "
+                     "VALUES ('domain', 'example.org', 'allocated', $1), ('ipv4', '203.0.113.7', 'allocated', $1)",
+                     lic["id"])
+    r = await client.post("/v1/licenses/resources", json={"license_key": lic["license_key"]})
+    assert r.status_code == 200
+    assert r.json() == {"domains": ["example.org"], "ipv4": ["203.0.113.7"], "phones": []}
+    missing = await client.post("/v1/licenses/resources", json={"license_key": "HL-NOT-THERE"})
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "LICENSE_NOT_FOUND"
