@@ -1,0 +1,173 @@
+"""The resource screens through Flask's test client: import report, dashboard, allocate / release."""
+
+from __future__ import annotations
+
+import io
+import re
+from typing import Any
+
+import psycopg
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from admin.app import create_app
+from heartline.settings import Settings
+
+# FAB's Select2 widgets yield tuples and its date filters use DateTimeField, both deprecated by WTForms:
+# a third-party warning, not ours.
+pytestmark = [pytest.mark.filterwarnings("ignore:Yielding raw tuples:DeprecationWarning"),
+              pytest.mark.filterwarnings("ignore:'DateTimeField' renders:DeprecationWarning")]
+
+# The signed_in / make_admin / pg fixtures come from tests/admin/conftest.py; conftest modules are not
+# importable, so the two form helpers are repeated here.
+Admin = Any
+
+
+def csrf_token(html: str) -> str:
+    found = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', html)
+    assert found, "no CSRF token in the page"
+    return found.group(1)
+
+
+def post_form(client: FlaskClient, url: str, data: dict[str, Any], *, page: str | None = None,
+              follow: bool = False) -> Any:
+    """POST like a browser: fetch the page (or `page`) for its CSRF token first."""
+    html = client.get(page or url).get_data(as_text=True)
+    return client.post(url, data={**data, "csrf_token": csrf_token(html)}, follow_redirects=follow)
+
+
+@pytest.fixture(scope="module")
+def admin_app(admin_settings: Settings) -> Flask:
+    """The admin with every screen, these included (the shared fixture leaves them out)."""
+    app = create_app(admin_settings.replace(resource_low_watermark=3, resource_quarantine_days=7))
+    app.config["TESTING"] = True
+    return app
+
+
+def _license(pg: psycopg.Connection[Any], **quotas: int) -> int:
+    customer = pg.execute("INSERT INTO customers (name) VALUES ('ACME') RETURNING id").fetchone()
+    assert customer
+    cols = ", ".join(["customer_id", "license_key", *quotas])
+    marks = ", ".join(["%s"] * (2 + len(quotas)))
+    row = pg.execute(f"INSERT INTO licenses ({cols}) VALUES ({marks}) RETURNING id",
+                     [customer[0], f"HL-TEST-{customer[0]:08d}", *quotas.values()]).fetchone()
+    assert row
+    return int(row[0])
+
+
+def _outcomes(html: str) -> dict[int, str]:
+    return {int(line): outcome for line, outcome in
+            re.findall(r'data-line="(\d+)" data-outcome="(\w+)"', html)}
+
+
+def test_pasted_import_shows_a_report_per_line_and_adds_only_good_values(
+        signed_in: tuple[FlaskClient, Admin], pg: psycopg.Connection[Any]) -> None:
+    client, admin = signed_in
+    text = "8.8.4.1\n10.0.0.1\nnot-an-ip\n8.8.4.1\n8.8.4.2\n"
+    response = post_form(client, "/resources/import", {"resource_type": "ipv4", "text": text})
+    html = response.get_data(as_text=True)
+    assert response.status_code == 200
+    assert _outcomes(html) == {1: "added", 2: "refused", 3: "refused", 4: "duplicate", 5: "added"}
+    assert "private or special-purpose range" in html
+    assert "repeats line 1" in html
+    rows = pg.execute("SELECT value FROM resource_pools ORDER BY value").fetchall()
+    assert rows == [("8.8.4.1",), ("8.8.4.2",)]
+    actors = pg.execute("SELECT DISTINCT actor FROM audit_log WHERE table_name = 'resource_pools'").fetchall()
+    assert actors == [(f"admin:{admin.username}",)]
+
+
+def test_csv_upload_import_skips_the_header_and_reports_lines(
+        signed_in: tuple[FlaskClient, Admin], pg: psycopg.Connection[Any]) -> None:
+    client, _admin = signed_in
+    token = csrf_token(client.get("/resources/import").get_data(as_text=True))
+    upload = io.BytesIO("phone,owner\n+49 30 1234567,x\n0301234567,y\n".encode())
+    response = client.post("/resources/import", content_type="multipart/form-data", data={
+        "csrf_token": token, "resource_type": "phone", "text": "", "file": (upload, "phones.csv")})
+    assert response.status_code == 200
+    assert _outcomes(response.get_data(as_text=True)) == {2: "added", 3: "refused"}
+    assert pg.execute("SELECT value FROM resource_pools").fetchall() == [("+49301234567",)]
+
+
+def test_import_without_values_is_a_400_not_an_error(
+        signed_in: tuple[FlaskClient, Admin], pg: psycopg.Connection[Any]) -> None:
+    client, _admin = signed_in
+    assert post_form(client, "/resources/import", {"resource_type": "ipv4", "text": "  "}).status_code == 400
+    assert post_form(client, "/resources/import", {"resource_type": "bogus", "text": "8.8.8.8"}).status_code == 400
+    assert pg.execute("SELECT count(*) FROM resource_pools").fetchone() == (0,)
+
+
+def test_dry_run_import_adds_nothing(signed_in: tuple[FlaskClient, Admin], pg: psycopg.Connection[Any]) -> None:
+    client, _admin = signed_in
+    response = post_form(client, "/resources/import",
+                         {"resource_type": "domain", "text": "a.example\n", "dry_run": "1"})
+    assert _outcomes(response.get_data(as_text=True)) == {1: "added"}
+    assert "nothing added" in response.get_data(as_text=True)
+    assert pg.execute("SELECT count(*) FROM resource_pools").fetchone() == (0,)
+
+
+def test_allocation_over_quota_is_refused_with_a_clear_message_and_release_quarantines(
+        signed_in: tuple[FlaskClient, Admin], pg: psycopg.Connection[Any]) -> None:
+    client, admin = signed_in
+    license_id = _license(pg, quota_domains=1)
+    post_form(client, "/resources/import", {"resource_type": "domain", "text": "a.example\nb.example"})
+    page = f"/resources/license/{license_id}"
+
+    done = post_form(client, f"{page}/allocate", {"resource_type": "domain", "count": "1"}, page=page,
+                     follow=True).get_data(as_text=True)
+    assert "Allocated a.example" in done
+    refused = post_form(client, f"{page}/allocate", {"resource_type": "domain", "count": "1"}, page=page,
+                        follow=True).get_data(as_text=True)
+    assert (f"Refused (RESOURCE_QUOTA_EXCEEDED): License {license_id} may hold 1 domains and holds 1: "
+            "allocating 1 more would exceed its quota") in refused
+    assert pg.execute("SELECT value FROM resource_pools WHERE license_id = %s", (license_id,)).fetchall() == [
+        ("a.example",)]
+
+    (resource_id,) = pg.execute("SELECT id FROM resource_pools WHERE value = 'a.example'").fetchone() or (0,)
+    released = post_form(client, f"{page}/release", {"resource_id": str(resource_id)}, page=page,
+                         follow=True).get_data(as_text=True)
+    assert "Released a.example into quarantine for 7 days" in released
+    row = pg.execute("SELECT status, quarantined_until - now() > interval '6 days' FROM resource_pools"
+                     " WHERE id = %s", (resource_id,)).fetchone()
+    assert row == ("quarantined", True)
+    history = pg.execute("SELECT allocated_by, released_by FROM resource_allocations").fetchall()
+    assert history == [(f"admin:{admin.username}", f"admin:{admin.username}")]
+
+
+def test_bad_allocation_input_is_refused_without_a_server_error(
+        signed_in: tuple[FlaskClient, Admin], pg: psycopg.Connection[Any]) -> None:
+    client, _admin = signed_in
+    license_id = _license(pg, quota_ipv4=1)
+    page = f"/resources/license/{license_id}"
+    for data in ({"resource_type": "ipv4", "count": "abc"}, {"resource_type": "nope", "count": "1"},
+                 {"resource_type": "ipv4", "count": "-3"}):
+        response = post_form(client, f"{page}/allocate", data, page=page, follow=True)
+        assert response.status_code == 200
+        assert "between 1 and 1000" in response.get_data(as_text=True)
+    exhausted = post_form(client, f"{page}/allocate", {"resource_type": "ipv4", "count": "1"}, page=page,
+                          follow=True).get_data(as_text=True)
+    assert "RESOURCE_POOL_EXHAUSTED" in exhausted
+    bad_release = post_form(client, f"{page}/release", {"resource_id": "x"}, page=page, follow=True)
+    assert "Select the resources to release" in bad_release.get_data(as_text=True)
+    assert client.get("/resources/license/999999", follow_redirects=True).status_code == 200
+
+
+def test_dashboard_shows_counts_per_type_and_warns_when_low(
+        signed_in: tuple[FlaskClient, Admin], pg: psycopg.Connection[Any]) -> None:
+    client, _admin = signed_in
+    post_form(client, "/resources/import", {"resource_type": "domain",
+                                            "text": "a.example\nb.example\nc.example\nd.example"})
+    post_form(client, "/resources/import", {"resource_type": "ipv4", "text": "8.8.4.1"})
+    html = client.get("/resources/").get_data(as_text=True)
+    assert re.search(r'data-type="domain"[^>]*>\s*<td>domains</td>\s*<td class="free">4</td>', html)
+    assert 'data-low="ipv4"' in html and 'data-low="phone"' in html and 'data-low="domain"' not in html
+    found = client.get("/resources/license?q=HL-NOPE", follow_redirects=True).get_data(as_text=True)
+    assert "No license with key or id" in found
+
+
+def test_pool_list_and_history_screens_render(
+        signed_in: tuple[FlaskClient, Admin], pg: psycopg.Connection[Any]) -> None:
+    client, _admin = signed_in
+    post_form(client, "/resources/import", {"resource_type": "domain", "text": "listed.example"})
+    assert "listed.example" in client.get("/resourcepoolview/list/").get_data(as_text=True)
+    assert client.get("/resourceallocationview/list/").status_code == 200
