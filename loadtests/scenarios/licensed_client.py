@@ -146,7 +146,7 @@ class _Client(FastHttpUser):
                               name, expected)
         return status
 
-    def start(self, lic: SeededLicense, fingerprint: str, expected: dict[int, set[str]],
+    def open_session(self, lic: SeededLicense, fingerprint: str, expected: dict[int, set[str]],
               name: str = "start session") -> str | None:
         status, body = self.call("/v1/sessions", {"license_key": lic.key, "hardware_fingerprint": fingerprint,
                                                   "client_version": "loadtest/1"}, name, expected)
@@ -185,18 +185,18 @@ class LicensedProgram(_Client):
         self.license = self.ctx.program_license()
         self.fingerprint = f"lt-{self.ctx.seed.run_id}-{uuid.uuid4().hex[:16]}"
         self.activate(self.license, self.fingerprint, {200: set(), 201: set()})
-        self.token = self.start(self.license, self.fingerprint, {200: set(), 201: set()})
+        self.token = self.open_session(self.license, self.fingerprint, {200: set(), 201: set()})
 
     @task
     def keep_alive(self) -> None:
         """One heartbeat interval of the program's life."""
         if self.token is None:
-            self.token = self.start(self.license, self.fingerprint, {200: set(), 201: set()})
+            self.token = self.open_session(self.license, self.fingerprint, {200: set(), 201: set()})
             return
         status = self.heartbeat(self.license, self.token, HEARTBEAT_EXPECTED)
         if status == 404:
             # The session is gone (timed out, ended by an admin, plane restarted): start a new one.
-            self.token = self.start(self.license, self.fingerprint, {200: set(), 201: set()},
+            self.token = self.open_session(self.license, self.fingerprint, {200: set(), 201: set()},
                                     name="start session (reconnect)")
             return
         options = self.ctx.options
@@ -206,7 +206,7 @@ class LicensedProgram(_Client):
                       "validate", {200: set()})
         if random.random() < options.restart_share:
             self.end()
-            self.token = self.start(self.license, self.fingerprint, {200: set(), 201: set()})
+            self.token = self.open_session(self.license, self.fingerprint, {200: set(), 201: set()})
 
     def end(self) -> None:
         if self.token is not None:
@@ -237,13 +237,13 @@ class MisbehavingClient(_Client):
         for fingerprint in (self.holder, self.second):
             self.activate(self.license, fingerprint, {200: set(), 201: set()})
         # another client may share this license and hold its one session already
-        self.token = self.start(self.license, self.holder,
+        self.token = self.open_session(self.license, self.holder,
                                 {200: set(), 201: set(), 409: {"SESSION_LIMIT_REACHED"}})
 
     @task(4)
     def keep_holder_alive(self) -> None:
         if self.token is None:
-            self.token = self.start(self.license, self.holder,
+            self.token = self.open_session(self.license, self.holder,
                                     {200: set(), 201: set(), 409: {"SESSION_LIMIT_REACHED"}})
         elif self.heartbeat(self.license, self.token, HEARTBEAT_EXPECTED) == 404:
             self.token = None
@@ -253,7 +253,7 @@ class MisbehavingClient(_Client):
         expected = {409: {"SESSION_LIMIT_REACHED"}}
         if self.token is None:  # nobody holds the session right now: this start may get it
             expected = {200: set(), 201: set(), 409: {"SESSION_LIMIT_REACHED"}}
-        token = self.start(self.license, self.second, expected, name="refusal: session limit")
+        token = self.open_session(self.license, self.second, expected, name="refusal: session limit")
         if token is not None:
             self.call(f"/v1/sessions/{token}/end", {"license_key": self.license.key}, "end session",
                       {200: set(), 404: {"SESSION_NOT_FOUND"}})
@@ -266,7 +266,7 @@ class MisbehavingClient(_Client):
     def suspended_license(self) -> None:
         if self.ctx.suspended:
             lic = random.choice(self.ctx.suspended)
-            self.start(lic, f"lt-{self.ctx.seed.run_id}-suspended", {403: {"LICENSE_SUSPENDED"}},
+            self.open_session(lic, f"lt-{self.ctx.seed.run_id}-suspended", {403: {"LICENSE_SUSPENDED"}},
                        name="refusal: suspended license")
 
     @task
