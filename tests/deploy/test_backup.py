@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 import tarfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -263,3 +266,26 @@ def test_archive_verify_rejects_a_tar_that_is_not_a_backup(tmp_path: Path) -> No
     with pytest.raises(BackupError) as err:
         Archive(path).verify()
     assert err.value.code is BackupErrorCode.CORRUPT
+
+
+def test_heartline_backup_command_creates_lists_and_guards_restore(backup_settings: Settings) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTLINE_")}
+    env.update(HEARTLINE_DATABASE_URL=backup_settings.database_url or "",
+               HEARTLINE_BACKUP_DIR=str(backup_settings.backup_dir),
+               HEARTLINE_DATA_DIR=str(backup_settings.data_dir))
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "heartline", "backup", *args], capture_output=True,
+                              text=True, env=env, stdin=subprocess.DEVNULL, timeout=120, check=False)
+
+    created = run("create")
+    assert created.returncode == 0, created.stderr
+    name = backup.local_archives(backup_settings)[-1].name
+    assert name in created.stdout
+    listed = run("list", "--verify")
+    assert listed.returncode == 0 and name in listed.stdout and listed.stdout.rstrip().endswith("ok")
+    refused = run("restore", name)
+    assert refused.returncode == 1
+    assert "RESTORE_NOT_CONFIRMED" in refused.stderr
+    pushed = run("create", "--push")
+    assert pushed.returncode == 1 and "HEARTLINE_BACKUP_REMOTE is not set" in pushed.stderr
