@@ -1,0 +1,44 @@
+"""/healthz, /readyz, /metrics and /v1/openapi.json."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from edge.routes import OPERATIONS
+
+
+async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/healthz")).json() == {"status": "ok", "redis": None, "database": None}
+    r = await client.get("/readyz")
+    assert r.status_code == 200 and r.json() == {"status": "ready", "redis": True, "database": True}
+
+
+async def test_metrics_count_requests_refusals_and_live_sessions(client: httpx.AsyncClient,
+                                                                 make_license: Callable[..., Any]) -> None:
+    lic = await make_license(device_limit=2, concurrent_sessions_limit=1)
+    for fp in ("a", "b"):
+        await client.post("/v1/sessions", json={"license_key": lic["license_key"], "hardware_fingerprint": fp})
+    text = (await client.get("/metrics")).text
+    assert 'heartline_edge_requests_total{method="POST",route="/v1/sessions",status="201"} 1.0' in text
+    assert 'heartline_edge_requests_total{method="POST",route="/v1/sessions",status="409"} 1.0' in text
+    assert 'heartline_edge_refusals_total{code="SESSION_LIMIT_REACHED"} 1.0' in text
+    assert 'heartline_edge_request_duration_seconds_count{method="POST",route="/v1/sessions",status="201"} 1.0' \
+        in text
+    assert "heartline_live_sessions 1.0" in text
+
+
+async def test_openapi_documents_every_call(client: httpx.AsyncClient) -> None:
+    doc = (await client.get("/v1/openapi.json")).json()
+    assert doc["openapi"].startswith("3.1")
+    for op in OPERATIONS:
+        spec = doc["paths"][op.path][op.method.lower()]
+        if op.authenticated:
+            assert spec["security"] == [{"ApiKey": []}] and "401" in spec["responses"]
+    start = doc["paths"]["/v1/sessions"]["post"]
+    assert start["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/StartSessionRequest"}
+    assert {"201", "200", "409", "403", "422"} <= set(start["responses"])
+    assert "session_token" in doc["components"]["schemas"]["SessionResponse"]["properties"]
