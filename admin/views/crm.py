@@ -68,7 +68,7 @@ class ActivityView(ModelView):
     order_columns = ["occurred_at", "kind", "due_at", "done"]
     base_order = ("occurred_at", "desc")
     add_form_extra_fields = edit_form_extra_fields = {
-        "kind": SelectField("Kind", choices=[(k.value, k.value) for k in ActivityKind],
+        "kind": SelectField("Kind", choices=[k.value for k in ActivityKind],
                             validators=[DataRequired()]),
     }
     validators_columns = {"subject": [DataRequired()], "institution": [DataRequired()],

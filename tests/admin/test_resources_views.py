@@ -81,7 +81,7 @@ def test_csv_upload_import_skips_the_header_and_reports_lines(
         signed_in: tuple[FlaskClient, Admin], pg: psycopg.Connection[Any]) -> None:
     client, _admin = signed_in
     token = csrf_token(client.get("/resources/import").get_data(as_text=True))
-    upload = io.BytesIO("phone,owner\n+49 30 1234567,x\n0301234567,y\n".encode())
+    upload = io.BytesIO(b"phone,owner\n+49 30 1234567,x\n0301234567,y\n")
     response = client.post("/resources/import", content_type="multipart/form-data", data={
         "csrf_token": token, "resource_type": "phone", "text": "", "file": (upload, "phones.csv")})
     assert response.status_code == 200
