@@ -186,6 +186,8 @@ class LicensedProgram(_Client):
         self.fingerprint = f"lt-{self.ctx.seed.run_id}-{uuid.uuid4().hex[:16]}"
         self.activate(self.license, self.fingerprint, {200: set(), 201: set()})
         self.token = self.open_session(self.license, self.fingerprint, {200: set(), 201: set()})
+        # a program's first heartbeat comes one interval after its start, not at once
+        self.wait()
 
     @task
     def keep_alive(self) -> None:
@@ -239,6 +241,7 @@ class MisbehavingClient(_Client):
         # another client may share this license and hold its one session already
         self.token = self.open_session(self.license, self.holder,
                                 {200: set(), 201: set(), 409: {"SESSION_LIMIT_REACHED"}})
+        self.wait()
 
     @task(4)
     def keep_holder_alive(self) -> None:
