@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 from typing import Any
 
 import psycopg
 import pytest
+from admin_support import Admin, csrf_token, post_form
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -21,8 +21,6 @@ from heartline.settings import Settings
 pytestmark = [pytest.mark.filterwarnings("ignore:Yielding raw tuples:DeprecationWarning"),
               pytest.mark.filterwarnings("ignore:'DateTimeField' renders:DeprecationWarning")]
 
-Admin = Any  # tests/admin/conftest.py's Admin; conftest modules are not importable
-
 
 @pytest.fixture(scope="module")
 def admin_app(admin_settings: Settings) -> Flask:
@@ -30,19 +28,6 @@ def admin_app(admin_settings: Settings) -> Flask:
     app = create_app(admin_settings)
     app.config["TESTING"] = True
     return app
-
-
-def csrf_token(html: str) -> str:
-    found = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', html)
-    assert found, "no CSRF token in the page"
-    return found.group(1)
-
-
-def post_form(client: FlaskClient, url: str, data: dict[str, Any], *, page: str | None = None,
-              follow: bool = False) -> Any:
-    """POST like a browser: fetch the page (or `page`) for its CSRF token first."""
-    html = client.get(page or url).get_data(as_text=True)
-    return client.post(url, data={**data, "csrf_token": csrf_token(html)}, follow_redirects=follow)
 
 
 def _add_institution(client: FlaskClient, pg: psycopg.Connection[Any], name: str, **fields: str) -> int:

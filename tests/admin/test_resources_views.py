@@ -8,6 +8,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from admin_support import Admin, csrf_token, post_form
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -18,23 +19,6 @@ from heartline.settings import Settings
 # a third-party warning, not ours.
 pytestmark = [pytest.mark.filterwarnings("ignore:Yielding raw tuples:DeprecationWarning"),
               pytest.mark.filterwarnings("ignore:'DateTimeField' renders:DeprecationWarning")]
-
-# The signed_in / make_admin / pg fixtures come from tests/admin/conftest.py; conftest modules are not
-# importable, so the two form helpers are repeated here.
-Admin = Any
-
-
-def csrf_token(html: str) -> str:
-    found = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', html)
-    assert found, "no CSRF token in the page"
-    return found.group(1)
-
-
-def post_form(client: FlaskClient, url: str, data: dict[str, Any], *, page: str | None = None,
-              follow: bool = False) -> Any:
-    """POST like a browser: fetch the page (or `page`) for its CSRF token first."""
-    html = client.get(page or url).get_data(as_text=True)
-    return client.post(url, data={**data, "csrf_token": csrf_token(html)}, follow_redirects=follow)
 
 
 @pytest.fixture(scope="module")
