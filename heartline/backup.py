@@ -151,7 +151,8 @@ class Archive:
                     if rel == MANIFEST:
                         continue
                     expected = manifest.files.get(rel)
-                    if expected is None or not member.isfile():
+                    # plain names only: a crafted archive must not write outside extract_to
+                    if expected is None or not member.isfile() or "/" in rel or rel.startswith("."):
                         raise BackupError(BackupErrorCode.CORRUPT,
                                           f"{self.path}: unexpected member {member.name!r}")
                     source = tar.extractfile(member)
@@ -174,7 +175,7 @@ class Archive:
         except (tarfile.TarError, OSError, EOFError) as exc:
             raise BackupError(BackupErrorCode.CORRUPT,
                               f"{self.path}: the archive is truncated or corrupt ({exc})") from None
-        missing = set(manifest.files) - seen
+        missing = ({DUMP} | set(manifest.files)) - seen
         if missing:
             raise BackupError(BackupErrorCode.CORRUPT,
                               f"{self.path}: missing {', '.join(sorted(missing))}; the archive is truncated")
@@ -305,7 +306,8 @@ def _schema_version(conn: psycopg.Connection[Any]) -> str | None:
 def create_backup(settings: Settings, *, now: datetime | None = None) -> Archive:
     """Dump the configured database into a new archive in the backup folder and return it."""
     dsn = _dsn(settings)
-    name = backup_name(now or datetime.now(UTC))
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    name = backup_name(now)
     settings.backup_dir.mkdir(parents=True, exist_ok=True)
     final = settings.backup_dir / f"{name}{SUFFIX}"
     if final.exists():
@@ -332,7 +334,7 @@ def create_backup(settings: Settings, *, now: datetime | None = None) -> Archive
             if res.returncode != 0:
                 raise BackupError(BackupErrorCode.DUMP_FAILED, f"pg_dump failed: {res.stderr.strip()}")
             manifest = Manifest(
-                name=name, created_at=(now or datetime.now(UTC)).astimezone(UTC).isoformat(),
+                name=name, created_at=now.isoformat(),
                 schema_version=schema, server_version=version, server_major=major,
                 pg_dump_version=subprocess.run([str(pg_dump), "--version"], capture_output=True,
                                                text=True, check=False).stdout.strip(),
@@ -645,6 +647,8 @@ def restore_backup(settings: Settings, archive: Archive) -> Manifest:
              "--single-transaction", f"--dbname={target}",
              "--command=DROP SCHEMA IF EXISTS public CASCADE",
              "--command=CREATE SCHEMA public",
+             # the default schema's usage right; any other ACL of the backup comes with the dump
+             "--command=GRANT USAGE ON SCHEMA public TO PUBLIC",
              "--file=-", f"--file={tmp / 'check.sql'}"],
             stdin=script.stdout, capture_output=True, text=True, env=env, check=False)
         assert script.stdout is not None and script.stderr is not None

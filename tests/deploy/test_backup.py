@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -289,3 +290,25 @@ def test_heartline_backup_command_creates_lists_and_guards_restore(backup_settin
     assert "RESTORE_NOT_CONFIRMED" in refused.stderr
     pushed = run("create", "--push")
     assert pushed.returncode == 1 and "HEARTLINE_BACKUP_REMOTE is not set" in pushed.stderr
+
+
+def test_archive_naming_a_path_outside_is_refused(tmp_path: Path) -> None:
+    name = "server_backup_20260101_000000"
+    evil = b"not a dump"
+    manifest = backup.Manifest(name=name, created_at="2026-01-01T00:00:00+00:00", schema_version=None,
+                               server_version="15.0", server_major=15, pg_dump_version="",
+                               files={"../evil": {"sha256": hashlib.sha256(evil).hexdigest(), "bytes": len(evil)}},
+                               tables={})
+    path = tmp_path / "archives" / f"{name}.tar"
+    path.parent.mkdir()
+    with tarfile.open(path, "w") as tar:
+        for member, data in ((f"{name}/manifest.json", manifest.to_json()), (f"{name}/../evil", evil)):
+            info = tarfile.TarInfo(member)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(BackupError) as err:
+        Archive(path).verify(extract_to=out)
+    assert err.value.code is BackupErrorCode.CORRUPT
+    assert not (tmp_path / "evil").exists()
