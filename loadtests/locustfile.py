@@ -21,13 +21,8 @@ from typing import Any
 
 from locust import events
 
-from loadtests.scenarios.licensed_client import (
-    LicensedProgram,
-    MisbehavingClient,
-    ScenarioOptions,
-    context_of,
-    install,
-)
+from loadtests.scenarios.context import ScenarioOptions, context_of, install
+from loadtests.scenarios.licensed_client import LicensedProgram, MisbehavingClient
 
 __all__ = ["LicensedProgram", "MisbehavingClient"]
 

@@ -39,8 +39,7 @@ from pathlib import Path
 from heartline import db, services
 from heartline.devstack import free_port
 from heartline.settings import Settings, SettingsError
-from loadtests.scenarios.licensed_client import PROGRAM_PRODUCT, REFUSAL_PRODUCT
-from loadtests.seed import LicenseSpec, Seed, dump, seed
+from loadtests.seed import PROGRAM_PRODUCT, REFUSAL_PRODUCT, LicenseSpec, Seed, dump, seed
 
 REPORTS = Path(__file__).with_name("reports")
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")

@@ -13,6 +13,10 @@ import msgspec
 
 from heartline.apikeys import create_api_key
 
+# Licenses of a load run by role, told apart by their product: programs (2 per license) and refusals.
+PROGRAM_PRODUCT = "loadtest"
+REFUSAL_PRODUCT = "loadtest-refusals"
+
 
 class SeededLicense(msgspec.Struct, frozen=True, kw_only=True):
     id: int
@@ -53,7 +57,7 @@ class LicenseSpec:
     timeout_s: int | None = None
     status: str = "active"
     devices: int = 0
-    product: str = "loadtest"
+    product: str = PROGRAM_PRODUCT
 
 
 INSERT_LICENSES = """

@@ -1,0 +1,1 @@
+"""Locust scenarios; loadtests/locustfile.py imports the users from here."""

@@ -1,0 +1,37 @@
+"""The benchmark harness, end to end with tiny numbers: its own databases, three servers, real load."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.slow
+def test_bench_measures_floor_heartbeats_and_memory_in_one_run(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTLINE_")}
+    res = subprocess.run(
+        [sys.executable, "-m", "loadtests.bench", "--rounds", "1", "--duration", "1", "--warmup", "1",
+         "--sessions", "40", "--large-sessions", "300", "--hot-set", "40", "--connections", "4",
+         "--json", str(out)],
+        env=env, capture_output=True, text=True, timeout=240, check=False)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    data = json.loads(out.read_text())
+    (round_,) = data["rounds"]
+    assert round_["floor"]["rps"] > 0
+    # every heartbeat of the hot set was accepted: the sessions the bench started are live on the edges
+    for name in ("heartbeat", "heartbeat_large", "heartbeat_half_rate"):
+        assert round_[name]["ok"] > 0, name
+        assert round_[name]["refused"] == 0 and round_[name]["socket_errors"] == 0, name
+    assert round_["floor_ratio"] == pytest.approx(round_["heartbeat"]["ok_rps"] / round_["floor"]["rps"],
+                                                  rel=0.01)
+    small, large = data["planes"]
+    assert (small["sessions"], large["sessions"]) == (40, 300)
+    assert small["bytes_per_session"] > 0 and large["bytes_per_session"] > 0
+    assert data["machine"]["nproc"] >= 1
+    assert "heartbeat / floor" in res.stdout and "Redis memory per live session" in res.stdout
