@@ -1,10 +1,11 @@
 """Heartbeat flush: the heartbeat streams into `license_heartbeats`, exactly once.
 
-A batch is COPYed into a temporary table, then moved with one INSERT ... ON CONFLICT DO NOTHING whose
-RETURNING feeds the set-based updates of `license_sessions` (last heartbeat, count) and
-`device_registrations.last_seen_at`, all in one transaction; the entries are acknowledged after the
-commit.  `received_at` comes from the stream id, so a batch delivered twice (a crash between commit and
-acknowledgement) hits the same (received_at, event_id) keys: no second row, no second count.
+A batch is COPYed into the table, and the sessions' last heartbeat and count and the devices'
+`last_seen_at` are updated with one set-based statement each, in one transaction; the entries are
+acknowledged after the commit.  `received_at` comes from the stream id, so a batch delivered twice (a
+crash between commit and acknowledgement) hits the same (received_at, event_id) keys: its COPY fails on
+the primary key and the batch goes through INSERT ... ON CONFLICT DO NOTHING instead, whose RETURNING
+says which rows are new, so nothing is stored or counted twice.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ from worker.streams import Entry, StreamConsumer
 log = logging.getLogger("worker.flush")
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+PARENT = "license_heartbeats"
 BATCH_TABLE = "heartbeat_batch"
 BATCH_COLUMNS = ("received_at", "event_id", "license_id", "session_token", "device_id")
 
-# Per connection (the pool's init): a temporary table the batch is COPYed into; emptied at each commit.
+# Per connection (the pool's init): where a batch that was delivered before is COPYed, to be moved with
+# ON CONFLICT DO NOTHING.  Emptied at each commit.
 CREATE_BATCH_TABLE = f"""
 CREATE TEMP TABLE IF NOT EXISTS {BATCH_TABLE} (
     received_at   timestamptz NOT NULL,
@@ -37,33 +40,27 @@ CREATE TEMP TABLE IF NOT EXISTS {BATCH_TABLE} (
 ) ON COMMIT DELETE ROWS
 """
 
-# Only rows that were really inserted count, so a redelivered batch leaves the counters alone.
+# RETURNING names only the rows really inserted, so a redelivered batch leaves the counters alone.
 MOVE_BATCH = f"""
-WITH inserted AS (
-    INSERT INTO license_heartbeats (received_at, event_id, license_id, session_token, device_id)
-    SELECT received_at, event_id, license_id, session_token, device_id FROM {BATCH_TABLE}
-    ON CONFLICT DO NOTHING
-    RETURNING received_at, session_token, device_id
-), per_session AS (
-    SELECT session_token, count(*) AS n, max(received_at) AS last_at FROM inserted GROUP BY session_token
-), sessions AS (
-    UPDATE license_sessions s
-       SET heartbeat_count = s.heartbeat_count + p.n,
-           last_heartbeat_at = greatest(s.last_heartbeat_at, p.last_at)
-      FROM per_session p
-     WHERE s.session_token = p.session_token
-    RETURNING 1
-), devices AS (
-    UPDATE device_registrations d
-       SET last_seen_at = x.last_at
-      FROM (SELECT device_id, max(received_at) AS last_at FROM inserted
-             WHERE device_id IS NOT NULL GROUP BY device_id) x
-     WHERE d.id = x.device_id AND (d.last_seen_at IS NULL OR d.last_seen_at < x.last_at)
-    RETURNING 1
-)
-SELECT (SELECT count(*) FROM inserted) AS stored,
-       (SELECT count(*) FROM sessions) AS sessions,
-       (SELECT count(*) FROM devices) AS devices
+INSERT INTO license_heartbeats (received_at, event_id, license_id, session_token, device_id)
+SELECT received_at, event_id, license_id, session_token, device_id FROM {BATCH_TABLE}
+ON CONFLICT DO NOTHING
+RETURNING received_at, session_token, device_id
+"""
+
+# One row per session / device of the batch (aggregated in Python), whatever the batch size.
+UPDATE_SESSIONS = """
+UPDATE license_sessions s
+   SET heartbeat_count = s.heartbeat_count + b.n,
+       last_heartbeat_at = greatest(s.last_heartbeat_at, b.last_at)
+  FROM unnest($1::uuid[], $2::bigint[], $3::timestamptz[]) AS b(session_token, n, last_at)
+ WHERE s.session_token = b.session_token
+"""
+UPDATE_DEVICES = """
+UPDATE device_registrations d
+   SET last_seen_at = b.last_at
+  FROM unnest($1::bigint[], $2::timestamptz[]) AS b(device_id, last_at)
+ WHERE d.id = b.device_id AND (d.last_seen_at IS NULL OR d.last_seen_at < b.last_at)
 """
 
 
@@ -111,15 +108,54 @@ async def store_heartbeats(pool: asyncpg.Pool, records: list[tuple[Any, ...]]) -
     for attempt in range(3):
         try:
             async with pool.acquire() as conn, conn.transaction():
-                await conn.copy_records_to_table(BATCH_TABLE, records=records, columns=BATCH_COLUMNS)
-                row = await conn.fetchrow(MOVE_BATCH)
-                return int(row["stored"])
+                inserted = await _insert_once(conn, records)
+                await _update_sessions_and_devices(conn, inserted)
+                return len(inserted)
         except asyncpg.CheckViolationError as exc:
             if "no partition" not in str(exc) or attempt == 2:
                 raise
             months = sorted({date(r[0].year, r[0].month, 1) for r in records})
             await ensure_partitions(pool, months)
     raise AssertionError("unreachable")
+
+
+async def _insert_once(conn: asyncpg.Connection, records: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Insert the rows not stored yet; return (received_at, session_token, device_id) of those inserted.
+
+    Almost every batch is new: it is COPYed straight into license_heartbeats.  Only a batch delivered
+    before (its consumer died or lost PostgreSQL between commit and acknowledgement) hits the primary
+    key; it then goes through the batch table and ON CONFLICT DO NOTHING.
+    """
+    try:
+        async with conn.transaction():  # a savepoint: the failed COPY is undone alone
+            await conn.copy_records_to_table(PARENT, records=records, columns=BATCH_COLUMNS)
+        return [(r[0], r[3], r[4]) for r in records]
+    except asyncpg.UniqueViolationError:
+        await conn.copy_records_to_table(BATCH_TABLE, records=records, columns=BATCH_COLUMNS)
+        rows = await conn.fetch(MOVE_BATCH)
+        return [(r["received_at"], r["session_token"], r["device_id"]) for r in rows]
+
+
+async def _update_sessions_and_devices(conn: asyncpg.Connection, inserted: list[tuple[Any, ...]]) -> None:
+    sessions: dict[Any, list[Any]] = {}
+    devices: dict[int, datetime] = {}
+    for at, token, device_id in inserted:
+        seen = sessions.get(token)
+        if seen is None:
+            sessions[token] = [1, at]
+        else:
+            seen[0] += 1
+            seen[1] = max(seen[1], at)
+        if device_id is not None and (device_id not in devices or devices[device_id] < at):
+            devices[device_id] = at
+    # Sorted, so concurrent workers lock rows in the same order and do not deadlock each other.
+    if sessions:
+        tokens = sorted(sessions)
+        await conn.execute(UPDATE_SESSIONS, tokens, [sessions[t][0] for t in tokens],
+                           [sessions[t][1] for t in tokens])
+    if devices:
+        ids = sorted(devices)
+        await conn.execute(UPDATE_DEVICES, ids, [devices[i] for i in ids])
 
 
 async def ensure_partitions(pool: asyncpg.Pool, months: list[date]) -> None:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import redis.asyncio as aioredis
-from worker_support import add_heartbeat, eventually
+from worker_support import LiveLicense, add_heartbeat, eventually
 
 from heartline.plane import keys
+from heartline.plane.sessions import SessionPlane
 from worker.flush import flush_batch, flush_heartbeats, heartbeat_records, store_heartbeats
 from worker.streams import StreamConsumer
 
@@ -115,23 +117,32 @@ async def test_malformed_entries_are_acknowledged_and_never_stored(
 
 
 async def test_flush_loop_stores_heartbeats_of_every_shard(
-        worker_ctx: dict[str, Any], run_loops: Any, db: asyncpg.Connection, redis: aioredis.Redis,
-        make_license: Any) -> None:
+        worker_ctx: dict[str, Any], run_loops: Any, db: asyncpg.Connection, plane: SessionPlane,
+        live_license: Callable[..., Awaitable[LiveLicense]]) -> None:
     shards = worker_ctx["settings"].stream_shards
     tokens = []
     for _ in range(shards * 2):
-        lic = await make_license()
-        tokens.append((lic["id"], await open_session(db, lic["id"], None)))
+        lic = await live_license()
+        session = await plane.start_session(lic.license_id, lic.fingerprint)
+        tokens.append((lic.license_id, session.token or ""))
     run_loops()
     for round_ in range(50):
         for license_id, token in tokens:
-            await add_heartbeat(redis, shards, license_id, token, None)
+            assert (await plane.heartbeat(license_id, token)).code == "OK"
         if round_ % 10 == 0:
             await asyncio.sleep(0.02)
 
     async def stored() -> bool:
         return await db.fetchval("SELECT count(*) FROM license_heartbeats") == 50 * len(tokens)
 
+    async def counted() -> list[int]:
+        rows = await db.fetch("SELECT heartbeat_count FROM license_sessions")
+        return sorted(r["heartbeat_count"] for r in rows)
+
     await eventually(stored)
-    counts = await db.fetch("SELECT heartbeat_count FROM license_sessions")
-    assert sorted(r["heartbeat_count"] for r in counts) == [50] * len(tokens)
+    # the mirror catches up within a flush interval (started events and heartbeats drain separately)
+    await eventually(lambda: _equals(counted, [50] * len(tokens)))
+
+
+async def _equals(fetch: Callable[[], Awaitable[Any]], expected: Any) -> bool:
+    return bool(await fetch() == expected)

@@ -1,0 +1,198 @@
+"""Benchmark: heartbeat flush rows/s against a raw COPY of the same rows into the same table.
+
+    python -m worker.bench_flush [--rows 200000] [--sessions 2000] [--rounds 3]
+
+Both sides store the same rows into `license_heartbeats` in the same run: the raw side is one
+`COPY ... FROM STDIN` of every row (the floor: no Redis, no dedup, no updates); the worker side is the
+real flush (XREADGROUP batches of HEARTLINE_FLUSH_BATCH_SIZE, COPY into the batch table,
+INSERT ... ON CONFLICT, set-based session/device updates, commit, XACK).  Rounds alternate which side
+goes first; medians and the ratio worker/raw are printed.
+
+PostgreSQL and Redis are started from the pip wheels in a temporary folder unless --database-url and
+--redis-url are given; then a scratch database is created (and dropped) on that server and the bench's
+streams are deleted from that Redis afterwards, so point it at a Redis no edge is using.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from heartline import db as hldb
+from heartline.devstack import embedded_services
+from heartline.migrations import migrate
+from heartline.plane import keys
+from heartline.settings import Settings
+from worker.flush import BATCH_COLUMNS, flush_batch, heartbeat_records, prepare_connection
+from worker.streams import Entry, StreamConsumer
+
+SEED = """
+INSERT INTO customers (name) VALUES ('bench');
+INSERT INTO licenses (customer_id, license_key, device_limit, concurrent_sessions_limit)
+SELECT 1, 'BENCH-' || lpad(n::text, 8, '0'), 1, 1 FROM generate_series(1, $1) n;
+INSERT INTO device_registrations (license_id, hardware_fingerprint) SELECT id, 'fp-' || id FROM licenses;
+INSERT INTO license_sessions (session_token, license_id, device_id, started_at)
+SELECT gen_random_uuid(), l.id, d.id, now() FROM licenses l JOIN device_registrations d ON d.license_id = l.id;
+"""
+
+
+async def _seed(conn: asyncpg.Connection, sessions: int) -> list[tuple[int, str, int]]:
+    async with conn.transaction():
+        await conn.execute("SET LOCAL heartline.actor = 'bench'")
+        for statement in SEED.strip().split(";\n"):
+            if "$1" in statement:
+                await conn.execute(statement, sessions)
+            elif statement.strip():
+                await conn.execute(statement)
+    rows = await conn.fetch("SELECT license_id, session_token::text AS t, device_id FROM license_sessions")
+    return [(r["license_id"], r["t"], r["device_id"]) for r in rows]
+
+
+async def _fill_streams(redis: aioredis.Redis, sessions: list[tuple[int, str, int]], rows: int,
+                        shards: int) -> None:
+    async with redis.pipeline(transaction=False) as pipe:
+        for i in range(rows):
+            license_id, token, device_id = sessions[i % len(sessions)]
+            pipe.xadd(keys.heartbeat_stream(keys.shard_of(license_id, shards)),
+                      {"l": license_id, "t": token, "d": device_id})
+            if i % 10_000 == 9_999:
+                await pipe.execute()
+        await pipe.execute()
+
+
+async def _stream_rows(redis: aioredis.Redis, shards: int) -> list[tuple[Any, ...]]:
+    entries: list[Entry] = []
+    for shard in range(shards):
+        entries += [Entry(shard, i.decode(), f) for i, f in await redis.xrange(keys.heartbeat_stream(shard))]
+    records, _ = heartbeat_records(entries)
+    return records
+
+
+async def _reset(conn: asyncpg.Connection, redis: aioredis.Redis, shards: int) -> None:
+    await conn.execute("TRUNCATE license_heartbeats")
+    await conn.execute("UPDATE license_sessions SET heartbeat_count = 0, last_heartbeat_at = NULL")
+    await conn.execute("VACUUM ANALYZE license_sessions")
+    for shard in range(shards):
+        await redis.delete(keys.heartbeat_stream(shard))
+
+
+async def _raw_copy(conn: asyncpg.Connection, records: list[tuple[Any, ...]]) -> float:
+    started = time.perf_counter()
+    await conn.copy_records_to_table("license_heartbeats", records=records, columns=BATCH_COLUMNS)
+    return time.perf_counter() - started
+
+
+async def _worker_flush(pool: asyncpg.Pool, redis: aioredis.Redis, settings: Settings, rows: int) -> float:
+    consumer = StreamConsumer(redis, group=keys.HEARTBEAT_GROUP, stream_key=keys.heartbeat_stream,
+                              shards=settings.stream_shards, consumer=f"bench-{uuid.uuid4().hex[:6]}",
+                              batch_size=settings.flush_batch_size,
+                              claim_idle_ms=int(settings.pending_claim_idle_s * 1000))
+    await consumer.ensure_groups()
+    stored = 0
+    started = time.perf_counter()
+    while stored < rows:
+        result = await flush_batch(pool, consumer)
+        if not result.read:
+            raise RuntimeError(f"streams ran dry after {stored} of {rows} rows")
+        stored += result.stored
+    return time.perf_counter() - started
+
+
+async def run(settings: Settings, database_url: str, redis_url: str, *, rows: int, sessions: int,
+              rounds: int) -> dict[str, float]:
+    assert settings.stream_shards
+    conn = await hldb.connect(database_url, actor="bench")
+    pool = await hldb.create_pool(database_url, actor="bench", min_size=1, max_size=2, init=prepare_connection)
+    redis = aioredis.Redis.from_url(redis_url)
+    try:
+        session_rows = await _seed(conn, sessions)
+        await conn.execute("SELECT ensure_heartbeat_partition(current_date)")
+        raw_times, worker_times = [], []
+        for round_ in range(rounds):
+            await _reset(conn, redis, settings.stream_shards)
+            await _fill_streams(redis, session_rows, rows, settings.stream_shards)
+            records = await _stream_rows(redis, settings.stream_shards)
+            sides = ["raw", "worker"] if round_ % 2 == 0 else ["worker", "raw"]
+            for side in sides:
+                if side == "raw":
+                    raw_times.append(await _raw_copy(conn, records))
+                    await conn.execute("TRUNCATE license_heartbeats")
+                else:
+                    worker_times.append(await _worker_flush(pool, redis, settings, rows))
+                    assert await conn.fetchval("SELECT count(*) FROM license_heartbeats") == rows
+                    assert await conn.fetchval("SELECT sum(heartbeat_count) FROM license_sessions") == rows
+                    await conn.execute("TRUNCATE license_heartbeats")
+            print(f"round {round_ + 1}: raw COPY {rows / raw_times[-1]:>10,.0f} rows/s   "
+                  f"worker flush {rows / worker_times[-1]:>10,.0f} rows/s")
+        raw = rows / statistics.median(raw_times)
+        flush = rows / statistics.median(worker_times)
+        return {"raw_rows_s": raw, "worker_rows_s": flush, "ratio": flush / raw}
+    finally:
+        for shard in range(settings.stream_shards):
+            await redis.delete(keys.heartbeat_stream(shard))
+        await redis.aclose()
+        await pool.close()
+        await conn.close()
+
+
+async def _with_scratch_database(server_url: str, body: Any) -> Any:
+    name = f"heartline_bench_{os.getpid()}"
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    head, _, query = server_url.partition("?")
+    scheme, rest = head.split("://", 1)
+    url = f"{scheme}://{rest.split('/', 1)[0]}/{name}" + (f"?{query}" if query else "")
+    try:
+        await migrate(url)
+        return await body(url)
+    finally:
+        admin = await asyncpg.connect(server_url)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m worker.bench_flush", description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=200_000, help="heartbeat rows per round")
+    parser.add_argument("--sessions", type=int, default=2_000, help="sessions the heartbeats belong to")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--database-url", help="PostgreSQL server (a scratch database is created on it)")
+    parser.add_argument("--redis-url", help="Redis the bench streams are written to (and deleted from)")
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+
+    async def bench(pg_url: str, redis_url: str) -> dict[str, float]:
+        return await _with_scratch_database(
+            pg_url, lambda url: run(settings, url, redis_url, rows=args.rows, sessions=args.sessions,
+                                    rounds=args.rounds))
+
+    with tempfile.TemporaryDirectory(prefix="heartline-bench-") as tmp, embedded_services(
+            Path(tmp), postgres=not args.database_url, redis=not args.redis_url, persist=False) as (pg, rd):
+        pg_url, redis_url = args.database_url or pg or "", args.redis_url or rd or ""
+        print(f"rows={args.rows} sessions={args.sessions} rounds={args.rounds} "
+              f"batch={settings.flush_batch_size} shards={settings.stream_shards}")
+        result = asyncio.run(bench(pg_url, redis_url))
+    print(f"raw COPY:     {result['raw_rows_s']:>10,.0f} rows/s (median)")
+    print(f"worker flush: {result['worker_rows_s']:>10,.0f} rows/s (median)")
+    print(f"ratio worker/raw: {result['ratio']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
