@@ -99,5 +99,5 @@ class ApiKeyGuard:
                 await self.flush_last_used()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - PostgreSQL down: keep the ids, retry next round
                 log.warning("edge.api_key.touch_failed error=%s", type(exc).__name__)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -29,14 +30,16 @@ def main(settings: Settings, argv: list[str]) -> int:
     parser.add_argument("--workers", type=int, default=settings.edge_workers)
     args = parser.parse_args(argv)
     settings = services.resolve(settings)
-    common = dict(host=args.host, port=args.port, loop="uvloop", http="httptools", lifespan="on",
-                  proxy_headers=True, forwarded_allow_ips=list(settings.trusted_proxies), access_log=False,
-                  log_level=settings.log_level.lower(), limit_concurrency=None, timeout_graceful_shutdown=10)
+    common: dict[str, Any] = {
+        "host": args.host, "port": args.port, "loop": "uvloop", "http": "httptools", "lifespan": "on",
+        "proxy_headers": True, "forwarded_allow_ips": list(settings.trusted_proxies), "access_log": False,
+        "log_level": settings.log_level.lower(), "timeout_graceful_shutdown": 10,
+    }
     if args.workers > 1:
         # Worker processes import the app by name and read the settings from the environment.
         os.environ["HEARTLINE_DATABASE_URL"] = settings.database_url or ""
         os.environ["HEARTLINE_REDIS_URL"] = settings.redis_url or ""
-        uvicorn.run("edge.server:app_from_env", factory=True, workers=args.workers, **common)  # type: ignore[arg-type]
+        uvicorn.run("edge.server:app_from_env", factory=True, workers=args.workers, **common)
     else:
-        uvicorn.run(create_app(settings), **common)  # type: ignore[arg-type]
+        uvicorn.run(create_app(settings), **common)
     return 0

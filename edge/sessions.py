@@ -17,7 +17,14 @@ from edge.errors import (
     SessionLimitReached,
     SessionNotFound,
 )
-from edge.schemas import EndResponse, LicenseRequest, SessionResponse, StartSessionRequest, encode, utc_from_ms
+from edge.schemas import (
+    EndResponse,
+    LicenseRequest,
+    SessionResponse,
+    StartSessionRequest,
+    encode,
+    utc_from_ms,
+)
 from edge.state import EdgeState, client_ip, edge_state
 from heartline.plane.events import EndReason
 from heartline.plane.sessions import PlaneCode, StartOutcome

@@ -168,6 +168,6 @@ class LicenseCache:
                     log.debug("license.cache.refreshed count=%s", count)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # PostgreSQL down: keep serving from the cache, try again later
+            except Exception as exc:  # noqa: BLE001 - PostgreSQL down: serve from the cache, retry later
                 log.warning("license.cache.refresh_failed error=%s", type(exc).__name__)
             await asyncio.sleep(self.settings.license_cache_s)

@@ -14,7 +14,12 @@ from starlette.applications import Starlette
 
 from edge.app import create_app
 from heartline.plane import keys
-from heartline.plane.events import EndReason, SessionEventKind, heartbeat_from_fields, session_event_from_fields
+from heartline.plane.events import (
+    EndReason,
+    SessionEventKind,
+    heartbeat_from_fields,
+    session_event_from_fields,
+)
 from heartline.settings import Settings
 
 

@@ -9,7 +9,12 @@ import pytest
 import redis.asyncio as aioredis
 
 from heartline.plane import keys
-from heartline.plane.events import EndReason, SessionEventKind, heartbeat_from_fields, session_event_from_fields
+from heartline.plane.events import (
+    EndReason,
+    SessionEventKind,
+    heartbeat_from_fields,
+    session_event_from_fields,
+)
 from heartline.plane.licenses import CachedLicense
 from heartline.plane.sessions import PlaneCode, SessionPlane
 from heartline.settings import Settings
@@ -18,9 +23,9 @@ LICENSE_ID = 7
 
 
 def cached(**changes: object) -> CachedLicense:
-    fields: dict[str, object] = dict(license_id=LICENSE_ID, version=1, status="active", valid_from_ms=0,
-                                     valid_until_ms=None, device_limit=10, sessions_limit=3,
-                                     interval_s=1, timeout_s=2)
+    fields: dict[str, object] = {"license_id": LICENSE_ID, "version": 1, "status": "active",
+                                 "valid_from_ms": 0, "valid_until_ms": None, "device_limit": 10,
+                                 "sessions_limit": 3, "interval_s": 1, "timeout_s": 2}
     fields.update(changes)
     return CachedLicense(**fields)  # type: ignore[arg-type]
 
