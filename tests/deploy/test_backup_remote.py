@@ -7,6 +7,7 @@ import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from heartline import backup
@@ -146,7 +147,6 @@ def test_git_remote_push_list_prune_and_restore_from_remote(backup_settings: Set
     # restoring a backup that only the remote holds fetches it, verifies it and restores it
     url = settings.database_url
     assert url
-    import psycopg
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("INSERT INTO customers (name) VALUES ('after the backup')")
     assert backup.main(settings, ["restore", first.name, "--yes"]) == 0
@@ -191,3 +191,13 @@ def test_backup_cron_runs_daily_at_the_configured_hour() -> None:
     job = backup_cron(Settings(backup_cron_hour=4))
     assert job.coroutine is create_scheduled_backup
     assert job.hour == {4} and job.minute == {0} and job.unique
+
+
+async def test_scheduled_backup_skips_while_another_backup_runs(backup_settings: Settings) -> None:
+    with psycopg.connect(backup_settings.database_url or "", autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (backup._LOCK_ID,))
+        with pytest.raises(BackupError) as err:
+            backup.create_backup(backup_settings)
+        assert err.value.code is BackupErrorCode.BUSY
+        assert await create_scheduled_backup({"settings": backup_settings}) is None
+    assert backup.local_archives(backup_settings) == []
