@@ -145,3 +145,19 @@ def test_compose_yaml_parses_without_docker() -> None:
     data = yaml.safe_load(COMPOSE_FILE.read_text())
     assert set(data["services"]) == {*LONG_RUNNING, "migrate"}
     assert all("healthcheck" in data["services"][name] for name in LONG_RUNNING)
+
+
+def test_image_dumps_with_the_compose_servers_major_version(config: dict[str, Any]) -> None:
+    # a backup needs pg_dump of exactly the server's major version (heartline.backup refuses others)
+    server_major = re.match(r"postgres:(\d+)", config["services"]["postgres"]["image"])
+    client_major = re.search(r"postgresql-client-(\d+)", (ROOT / "Dockerfile").read_text())
+    assert server_major and client_major
+    assert server_major.group(1) == client_major.group(1)
+
+
+def test_build_context_keeps_what_the_image_needs() -> None:
+    ignored = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")]
+    for needed in ("sql", "heartline", "edge", "worker", "admin", "pyproject.toml", "README.md"):
+        assert needed not in ignored, needed
+    assert ".env" in ignored and ".git" in ignored and ".venv" in ignored

@@ -334,8 +334,13 @@ def test_everything_outside_v1_goes_to_the_admin(admin_ready: Stack) -> None:
     stack = admin_ready
     with stack.through_nginx() as client:
         res = client.get("/login/")
+        root = client.get("/")
     assert res.status_code == 200
     assert "password" in res.text.lower()
+    # the admin's redirects keep the browser on the HTTPS origin it came from
+    assert root.is_redirect
+    location = root.headers["location"]
+    assert location.startswith(("/", f"https://localhost:{stack.https_port}/"))
     with stack.direct() as client:
         assert client.get("/login/").status_code == 404   # the edge has no such page
 
