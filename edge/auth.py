@@ -1,7 +1,8 @@
 """X-API-Key authentication with an in-process cache, so the hot path does no I/O for it.
 
 A key is looked up in PostgreSQL by its sha256 at most once per `api_key_cache_s` per process: a
-revoked key therefore stops working within that time (30 s by default).  Unknown keys are remembered
+revoked key therefore stops working within that time (30 s by default).  While PostgreSQL is
+unreachable, keys already known to be valid keep working (the edge keeps serving heartbeats).  Unknown keys are remembered
 briefly too, so a client retrying a bad key costs no query each time.  `last_used_at` is written in
 batches by a background task, never per request.
 """
@@ -52,7 +53,17 @@ class ApiKeyGuard:
             raise ApiKeyInvalid()
         digest = hash_key(presented)
         entry = self._cache.get(digest)
-        key_id = entry[0] if entry is not None and entry[1] > time.monotonic() else await self._lookup(digest)
+        if entry is not None and entry[1] > time.monotonic():
+            key_id = entry[0]
+        else:
+            try:
+                key_id = await self._lookup(digest)
+            except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError):
+                if entry is None or entry[0] is None:
+                    raise
+                # PostgreSQL is down: heartbeats must go on, so a key known to be valid stays valid
+                # until the database answers again (nobody can revoke it meanwhile either).
+                key_id = entry[0]
         if key_id is None:
             raise ApiKeyInvalid()
         self._used.add(key_id)

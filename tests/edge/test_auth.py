@@ -8,9 +8,14 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 from starlette.applications import Starlette
+from starlette.requests import Request
 
+from edge.auth import ApiKeyGuard
+from heartline import db as hldb
 from heartline.apikeys import generate_key, revoke_api_key
+from heartline.settings import Settings
 
 BODY = {"license_key": "HL-AAAAA-BBBBB", "hardware_fingerprint": "fp"}
 
@@ -62,3 +67,21 @@ async def test_last_used_is_written_in_batches(client: httpx.AsyncClient, app: S
     # last_used_at alone is not worth an audit row (sql/0001 trigger arguments).
     assert await db.fetchval("SELECT count(*) FROM audit_log WHERE table_name = 'api_keys' "
                              "AND operation = 'UPDATE'") == 0
+
+
+async def test_known_key_keeps_working_while_postgres_is_unreachable(
+        edge_settings: Settings, database_url: str, make_api_key: Callable[..., Any]) -> None:
+    known = await make_api_key("known")
+    pool = await hldb.create_pool(database_url, actor="edge", max_size=2)
+    guard = ApiKeyGuard(pool, edge_settings.replace(api_key_cache_s=0.01))
+    request = _request_with_key(known.key)
+    assert await guard.authenticate(request) == known.id
+    await pool.close()  # every later lookup fails as if the server were gone
+    await asyncio.sleep(0.02)
+    assert await guard.authenticate(request) == known.id
+    with pytest.raises(asyncpg.InterfaceError):
+        await guard.authenticate(_request_with_key(generate_key()))
+
+
+def _request_with_key(key: str) -> Request:
+    return Request({"type": "http", "method": "POST", "path": "/", "headers": [(b"x-api-key", key.encode())]})
