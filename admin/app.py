@@ -10,6 +10,7 @@ import argparse
 import importlib
 import importlib.util
 import logging
+from typing import Any
 
 from flask import Flask, g
 from flask_appbuilder import AppBuilder
@@ -46,10 +47,19 @@ def _module_exists(name: str) -> bool:
         return False
 
 
-def create_app(settings: Settings, view_modules: list[str] | None = None) -> Flask:
-    """The admin app; `view_modules` defaults to VIEW_MODULES (tests may register fewer screens)."""
+def create_app(settings: Settings, view_modules: list[str] | None = None, *,
+               update_permissions: bool = True, config: dict[str, Any] | None = None) -> Flask:
+    """The admin app.
+
+    view_modules: screens to register, VIEW_MODULES by default (tests may register fewer).
+    update_permissions: let FAB sync ab_permission_view with the registered screens; off for helpers
+    such as `create-admin` that build the app without screens.
+    config: Flask settings applied over those from `settings` before the extensions start.
+    """
     app = Flask(__name__, static_folder="static", template_folder="templates")
     app.config.update(flask_config(settings))
+    app.config["FAB_UPDATE_PERMS"] = update_permissions
+    app.config.update(config or {})
     CSRFProtect(app)
     db = SQLA(session_options={"expire_on_commit": False})
     db.init_app(app)

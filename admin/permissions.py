@@ -2,16 +2,18 @@
 
 FAB grants `can_<method>` on these names; the Admin role gets all of them.  Naming them here keeps the
 names stable when a view class is renamed, and lets a deployment build narrower roles (e.g. a support
-role with Sessions and Devices only).
+role with LiveSession and Device only).  They are singular on purpose: FAB keeps the menu entries
+("Customers", "Licenses", ...) in the same table, and a view sharing its menu entry's name would have the
+entry's menu_access pruned as a permission the view does not know.
 """
 
-CUSTOMERS = "Customers"
-LICENSES = "Licenses"
-DEVICES = "Devices"
-LIVE_SESSIONS = "LiveSessions"
+CUSTOMERS = "Customer"
+LICENSES = "License"
+DEVICES = "Device"
+LIVE_SESSIONS = "LiveSession"
 SESSION_HISTORY = "SessionHistory"
-HEARTBEATS = "Heartbeats"
-API_KEYS = "ApiKeys"
+HEARTBEATS = "Heartbeat"
+API_KEYS = "ApiKey"
 SYSTEM_ADMINISTRATION = "SystemAdministration"
 AUDIT_LOG = "AuditLog"
-DASHBOARD = "Dashboard"
+DASHBOARD = "DashboardPage"

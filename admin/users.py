@@ -25,7 +25,7 @@ def create_admin(settings: Settings, *, username: str, email: str, password: str
 
     from admin.app import create_app
 
-    app = create_app(settings, view_modules=[])  # users only: no screens needed
+    app = create_app(settings, view_modules=[], update_permissions=False)  # users only: no screens
     with app.app_context():
         sm = current_app.appbuilder.sm  # type: ignore[attr-defined]
         sm.session.info["heartline_actor"] = "admin:cli"

@@ -14,10 +14,10 @@ from typing import Any
 from flask import current_app, flash, g, redirect, request, session, url_for
 from flask_appbuilder import expose
 from flask_appbuilder.security.api import SecurityApi
+from flask_appbuilder.security.decorators import no_cache
 from flask_appbuilder.security.sqla.manager import SecurityManager
 from flask_appbuilder.security.views import AuthDBView
 from flask_appbuilder.utils.base import get_safe_redirect
-from flask_appbuilder.security.decorators import no_cache
 from flask_login import login_user
 from werkzeug.wrappers import Response
 

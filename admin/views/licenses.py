@@ -14,7 +14,7 @@ from flask import flash, g, redirect
 from flask_appbuilder import AppBuilder, ModelView, action
 from sqlalchemy import text
 from wtforms import Form
-from wtforms.fields import Field
+from wtforms.fields import DateTimeLocalField, Field
 from wtforms.validators import DataRequired, NumberRange, Optional, ValidationError
 
 from admin import permissions
@@ -55,6 +55,13 @@ def timeout_exceeds_interval(form: Form, field: Field) -> None:
         raise ValidationError(f"The heartbeat timeout ({timeout} s) must be greater than the heartbeat "
                               f"interval ({interval} s); empty fields mean {DEFAULT_TIMEOUT_S} s and "
                               f"{DEFAULT_INTERVAL_S} s.")
+
+
+def interval_below_timeout(form: Form, field: Field) -> None:
+    """The same CHECK seen from the interval, when the timeout is left empty (FAB skips the validators of
+    an empty optional field, so the timeout field's check would not run)."""
+    if form.heartbeat_timeout_s.data is None and field.data is not None:  # type: ignore[attr-defined]
+        timeout_exceeds_interval(form, form.heartbeat_timeout_s)  # type: ignore[attr-defined]
 
 
 def valid_until_after_valid_from(form: Form, field: Field) -> None:
@@ -98,6 +105,16 @@ class LicenseView(ModelView):
         "heartbeat_interval_s": "Empty: 30 s.",
         "heartbeat_timeout_s": "Empty: 60 s. Must exceed the interval.",
     }
+    # Native date-time pickers (FAB would render WTForms' obsolete type="datetime" inputs); UTC.
+    add_form_extra_fields = edit_form_extra_fields = {
+        "valid_from": DateTimeLocalField("Valid from (UTC)", validators=[Optional()],
+                                         format=["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M"],
+                                         description="Empty: now."),
+        "valid_until": DateTimeLocalField("Valid until (UTC)",
+                                          validators=[Optional(), valid_until_after_valid_from],
+                                          format=["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M"],
+                                          description="Empty: never expires."),
+    }
     validators_columns = {
         "customer": [DataRequired(message="Choose the customer this license belongs to.")],
         "device_limit": [DataRequired(message="Enter a device limit between 1 and 10."),
@@ -106,23 +123,29 @@ class LicenseView(ModelView):
             DataRequired(message="Enter a concurrent sessions limit of at least 1."),
             NumberRange(min=1, message="The concurrent sessions limit must be at least 1."),
             sessions_within_device_limit],
-        "heartbeat_interval_s": [Optional(), NumberRange(min=1, message="The interval must be at least 1 s.")],
+        "heartbeat_interval_s": [Optional(), NumberRange(min=1, message="The interval must be at least 1 s."),
+                                 interval_below_timeout],
         "heartbeat_timeout_s": [timeout_exceeds_interval, Optional(),
                                 NumberRange(min=2, message="The timeout must be at least 2 s.")],
-        "valid_until": [Optional(), valid_until_after_valid_from],
-        "quota_domains": [NumberRange(min=0, message="A quota cannot be negative.")],
-        "quota_ipv4": [NumberRange(min=0, message="A quota cannot be negative.")],
-        "quota_phones": [NumberRange(min=0, message="A quota cannot be negative.")],
+        "quota_domains": [Optional(), NumberRange(min=0, message="A quota cannot be negative.")],
+        "quota_ipv4": [Optional(), NumberRange(min=0, message="A quota cannot be negative.")],
+        "quota_phones": [Optional(), NumberRange(min=0, message="A quota cannot be negative.")],
     }
 
     def pre_add(self, item: License) -> None:
         item.license_key = new_license_key()
         item.status = LicenseStatus.ACTIVE
-        for quota in ("quota_domains", "quota_ipv4", "quota_phones"):
-            if getattr(item, quota) is None:
-                setattr(item, quota, 0)
+        _empty_quotas_are_zero(item)
         if item.valid_from is None:
             item.valid_from = dt.datetime.now(dt.UTC)
+
+    def pre_update(self, item: License) -> None:
+        _empty_quotas_are_zero(item)
+        if item.valid_from is None:  # left empty in the form: keep the stored start
+            session = self.datamodel.session
+            with session.no_autoflush:
+                item.valid_from = session.execute(
+                    text("SELECT valid_from FROM licenses WHERE id = :id"), {"id": item.id}).scalar_one()
 
     def post_add(self, item: License) -> None:
         log.info("license.created license_id=%s actor=%s", item.id, g.get("heartline_actor"))
@@ -187,6 +210,12 @@ def refresh_edge_cache(license_id: int) -> None:
     except PlaneError as exc:
         flash(f"Saved, but the edge cache could not be refreshed ({exc}); edges pick the change up by "
               "their version check.", "warning")
+
+
+def _empty_quotas_are_zero(item: License) -> None:
+    for quota in ("quota_domains", "quota_ipv4", "quota_phones"):
+        if getattr(item, quota) is None:
+            setattr(item, quota, 0)
 
 
 def _as_list(items: Any) -> list[Any]:

@@ -195,3 +195,14 @@ def test_code_window_is_one_step_either_side() -> None:
     for offset in (-2, 2):
         assert matching_step(secret, code_for(secret, step + offset), now) is None
     assert matching_step(secret, "12345", now) is None and matching_step(secret, "abcdef", now) is None
+
+
+def test_password_guessing_is_rate_limited(admin_settings: Settings, make_admin: Callable[..., Admin]) -> None:
+    app = create_app(admin_settings, view_modules=[], update_permissions=False,
+                     config={"AUTH_RATE_LIMIT": "3 per minute"})
+    client = app.test_client()
+    admin = make_admin()
+    wrong = Admin(username=admin.username, password="not the password", id=admin.id)
+    statuses = [password_step(client, wrong).status_code for _ in range(4)]
+    assert statuses[:3] == [302, 302, 302] and statuses[3] == 429
+    assert password_step(client, admin).status_code == 429  # even the right password waits
