@@ -152,6 +152,10 @@ class ResourcesView(BaseView):
     def import_(self) -> Any:
         """Paste values or upload a CSV file; every line is reported as added, duplicate or refused."""
         settings = heartline_settings()
+        if (request.content_length or 0) > MAX_IMPORT_BYTES + 64 * 1024:
+            # Refused before the body is parsed: a pasted text is no cheaper to hold than a file.
+            return Response(f"An import is limited to {MAX_IMPORT_BYTES // (1024 * 1024)} MB.\n",
+                            status=413, mimetype="text/plain")
         form = {"resource_type": request.form.get("resource_type", ResourceType.DOMAIN.value),
                 "text": request.form.get("text", ""), "dry_run": bool(request.form.get("dry_run"))}
         if request.method == "GET":

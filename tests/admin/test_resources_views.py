@@ -155,3 +155,18 @@ def test_pool_list_and_history_screens_render(
     post_form(client, "/resources/import", {"resource_type": "domain", "text": "listed.example"})
     assert "listed.example" in client.get("/resourcepoolview/list/").get_data(as_text=True)
     assert client.get("/resourceallocationview/list/").status_code == 200
+
+
+def test_an_oversized_import_is_refused_with_413(
+        signed_in: tuple[FlaskClient, Admin], pg: psycopg.Connection[Any]) -> None:
+    client, _admin = signed_in
+    token = csrf_token(client.get("/resources/import").get_data(as_text=True))
+    huge = b"8.8.4.1\n" * (3 * 1024 * 1024 // 8)
+    upload = client.post("/resources/import", content_type="multipart/form-data", data={
+        "csrf_token": token, "resource_type": "ipv4", "text": "", "file": (io.BytesIO(huge), "big.csv")})
+    assert upload.status_code == 413 and "limited to 2 MB" in upload.get_data(as_text=True)
+    # a pasted text beyond Flask's form field limit (MAX_FORM_MEMORY_SIZE, 500 kB) is refused too
+    pasted = client.post("/resources/import", data={"csrf_token": token, "resource_type": "ipv4",
+                                                    "text": huge.decode()})
+    assert pasted.status_code == 413
+    assert pg.execute("SELECT count(*) FROM resource_pools").fetchone() == (0,)
