@@ -46,7 +46,10 @@ class ApiKeyGuard:
 
     async def authenticate(self, request: Request) -> int:
         """The id of the request's API key; raises ApiKeyMissing / ApiKeyInvalid."""
-        presented = request.headers.get(HEADER)
+        return await self.check(request.headers.get(HEADER))
+
+    async def check(self, presented: str | None) -> int:
+        """The id of the key presented in an X-API-Key header; raises ApiKeyMissing / ApiKeyInvalid."""
         if not presented:
             raise ApiKeyMissing()
         if not is_well_formed(presented):

@@ -3,46 +3,86 @@
 API key and license id come from process memory; the plane's heartbeat script checks, extends and
 records in one EVALSHA.  Only a license missing from the plane's cache costs a read-through and one
 retry.
+
+The route is a plain ASGI app rather than a Request handler: it reads its few bytes of body and the one
+header it needs straight from the ASGI scope and receive channel (DESIGN §6 measured Starlette's Request
+body plumbing at ~40 % of a bare endpoint's throughput).  Errors are raised as EdgeErrors all the same;
+the app's one handler renders them.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import uuid
 
-from starlette.requests import Request
-from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
-from edge.bodies import read_struct, session_token
-from edge.devices import license_id_or_404
-from edge.errors import HeartbeatTooFrequent, LicenseNotFound
+from edge.bodies import decode
+from edge.errors import BodyTooLarge, HeartbeatTooFrequent, InvalidSessionToken, LicenseNotFound
 from edge.schemas import HeartbeatResponse, LicenseRequest, encode, utc_from_ms
 from edge.sessions import refusal
-from edge.state import edge_state
+from edge.state import EdgeState
 from heartline.plane.sessions import PlaneCode
 
 log = logging.getLogger("heartline.edge.heartbeats")
 
+JSON_HEADERS = [(b"content-type", b"application/json")]
 
-async def heartbeat(request: Request) -> Response:
+
+class HeartbeatEndpoint:
     """POST /v1/sessions/{token}/heartbeat: keep a session alive."""
-    state = edge_state(request)
-    await state.api_keys.authenticate(request)
-    body = await read_struct(request, LicenseRequest, state.settings.max_body_bytes)
-    token = session_token(request)
-    license_id = await license_id_or_404(state, body.license_key)
-    outcome = await state.plane.heartbeat(license_id, token)
-    if outcome.code is PlaneCode.LICENSE_NOT_CACHED:
-        if await state.licenses.load(license_id) is None:
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state: EdgeState = scope["app"].state.edge
+        limit = state.settings.max_body_bytes
+        api_key = None
+        for name, value in scope["headers"]:
+            if name == b"x-api-key":
+                api_key = value.decode("latin-1")
+            elif name == b"content-length" and value.isdigit() and int(value) > limit:
+                raise BodyTooLarge(f"The body may be at most {limit} bytes.")
+        await state.api_keys.check(api_key)
+        body = decode(await _read_body(receive, limit), LicenseRequest)
+        try:
+            token = str(uuid.UUID(scope["path_params"]["token"]))
+        except ValueError:
+            raise InvalidSessionToken() from None
+        license_id = await state.licenses.license_id(body.license_key)
+        if license_id is None:
             raise LicenseNotFound()
+
         outcome = await state.plane.heartbeat(license_id, token)
-    if outcome.code is PlaneCode.OK:
-        return Response(encode(HeartbeatResponse(expires_at=utc_from_ms(outcome.deadline_ms),
-                                                 next_heartbeat_in_s=outcome.interval_s)),
-                        media_type="application/json")
-    if outcome.code is PlaneCode.HEARTBEAT_TOO_FREQUENT:
-        retry_after = max(1, math.ceil(outcome.retry_after_ms / 1000))
-        raise HeartbeatTooFrequent(headers={"Retry-After": str(retry_after)})
-    if outcome.code is not PlaneCode.SESSION_NOT_FOUND:
-        log.info("session.heartbeat.refused license_id=%s code=%s", license_id, outcome.code)
-    raise refusal(outcome.code)
+        if outcome.code is PlaneCode.LICENSE_NOT_CACHED:
+            if await state.licenses.load(license_id) is None:
+                raise LicenseNotFound()
+            outcome = await state.plane.heartbeat(license_id, token)
+        if outcome.code is PlaneCode.OK:
+            payload = encode(HeartbeatResponse(expires_at=utc_from_ms(outcome.deadline_ms),
+                                               next_heartbeat_in_s=outcome.interval_s))
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [*JSON_HEADERS, (b"content-length", str(len(payload)).encode())]})
+            await send({"type": "http.response.body", "body": payload})
+            return
+        if outcome.code is PlaneCode.HEARTBEAT_TOO_FREQUENT:
+            retry_after = max(1, math.ceil(outcome.retry_after_ms / 1000))
+            raise HeartbeatTooFrequent(headers={"Retry-After": str(retry_after)})
+        if outcome.code is not PlaneCode.SESSION_NOT_FOUND:
+            log.info("session.heartbeat.refused license_id=%s code=%s", license_id, outcome.code)
+        raise refusal(outcome.code)
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes:
+    body = b""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # client went away
+            return body
+        body += message.get("body", b"")
+        if len(body) > limit:
+            raise BodyTooLarge(f"The body may be at most {limit} bytes.")
+        if not message.get("more_body", False):
+            return body
+
+
+heartbeat = HeartbeatEndpoint()

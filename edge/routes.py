@@ -9,6 +9,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from edge import devices, health, heartbeats, licenses, metrics, sessions
 from edge.schemas import (
@@ -26,7 +27,8 @@ from edge.schemas import (
     ValidateResponse,
 )
 
-Endpoint = Callable[[Request], Awaitable[Response]]
+# A Request handler, or a plain ASGI app (the heartbeat, which skips Request for speed).
+Endpoint = Callable[[Request], Awaitable[Response]] | Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 @dataclass(frozen=True)
