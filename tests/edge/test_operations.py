@@ -7,7 +7,10 @@ from typing import Any
 
 import httpx
 
+from edge.app import create_app
 from edge.routes import OPERATIONS
+from heartline.devstack import free_port
+from heartline.settings import Settings
 
 
 async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
@@ -42,3 +45,16 @@ async def test_openapi_documents_every_call(client: httpx.AsyncClient) -> None:
         "$ref": "#/components/schemas/StartSessionRequest"}
     assert {"201", "200", "409", "403", "422"} <= set(start["responses"])
     assert "session_token" in doc["components"]["schemas"]["SessionResponse"]["properties"]
+
+
+async def test_redis_unreachable_gives_503_and_unready(edge_settings: Settings, api_key: str,
+                                                       make_license: Callable[..., Any]) -> None:
+    lic = await make_license()
+    app = create_app(edge_settings.replace(redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://edge", headers={"X-API-Key": api_key}) as http:
+        r = await http.post("/v1/sessions", json={"license_key": lic["license_key"], "hardware_fingerprint": "x"})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "PLANE_UNAVAILABLE"
+        assert r.headers["Retry-After"] == "1"
+        ready = await http.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["redis"] is False
