@@ -18,13 +18,14 @@ from admin import permissions
 
 PAGE_SIZE = 50
 
+# The first two conditions are the index range (license_id = and received_at <=); the third breaks ties
+# within the page marker's millisecond.
 PAGE = text("""
     SELECT received_at, event_id, session_token, device_id
     FROM license_heartbeats
     WHERE license_id = :license_id
-      AND (CAST(:before AS timestamptz) IS NULL
-           OR received_at < :before
-           OR (received_at = :before AND event_id < :before_event))
+      AND received_at <= coalesce(CAST(:before AS timestamptz), 'infinity')
+      AND (CAST(:before AS timestamptz) IS NULL OR received_at < :before OR event_id < :before_event)
     ORDER BY received_at DESC, event_id DESC
     LIMIT :limit
 """)

@@ -1,0 +1,53 @@
+"""System API keys: generated on the "Lizenzserver Administration" page and shown once, revoked from the list."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+import psycopg
+from flask.testing import FlaskClient
+
+from admin_support import Admin, action, post_form
+
+
+def test_generating_a_key_shows_it_once_and_stores_only_its_hash(
+        signed_in: tuple[FlaskClient, Admin], pg: psycopg.Connection[Any]) -> None:
+    client, admin = signed_in
+    page = client.get("/system/").get_data(as_text=True)
+    assert "Lizenzserver Administration" in page and "No API keys yet" in page
+    page = post_form(client, "/system/", {"name": "ERP connector"}).get_data(as_text=True)
+    key = re.search(r'id="new-api-key">(AF-\d{4}-[A-Za-z0-9]{32})<', page)
+    assert key, page
+    name, prefix, key_hash, created_by = pg.execute(
+        "SELECT name, display_prefix, key_hash, created_by FROM api_keys").fetchone()
+    assert (name, created_by) == ("ERP connector", f"admin:{admin.username}")
+    assert bytes(key_hash) == hashlib.sha256(key.group(1).encode()).digest()
+    assert key.group(1)[:12] in prefix
+    again = client.get("/system/").get_data(as_text=True)
+    assert key.group(1) not in again and prefix in again  # shown once; the list shows the prefix only
+    assert key.group(1) not in client.get("/apikeyview/list/").get_data(as_text=True)
+    assert pg.execute("SELECT actor FROM audit_log WHERE table_name = 'api_keys'").fetchone()[0] == \
+        f"admin:{admin.username}"
+
+
+def test_a_key_needs_a_name(signed_in: tuple[FlaskClient, Admin], pg: psycopg.Connection[Any]) -> None:
+    client, _ = signed_in
+    page = post_form(client, "/system/", {"name": ""}).get_data(as_text=True)
+    assert "This field is required." in page and 'id="new-api-key"' not in page
+    assert pg.execute("SELECT count(*) FROM api_keys").fetchone()[0] == 0
+
+
+def test_revoking_a_key_marks_it_revoked_once(signed_in: tuple[FlaskClient, Admin],
+                                              pg: psycopg.Connection[Any]) -> None:
+    client, _ = signed_in
+    post_form(client, "/system/", {"name": "old integration"})
+    key_id = pg.execute("SELECT id FROM api_keys").fetchone()[0]
+    page = action(client, "apikeyview", "revoke", [key_id]).get_data(as_text=True)
+    assert "revoked; edges refuse it within" in page
+    revoked_at = pg.execute("SELECT revoked_at FROM api_keys WHERE id = %s", (key_id,)).fetchone()[0]
+    assert revoked_at is not None
+    page = action(client, "apikeyview", "revoke", [key_id]).get_data(as_text=True)
+    assert "was already revoked" in page
+    assert pg.execute("SELECT revoked_at FROM api_keys WHERE id = %s", (key_id,)).fetchone()[0] == revoked_at
