@@ -45,6 +45,15 @@ def backup_database_url(service_urls: tuple[str, str], request: pytest.FixtureRe
 
 
 @pytest.fixture
+def empty_database_url(service_urls: tuple[str, str], request: pytest.FixtureRequest) -> Iterator[str]:
+    """A database with nothing in it (not even migrations), dropped afterwards."""
+    name = f"heartline_empty_{os.getpid()}_{abs(hash(request.node.nodeid)) % 10**8}"
+    asyncio.run(_recreate(service_urls[0], name))
+    yield url_for_database(service_urls[0], name)
+    asyncio.run(_recreate(service_urls[0], name, drop_only=True))
+
+
+@pytest.fixture
 def backup_settings(backup_database_url: str, redis_url: str, tmp_path: Path) -> Settings:
     return Settings(database_url=backup_database_url, redis_url=redis_url, data_dir=tmp_path / "data",
                     backup_dir=tmp_path / "backups", backup_keep_local=2)

@@ -312,3 +312,16 @@ def test_archive_naming_a_path_outside_is_refused(tmp_path: Path) -> None:
         Archive(path).verify(extract_to=out)
     assert err.value.code is BackupErrorCode.CORRUPT
     assert not (tmp_path / "evil").exists()
+
+
+
+def test_restore_into_an_empty_database_rebuilds_everything(backup_settings: Settings,
+                                                            empty_database_url: str) -> None:
+    # disaster recovery: a new server whose database is empty gets the backup's schema and data
+    url = backup_settings.database_url
+    assert url
+    seed(url, customers=3)
+    archive = backup.create_backup(backup_settings)
+    target = backup_settings.replace(database_url=empty_database_url)
+    backup.restore_backup(target, archive)
+    assert snapshot(empty_database_url) == snapshot(url)
