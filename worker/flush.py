@@ -48,6 +48,19 @@ ON CONFLICT DO NOTHING
 RETURNING received_at, session_token, device_id
 """
 
+# Heartbeats and `started` events of a shard drain through different streams, maybe in different
+# workers.  A flush holds this lock shared for the shards of its batch, recording `started` events holds
+# it exclusively: a new license_sessions row then either sees a batch's heartbeats committed (and counts
+# them) or the batch's UPDATE sees the row (and counts them there) - never neither, never both.
+# Flushes do not wait for each other.  Locks are taken in shard order, so they cannot deadlock.
+MIRROR_LOCK = 0x484C_4D52  # "HLMR"
+LOCK_SHARDS_SHARED = f"""
+SELECT pg_advisory_xact_lock_shared({MIRROR_LOCK}, s) FROM (SELECT DISTINCT unnest($1::int[]) AS s ORDER BY 1) x
+"""
+LOCK_SHARDS = f"""
+SELECT pg_advisory_xact_lock({MIRROR_LOCK}, s) FROM (SELECT DISTINCT unnest($1::int[]) AS s ORDER BY 1) x
+"""
+
 # One row per session / device of the batch (aggregated in Python), whatever the batch size.
 UPDATE_SESSIONS = """
 UPDATE license_sessions s
@@ -56,11 +69,16 @@ UPDATE license_sessions s
   FROM unnest($1::uuid[], $2::bigint[], $3::timestamptz[]) AS b(session_token, n, last_at)
  WHERE s.session_token = b.session_token
 """
-UPDATE_DEVICES = """
+# last_seen_at moves in steps of at least DEVICE_SEEN_STEP: with 30 s heartbeats that halves the device
+# updates (each also runs the audit trigger), and "last seen" needs no finer grain; the exact last
+# heartbeat is license_sessions.last_heartbeat_at.
+DEVICE_SEEN_STEP = "60 seconds"
+UPDATE_DEVICES = f"""
 UPDATE device_registrations d
    SET last_seen_at = b.last_at
   FROM unnest($1::bigint[], $2::timestamptz[]) AS b(device_id, last_at)
- WHERE d.id = b.device_id AND (d.last_seen_at IS NULL OR d.last_seen_at < b.last_at)
+ WHERE d.id = b.device_id
+   AND (d.last_seen_at IS NULL OR d.last_seen_at <= b.last_at - interval '{DEVICE_SEEN_STEP}')
 """
 
 
@@ -100,14 +118,15 @@ def heartbeat_records(entries: list[Entry]) -> tuple[list[tuple[Any, ...]], int]
     return records, malformed
 
 
-async def store_heartbeats(pool: asyncpg.Pool, records: list[tuple[Any, ...]]) -> int:
+async def store_heartbeats(pool: asyncpg.Pool, records: list[tuple[Any, ...]], shards: list[int]) -> int:
     """Store the rows once (whatever was stored before), update sessions and devices; return new rows.
 
-    A row whose month has no partition yet gets it created, then the batch is retried: never dropped.
+    shards: the shards the rows came from (see MIRROR_LOCK).  A row whose month has no partition yet gets it created, then the batch is retried: never dropped.
     """
     for attempt in range(3):
         try:
             async with pool.acquire() as conn, conn.transaction():
+                await conn.execute(LOCK_SHARDS_SHARED, shards)
                 inserted = await _insert_once(conn, records)
                 await _update_sessions_and_devices(conn, inserted)
                 return len(inserted)
@@ -175,7 +194,8 @@ async def flush_batch(pool: asyncpg.Pool, consumer: StreamConsumer) -> FlushResu
         return FlushResult(0, 0, 0, 0)
     records, malformed = heartbeat_records(entries)
     try:
-        stored = await store_heartbeats(pool, records) if records else 0
+        shards = sorted({entry.shard for entry in entries})
+        stored = await store_heartbeats(pool, records, shards) if records else 0
         await consumer.ack(entries)
     except BaseException:
         consumer.retry_pending(entries)

@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 
 from heartline.plane.events import SessionEvent, SessionEventKind, session_event_from_fields
-from worker.flush import received_at
+from worker.flush import LOCK_SHARDS, received_at
 from worker.streams import Entry, StreamConsumer
 
 log = logging.getLogger("worker.history")
@@ -134,6 +134,9 @@ async def store_session_events(pool: asyncpg.Pool, events: list[SessionEvent]) -
     started = [e for e in events if e.kind is SessionEventKind.STARTED]
     ended = [e for e in events if e.kind is SessionEventKind.ENDED]
     async with pool.acquire() as conn, conn.transaction():
+        if started:
+            # event ids are '<shard>-<stream id>'; see flush.MIRROR_LOCK for why
+            await conn.execute(LOCK_SHARDS, sorted({int(e.event_id.split("-", 1)[0]) for e in started}))
         n_started = _count(await conn.execute(RECORD_STARTED, *_columns(started))) if started else 0
         n_ended = _count(await conn.execute(RECORD_ENDED, *_columns(ended))) if ended else 0
     return n_started, n_ended

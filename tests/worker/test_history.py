@@ -14,6 +14,7 @@ from worker_support import LiveLicense, add_session_event
 from heartline.plane import keys
 from heartline.plane.events import EndReason
 from heartline.plane.sessions import SessionPlane
+from worker.flush import flush_heartbeats
 from worker.history import record_session_events, session_events, store_session_events
 from worker.streams import Entry
 
@@ -122,3 +123,19 @@ async def test_events_of_a_deleted_license_or_device_do_not_block_the_stream(
     assert await drain(worker_ctx) == 3
     rows = await db.fetch("SELECT session_token::text AS t, device_id FROM session_history")
     assert [(r["t"], r["device_id"]) for r in rows] == [(kept, None)]
+
+
+async def test_heartbeats_flushed_before_their_sessions_start_is_recorded_still_count(
+        worker_ctx: dict[str, Any], db: asyncpg.Connection, plane: SessionPlane,
+        live_license: Callable[..., Awaitable[LiveLicense]]) -> None:
+    lic = await live_license()
+    started = await plane.start_session(lic.license_id, lic.fingerprint)
+    for _ in range(5):
+        await plane.heartbeat(lic.license_id, started.token or "")
+    assert await flush_heartbeats(worker_ctx) == 5      # no live row yet: nothing to count into
+    await drain(worker_ctx)                             # the row starts with the 5 already stored
+    await plane.heartbeat(lic.license_id, started.token or "")
+    assert await flush_heartbeats(worker_ctx) == 1
+    row = await db.fetchrow("SELECT heartbeat_count, last_heartbeat_at FROM license_sessions")
+    assert row["heartbeat_count"] == 6
+    assert row["last_heartbeat_at"] == await db.fetchval("SELECT max(received_at) FROM license_heartbeats")
