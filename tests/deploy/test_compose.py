@@ -101,7 +101,10 @@ def test_apps_start_after_migrations_and_healthy_dependencies(config: dict[str, 
         assert deps["migrate"]["condition"] == "service_completed_successfully", name
         assert deps["redis"]["condition"] == "service_healthy", name
         assert services[name]["command"] == [name]
-    assert services["nginx"]["depends_on"]["edge"]["condition"] == "service_healthy"
+    nginx = services["nginx"]["depends_on"]
+    assert nginx["edge"]["condition"] == "service_healthy" and nginx["edge"]["restart"]
+    # the API is not held hostage by the admin
+    assert nginx["admin"]["condition"] == "service_started" and nginx["admin"]["restart"]
 
 
 def test_edge_workers_come_from_the_environment(config: dict[str, Any]) -> None:
