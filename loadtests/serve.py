@@ -2,6 +2,12 @@
 
     python -m loadtests.serve floor --port 8101
     python -m loadtests.serve edge --port 8102      # settings from HEARTLINE_* like `heartline edge`
+    python -m loadtests.serve edge-multiplexed --port 8103
+
+`edge-multiplexed` is the edge with the one change proposed for its hot path, measured before it lands:
+the plane's Lua scripts (heartbeat, start, end, ...) go through `heartline.plane.multiplex`'s
+MultiplexedRedis — one socket write per event-loop tick for all requests in flight — instead of a pooled
+redis-py connection per call.  Everything else (auth, license cache, other Redis calls) is unchanged.
 
 uvloop, httptools, one worker process, no access log: the settings DESIGN §6 measured with.  The bench
 starts both through this module rather than through `heartline edge`, so that a server option added to
@@ -11,7 +17,9 @@ one of them cannot make the ratio lie.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import uvicorn
@@ -26,19 +34,44 @@ SERVER_OPTIONS: dict[str, Any] = {
 }
 
 
+VARIANTS = ("floor", "edge", "edge-multiplexed")
+
+
 def build_app(which: str) -> Any:
-    """The ASGI app to serve: `floor`, or `edge` built from HEARTLINE_* settings."""
+    """The ASGI app to serve: `floor`, or an edge variant built from HEARTLINE_* settings."""
     if which == "floor":
         from loadtests.floor import create_app
         return create_app()
     from heartline.settings import Settings
-    edge_app = importlib.import_module("edge.app")
-    return edge_app.create_app(Settings.from_env())
+    settings = Settings.from_env()
+    app = importlib.import_module("edge.app").create_app(settings)
+    if which == "edge-multiplexed":
+        _multiplex_plane_scripts(app, settings.redis_url or "")
+    return app
+
+
+def _multiplex_plane_scripts(app: Any, redis_url: str) -> None:
+    """Once the edge's lifespan has built its plane, run the plane's scripts on a MultiplexedRedis."""
+    from heartline.plane.multiplex import MultiplexedRedis
+
+    inner = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(started: Any) -> AsyncIterator[None]:
+        async with inner(started):
+            client = MultiplexedRedis.from_url(redis_url)
+            started.state.edge.plane.scripts.redis = client
+            try:
+                yield
+            finally:
+                await client.aclose()
+
+    app.router.lifespan_context = lifespan
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtests.serve")
-    parser.add_argument("which", choices=("floor", "edge"))
+    parser.add_argument("which", choices=VARIANTS)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)

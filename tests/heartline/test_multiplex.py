@@ -103,6 +103,20 @@ async def test_unreachable_server_raises_connection_error() -> None:
         await mux.execute("PING")
 
 
+def test_works_on_uvloop_as_the_edge_runs_it(redis_url: str) -> None:
+    uvloop = pytest.importorskip("uvloop")
+
+    async def run() -> list[object]:
+        mux = MultiplexedRedis.from_url(redis_url)
+        try:
+            # bounded: a client that cannot take uvloop's transport would wait forever
+            return await asyncio.wait_for(asyncio.gather(*(mux.execute("ECHO", str(i)) for i in range(100))), 10)
+        finally:
+            await mux.aclose()
+
+    assert uvloop.run(run()) == [str(i).encode() for i in range(100)]
+
+
 def test_from_url_reads_credentials_and_database() -> None:
     mux = MultiplexedRedis.from_url("redis://user:p%40ss@example.org:6380/4")
     assert (mux.host, mux.port, mux.db, mux.username, mux.password) == ("example.org", 6380, 4, "user",
