@@ -395,11 +395,13 @@ def release(conn: psycopg.Connection[Any], license_id: int, resource_ids: Iterab
 
 def release_license_resources(conn: psycopg.Connection[Any], license_id: int, *, actor: str,
                               settings: Settings, now: dt.datetime | None = None) -> list[Allocation]:
-    """Release everything a license holds (before it is deleted, or when it is revoked)."""
-    held = [row[0] for row in conn.execute(
-        "SELECT id FROM resource_pools WHERE license_id = %s AND status = 'allocated'",
-        (license_id,)).fetchall()]
-    return release(conn, license_id, held, actor=actor, settings=settings, now=now)
+    """Release everything a license holds into quarantine (before the license is deleted: the schema
+    refuses to delete a license that still holds resources)."""
+    with conn.transaction():
+        held = [row[0] for row in conn.execute(
+            "SELECT id FROM resource_pools WHERE license_id = %s AND status = 'allocated' FOR UPDATE",
+            (license_id,)).fetchall()]
+        return release(conn, license_id, held, actor=actor, settings=settings, now=now)
 
 
 def release_quarantined(conn: psycopg.Connection[Any], *, actor: str, now: dt.datetime | None = None) -> int:

@@ -16,7 +16,7 @@ from flask_appbuilder.models.sqla.interface import SQLAInterface
 from flask_appbuilder.security.decorators import has_access
 from markupsafe import escape
 from sqlalchemy.orm import Session
-from wtforms import Field, Form, SelectField
+from wtforms import BooleanField, DateTimeLocalField, Field, Form, SelectField
 from wtforms.validators import DataRequired, Email, Optional, ValidationError
 
 from admin.models.crm import Activity, Contact, Institution
@@ -30,6 +30,7 @@ ACTIVITIES = "CrmActivities"
 CRM = "Crm"
 
 CATEGORY = "CRM"
+DATETIME_FORMATS = ["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M"]
 
 
 def _username() -> str:
@@ -67,12 +68,16 @@ class ActivityView(ModelView):
     search_columns = ["kind", "subject", "institution", "owner", "done", "due_at"]
     order_columns = ["occurred_at", "kind", "due_at", "done"]
     base_order = ("occurred_at", "desc")
+    # Native date-time pickers (FAB would render WTForms' obsolete type="datetime" inputs); UTC.
     add_form_extra_fields = edit_form_extra_fields = {
         "kind": SelectField("Kind", choices=[k.value for k in ActivityKind],
                             validators=[DataRequired()]),
+        # NOT NULL would make FAB's checkbox required, i.e. only done activities could be saved.
+        "done": BooleanField("Done", default=False),
+        "due_at": DateTimeLocalField("Due (UTC, tasks only)", validators=[Optional(), _due_only_for_tasks],
+                                     format=DATETIME_FORMATS),
     }
-    validators_columns = {"subject": [DataRequired()], "institution": [DataRequired()],
-                          "due_at": [_due_only_for_tasks]}
+    validators_columns = {"subject": [DataRequired()], "institution": [DataRequired()]}
 
     def pre_add(self, item: Activity) -> None:
         item.owner = item.owner or _username()

@@ -135,3 +135,17 @@ def test_pipeline_search_and_export(signed_in: tuple[FlaskClient, Admin], pg: ps
     assert client.get(f"/institutionview/show/{kiel}").status_code == 200
     assert client.get("/activityview/list/").status_code == 200
     assert client.get("/activityview/add").status_code == 200
+
+
+def test_activity_form_accepts_a_due_date_only_for_tasks(
+        signed_in: tuple[FlaskClient, Admin], pg: psycopg.Connection[Any]) -> None:
+    client, admin = signed_in
+    inst = _add_institution(client, pg, "Uni Rostock")
+    refused = post_form(client, "/activityview/add", {"institution": str(inst), "kind": "call",
+                                                      "subject": "Call", "due_at": "2030-05-01T10:00"})
+    assert refused.status_code == 200 and "Only tasks have a due date." in refused.get_data(as_text=True)
+    added = post_form(client, "/activityview/add", {"institution": str(inst), "kind": "task",
+                                                    "subject": "Offer", "due_at": "2030-05-01T10:00"})
+    assert added.status_code == 302
+    row = pg.execute("SELECT kind, owner, due_at = '2030-05-01 10:00+00' FROM crm_activities").fetchone()
+    assert row == ("task", admin.username, True)

@@ -342,3 +342,17 @@ async def test_allocation_for_a_missing_license_is_a_404_error(pg: psycopg.Conne
     with pytest.raises(resources.LicenseNotFound) as refused:
         resources.allocate(pg, 424242, "ipv4", actor=ADMIN)
     assert (refused.value.code, refused.value.status) == ("LICENSE_NOT_FOUND", 404)
+
+
+async def test_a_license_holding_resources_is_deleted_only_after_releasing_them(
+        pg: psycopg.Connection[Any], settings: Settings, make_license: Callable[..., Any]) -> None:
+    resources.import_resources(pg, "domain", "a.example\nb.example", actor=ADMIN, settings=settings)
+    (license_id,) = await _licenses(make_license, 1, quota_domains=2)
+    resources.allocate(pg, license_id, "domain", 2, actor=ADMIN, now=T0)
+    # ON DELETE SET NULL would leave an 'allocated' row without a license: the CHECK refuses the delete.
+    with pytest.raises(psycopg.errors.CheckViolation, match="resource_pools_allocation_consistent"):
+        pg.execute("DELETE FROM licenses WHERE id = %s", (license_id,))
+    released = resources.release_license_resources(pg, license_id, actor=ADMIN, settings=settings, now=T0)
+    assert sorted(r.value for r in released) == ["a.example", "b.example"]
+    pg.execute("DELETE FROM licenses WHERE id = %s", (license_id,))
+    assert _statuses(pg) == {"a.example": "quarantined", "b.example": "quarantined"}
