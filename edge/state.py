@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 import asyncpg
@@ -30,5 +31,12 @@ def edge_state(request: Request) -> EdgeState:
 
 
 def client_ip(request: Request) -> str:
-    """The client's address; uvicorn puts X-Forwarded-For's here only behind trusted proxies."""
-    return request.client.host if request.client else ""
+    """The client's IP address, or '' when there is none (unix socket, test client).
+
+    uvicorn puts X-Forwarded-For's address here only for trusted proxies.  Anything that is not an IP
+    address is dropped: the worker stores it in an inet column."""
+    host = request.client.host if request.client else ""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return ""
