@@ -18,6 +18,7 @@ import asyncpg
 log = logging.getLogger("worker.partitions")
 
 PARENT = "license_heartbeats"
+PARTITIONS_LOCK = 0x484C_5054  # "HLPT"
 _NAME = re.compile(r"^license_heartbeats_(\d{4})_(\d{2})$")
 
 LIST_PARTITIONS = """
@@ -54,6 +55,17 @@ async def maintain_partitions(conn: asyncpg.Connection, *, today: date, ahead_mo
     conn: a connection (not in a transaction); today: the UTC date to act as of.
     """
     changes = PartitionChanges()
+    # Several workers run this at start and daily: one at a time, the others then find nothing to do.
+    await conn.execute("SELECT pg_advisory_lock($1)", PARTITIONS_LOCK)
+    try:
+        await _maintain(conn, today, ahead_months, retention_months, changes)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", PARTITIONS_LOCK)
+    return changes
+
+
+async def _maintain(conn: asyncpg.Connection, today: date, ahead_months: int, retention_months: int,
+                    changes: PartitionChanges) -> None:
     existing = {r["relname"]: r["bound"] for r in await conn.fetch(LIST_PARTITIONS, PARENT)}
     for name, bound in existing.items():
         if bound == "DEFAULT":
@@ -80,7 +92,6 @@ async def maintain_partitions(conn: asyncpg.Connection, *, today: date, ahead_mo
             await conn.execute(f'DROP TABLE "{name}"')
         changes.dropped.append(name)
         log.info("worker.partitions.dropped partition=%s retention_months=%s", name, retention_months)
-    return changes
 
 
 async def _ensure(conn: asyncpg.Connection, month: date) -> str:

@@ -93,8 +93,14 @@ async def startup(ctx: dict[str, Any]) -> None:
     start_loops(ctx)
     ctx["metrics_server"] = None
     if settings.worker_metrics_port:
-        ctx["metrics_server"] = await serve_metrics(ctx, settings.worker_metrics_host,
-                                                    settings.worker_metrics_port)
+        try:
+            ctx["metrics_server"] = await serve_metrics(ctx, settings.worker_metrics_host,
+                                                        settings.worker_metrics_port)
+        except OSError as exc:
+            # a second worker on the same host: it works on, only without its own /metrics
+            log.warning("worker.metrics.unavailable host=%s port=%s error=%s; set "
+                        "HEARTLINE_WORKER_METRICS_PORT per worker process", settings.worker_metrics_host,
+                        settings.worker_metrics_port, exc)
     log.info("worker.started consumer=%s shards=%s batch=%s", ctx["consumer_name"], settings.stream_shards,
              settings.flush_batch_size)
 

@@ -4,6 +4,7 @@ The dates are years in the past, so the partitions other tests write into are ne
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import date
 
@@ -77,3 +78,18 @@ async def test_no_default_partition_exists(db: asyncpg.Connection) -> None:
     assert bounds and all(r["b"] != "DEFAULT" for r in bounds)
     for r in await db.fetch(LIST):
         await db.execute(f'DROP TABLE "{r["relname"]}"')
+
+
+async def test_workers_maintaining_at_once_create_and_drop_each_partition_once(
+        old_partitions: asyncpg.Connection, database_url: str) -> None:
+    others = [await asyncpg.connect(database_url) for _ in range(3)]
+    try:
+        results = await asyncio.gather(*(maintain_partitions(c, today=date(2018, 12, 31), ahead_months=2,
+                                                             retention_months=12) for c in others))
+    finally:
+        for conn in others:
+            await conn.close()
+    assert sorted(n for r in results for n in r.created) == ["license_heartbeats_2019_01",
+                                                             "license_heartbeats_2019_02"]
+    assert sorted(n for r in results for n in r.dropped) == ["license_heartbeats_2017_10",
+                                                             "license_heartbeats_2017_11"]
