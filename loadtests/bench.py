@@ -56,6 +56,7 @@ from heartline.plane.sessions import PlaneCode, SessionPlane
 from heartline.settings import Settings
 from loadtests.loadgen import LoadResult, run_load, write_requests, wrk_available
 from loadtests.seed import LicenseSpec, Seed, seed
+from loadtests.serve import VARIANTS
 
 REPORTS = Path(__file__).with_name("reports")
 SESSIONS_PER_LICENSE = 10
@@ -347,52 +348,58 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                          "HEARTLINE_HEARTBEAT_MIN_GAP_MS": "0", "HEARTLINE_LOG_LEVEL": "WARNING",
                          "HEARTLINE_DATA_DIR": str(workdir / "data")})
         servers: list[Server] = []
+        rounds: dict[str, list[Round]] = {variant: [] for variant in args.variants}
         try:
             floor = start_server("floor", "floor", base_env, workdir)
             servers.append(floor)
-            edge_small = start_server("edge-small", "edge", {**base_env, "HEARTLINE_REDIS_URL": small_url},
-                                      workdir)
-            servers.append(edge_small)
-            edge_large = start_server("edge-large", "edge", {**base_env, "HEARTLINE_REDIS_URL": large_url},
-                                      workdir)
-            servers.append(edge_large)
+            # one edge per variant and plane; only the one being measured is loaded, the others idle
+            edges: dict[tuple[str, str], Server] = {}
+            for variant in args.variants:
+                for plane_label, redis_url in (("small", small_url), ("large", large_url)):
+                    edges[variant, plane_label] = start_server(
+                        f"{variant}-{plane_label}", variant, {**base_env, "HEARTLINE_REDIS_URL": redis_url},
+                        workdir)
+                    servers.append(edges[variant, plane_label])
+            targets = {"small": (small_file, small_seed), "large": (large_file, large_seed)}
 
-            def load(server: Server, requests_file: Path, seed_data: Seed, duration: float,
-                     rate: float | None = None) -> LoadResult:
+            def load(server: Server, plane_label: str, duration: float, rate: float | None = None) -> LoadResult:
+                requests_file, seed_data = targets[plane_label] if server is not floor else (floor_file, small_seed)
                 return run_load(server.url, requests_file, seed_data.api_key, duration_s=duration,
                                 connections=args.connections, rate=rate, tool=tool)
 
             # Warm-up: every edge learns the license ids of its hot set (one PostgreSQL lookup per license
             # key, then memory) and every server's code paths get going.
-            for server, requests_file, seed_data in ((floor, floor_file, small_seed),
-                                                     (edge_small, small_file, small_seed),
-                                                     (edge_large, large_file, large_seed)):
-                warm = load(server, requests_file, seed_data, args.warmup)
+            for (_variant, plane_label), server in [(("floor", "small"), floor), *edges.items()]:
+                warm = load(server, plane_label, args.warmup)
                 print(f"bench: warm-up {server.name}: {warm.ok_rps:.0f}/s, {warm.refused} refused", flush=True)
 
-            rounds: list[Round] = []
             for i in range(args.rounds):
-                f = load(floor, floor_file, small_seed, args.duration)
-                s = load(edge_small, small_file, small_seed, args.duration)
-                lg = load(edge_large, large_file, large_seed, args.duration)
-                h = load(edge_small, small_file, small_seed, args.duration, rate=s.ok_rps / 2)
-                rounds.append(Round(f, s, lg, h))
-                print(f"bench: round {i + 1}: floor {f.rps:.0f}/s, heartbeat {s.ok_rps:.0f}/s "
-                      f"({rounds[-1].floor_ratio:.2f}), at {_short(large.sessions)} {lg.ok_rps:.0f}/s "
-                      f"({rounds[-1].large_ratio:.2f}), half rate p99 {h.p99_ms:.2f} ms", flush=True)
+                f = load(floor, "small", args.duration)
+                for variant in args.variants:
+                    s = load(edges[variant, "small"], "small", args.duration)
+                    lg = load(edges[variant, "large"], "large", args.duration)
+                    h = load(edges[variant, "small"], "small", args.duration, rate=s.ok_rps / 2)
+                    r = Round(f, s, lg, h)
+                    rounds[variant].append(r)
+                    print(f"bench: round {i + 1} {variant}: floor {f.rps:.0f}/s, heartbeat {s.ok_rps:.0f}/s "
+                          f"({r.floor_ratio:.2f}), at {_short(large.sessions)} {lg.ok_rps:.0f}/s "
+                          f"({r.large_ratio:.2f}), half rate p99 {h.p99_ms:.2f} ms", flush=True)
         finally:
             for server in servers:
                 server.stop()
 
-    text = report(rounds, small, large, tool, args)
+    text = "\n\n".join(f"== {variant} ==\n" + report(rounds[variant], small, large, tool, args)
+                       for variant in args.variants)
     return {
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": "python -m loadtests.bench " + " ".join(sys.argv[1:]),
         "machine": machine(),
         "tool": tool,
-        "rounds": [{"floor": r.floor.as_dict(), "heartbeat": r.small.as_dict(), "heartbeat_large": r.large.as_dict(),
-                    "heartbeat_half_rate": r.small_half.as_dict(), "floor_ratio": round(r.floor_ratio, 3),
-                    "large_ratio": round(r.large_ratio, 3)} for r in rounds],
+        "variants": {variant: [{
+            "floor": r.floor.as_dict(), "heartbeat": r.small.as_dict(), "heartbeat_large": r.large.as_dict(),
+            "heartbeat_half_rate": r.small_half.as_dict(), "floor_ratio": round(r.floor_ratio, 3),
+            "large_ratio": round(r.large_ratio, 3)} for r in variant_rounds]
+            for variant, variant_rounds in rounds.items()},
         "planes": [{"sessions": p.sessions, "bytes_per_session": round(p.bytes_per_session, 1),
                     "bytes_per_session_with_streams": round(p.bytes_per_session_with_streams, 1),
                     "used_memory_before": p.memory_before, "used_memory_after": p.memory_after,
@@ -418,6 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tool", choices=("auto", "wrk", "asyncio"), default="auto",
                         help="load generator (default: wrk if installed)")
     parser.add_argument("--seed", type=int, default=7, help="random seed of the hot-set sampling")
+    parser.add_argument("--variants", type=lambda text: [v for v in text.split(",") if v], default=["edge"],
+                        help="edge variants to measure, comma-separated, each against the same floor: edge "
+                             "(as shipped), edge-multiplexed (plane scripts on heartline.plane.multiplex); "
+                             "default edge")
     parser.add_argument("--json", type=Path, default=None,
                         help="where to write the figures (default loadtests/reports/bench-<time>.json)")
     return parser
@@ -425,6 +436,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    unknown = [v for v in args.variants if v not in VARIANTS or v == "floor"]
+    if unknown or not args.variants:
+        print(f"bench: unknown variant(s) {', '.join(unknown)}; choose from edge, edge-multiplexed", file=sys.stderr)
+        return 2
     if args.sessions < 1 or args.large_sessions < 1:
         print("bench: --sessions and --large-sessions must be positive", file=sys.stderr)
         return 2
