@@ -15,8 +15,9 @@ from __future__ import annotations
 
 PREFIX = "hl"
 
-# Session hashes live for timeout + SESSION_GRACE_MS: the reaper, not key expiry, ends sessions (so each
-# gets its `ended(timeout)` event); the grace only bounds memory if no reaper runs at all.
+# A license's session keys (live, fp, ss) live for timeout + SESSION_GRACE_MS after their last write: the
+# reaper, not key expiry, ends sessions (so each gets its `ended(timeout)` event); the grace only bounds
+# memory if no reaper runs at all.
 SESSION_GRACE_MS = 300_000
 # The cached license hash expires on its own so a license nobody uses leaves Redis; the edge refreshes
 # it from PostgreSQL when the version in PostgreSQL moved (see edge license cache).
@@ -37,12 +38,12 @@ def _tag(license_id: int, shards: int) -> str:
 
 # The Lua scripts reach a license's keys from its base `hl:{sN}:L<id>:` by appending these suffixes
 # (the reaper only learns license ids from the deadline index, so it must build them itself); the
-# functions below use the same suffixes, and tests/heartline/test_plane_keys.py holds both to them.
+# functions below use the same suffixes, and tests/heartline/test_plane.py holds both to them.
 LICENSE_SUFFIX = "lic"
 DEVICES_SUFFIX = "dev"
 LIVE_SUFFIX = "live"
 FINGERPRINTS_SUFFIX = "fp"
-SESSION_SUFFIX = "s:"
+SESSIONS_SUFFIX = "ss"
 
 
 def shard_base(shard: int) -> str:
@@ -57,32 +58,30 @@ def license_base(license_id: int, shards: int) -> str:
 
 def license_hash(license_id: int, shards: int) -> str:
     """Cached license: status, valid_until_ms, limits, heartbeat interval/timeout, version."""
-    return f"{_tag(license_id, shards)}:L{license_id}:lic"
+    return license_base(license_id, shards) + LICENSE_SUFFIX
 
 
 def devices(license_id: int, shards: int) -> str:
     """Hash: activated fingerprint -> device id."""
-    return f"{_tag(license_id, shards)}:L{license_id}:dev"
+    return license_base(license_id, shards) + DEVICES_SUFFIX
 
 
 def live_sessions(license_id: int, shards: int) -> str:
     """Zset: session token -> deadline in ms (Redis server clock)."""
-    return f"{_tag(license_id, shards)}:L{license_id}:live"
+    return license_base(license_id, shards) + LIVE_SUFFIX
 
 
-def session(license_id: int, shards: int, token: str) -> str:
-    """Hash: device id, fingerprint, started, last heartbeat, count, client version, ip."""
-    return f"{_tag(license_id, shards)}:L{license_id}:s:{token}"
+def sessions(license_id: int, shards: int) -> str:
+    """Hash: session token -> packed record 'device id|started ms|last heartbeat ms|count|ip|client version'.
 
-
-def session_prefix(license_id: int, shards: int) -> str:
-    """Prefix of the session hashes of one license; the Lua scripts append the token."""
-    return f"{_tag(license_id, shards)}:L{license_id}:s:"
+    One field per session in a small per-license hash (listpack-encoded) rather than a key per session:
+    a key, its hash and its expiry entry cost ~240 bytes of Redis memory, a field ~90."""
+    return license_base(license_id, shards) + SESSIONS_SUFFIX
 
 
 def fingerprints(license_id: int, shards: int) -> str:
     """Hash: fingerprint -> live session token (so the same device resumes its session)."""
-    return f"{_tag(license_id, shards)}:L{license_id}:fp"
+    return license_base(license_id, shards) + FINGERPRINTS_SUFFIX
 
 
 def deadlines(shard: int) -> str:

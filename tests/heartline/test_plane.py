@@ -52,7 +52,8 @@ async def test_start_creates_session_and_emits_started_event(plane: SessionPlane
     assert ev.kind is SessionEventKind.STARTED and ev.session_token == out.token
     assert ev.device_id == 101 and ev.fingerprint == "fp1" and ev.client_version == "1.2"
     assert ev.client_ip == "10.0.0.1" and ev.started_ms == ev.at_ms
-    assert await plane.redis.exists(keys.session(LICENSE_ID, plane.shards, out.token)) == 1
+    record = await plane.redis.hget(keys.sessions(LICENSE_ID, plane.shards), out.token)
+    assert record == f"101|{ev.started_ms}||0|10.0.0.1|1.2".encode()
 
 
 async def test_start_resumes_same_device_with_same_token(plane: SessionPlane) -> None:
@@ -111,7 +112,8 @@ async def test_heartbeat_extends_deadline_and_records_event(plane: SessionPlane)
     [(eid, fields)] = await plane.redis.xrange(keys.heartbeat_stream(shard))
     event = heartbeat_from_fields(shard, eid, fields)
     assert event.license_id == LICENSE_ID and event.session_token == out.token and event.device_id == 102
-    assert await plane.redis.hget(keys.session(LICENSE_ID, plane.shards, out.token), "n") == b"1"
+    record = await plane.redis.hget(keys.sessions(LICENSE_ID, plane.shards), out.token)
+    assert record is not None and record.split(b"|")[3] == b"1"
     deadline = await plane.redis.zscore(keys.deadlines(shard), f"{LICENSE_ID}:{out.token}")
     assert deadline == hb.deadline_ms
 
@@ -154,7 +156,7 @@ async def test_end_session_emits_exactly_one_ended_event(plane: SessionPlane) ->
     assert ended[0].reason is EndReason.CLIENT_END and ended[0].heartbeat_count == 1
     assert ended[0].device_id == 101 and ended[0].last_heartbeat_ms is not None
     assert await plane.redis.hget(keys.fingerprints(LICENSE_ID, plane.shards), "fp1") is None
-    assert await plane.redis.exists(keys.session(LICENSE_ID, plane.shards, out.token)) == 0
+    assert await plane.redis.hget(keys.sessions(LICENSE_ID, plane.shards), out.token) is None
 
 
 async def test_end_device_sessions_ends_only_that_device_and_uncaches_it(plane: SessionPlane) -> None:
@@ -232,10 +234,10 @@ async def test_key_functions_match_the_layout_the_scripts_use(plane: SessionPlan
     assert keys.devices(LICENSE_ID, s) == base + keys.DEVICES_SUFFIX
     assert keys.live_sessions(LICENSE_ID, s) == base + keys.LIVE_SUFFIX
     assert keys.fingerprints(LICENSE_ID, s) == base + keys.FINGERPRINTS_SUFFIX
-    assert keys.session(LICENSE_ID, s, out.token) == base + keys.SESSION_SUFFIX + out.token
+    assert keys.sessions(LICENSE_ID, s) == base + keys.SESSIONS_SUFFIX
     assert base.startswith(keys.shard_base(keys.shard_of(LICENSE_ID, s)))
     for key in (keys.license_hash(LICENSE_ID, s), keys.devices(LICENSE_ID, s), keys.live_sessions(LICENSE_ID, s),
-                keys.fingerprints(LICENSE_ID, s), keys.session(LICENSE_ID, s, out.token)):
+                keys.fingerprints(LICENSE_ID, s), keys.sessions(LICENSE_ID, s)):
         assert await plane.redis.exists(key) == 1, key
 
 
@@ -246,3 +248,23 @@ async def test_cache_license_ends_sessions_of_devices_no_longer_active(plane: Se
     assert await plane.live_tokens(LICENSE_ID) == {kept.token}
     ended = [e for e in await events(plane) if e.kind is SessionEventKind.ENDED]
     assert [(e.session_token, e.reason) for e in ended] == [(gone.token, EndReason.DEVICE_DEACTIVATED)]
+
+
+async def test_client_version_with_separator_survives_the_packed_record(plane: SessionPlane) -> None:
+    out = await plane.start_session(LICENSE_ID, "fp1", client_version="7.0|beta", client_ip="::1")
+    assert out.token
+    await plane.heartbeat(LICENSE_ID, out.token)
+    await plane.end_session(LICENSE_ID, out.token, EndReason.CLIENT_END)
+    [ended] = [e for e in await events(plane) if e.kind is SessionEventKind.ENDED]
+    assert (ended.client_version, ended.client_ip, ended.heartbeat_count, ended.device_id) == (
+        "7.0|beta", "::1", 1, 101)
+    assert ended.fingerprint == "fp1" and ended.last_heartbeat_ms is not None
+
+
+async def test_session_keys_expire_after_grace_if_no_reaper_runs(plane: SessionPlane) -> None:
+    await plane.cache_license(cached(version=2, timeout_s=2), {"fp1": 101})
+    await plane.start_session(LICENSE_ID, "fp1")
+    s = plane.shards
+    for key in (keys.live_sessions(LICENSE_ID, s), keys.fingerprints(LICENSE_ID, s), keys.sessions(LICENSE_ID, s)):
+        ttl = await plane.redis.pttl(key)
+        assert 2000 < ttl <= 2000 + keys.SESSION_GRACE_MS, key

@@ -2,8 +2,8 @@
 -- (Redis scripts cannot include files).  It only defines local functions; it touches no key.
 --
 -- A license's keys are reached from its base `hl:{sN}:L<id>:` plus the suffixes fixed in keys.py:
--- 'lic', 'dev', 'live', 'fp', 's:<token>'.  All of them share the shard's hash tag with the shard's
--- deadline index and streams, so every script runs on one cluster slot.
+-- 'lic', 'dev', 'live', 'fp', 'ss'.  All of them share the shard's hash tag with the shard's deadline
+-- index and streams, so every script runs on one cluster slot.
 
 -- Redis server time in ms: the one clock every deadline is measured with (callers' clocks drift).
 local function now_ms()
@@ -11,34 +11,81 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- Session records are fields of the license's 'ss' hash, packed as
+-- 'device id|started ms|last heartbeat ms|count|ip|client version' (the version last: it may hold '|').
+local function read_session(base, token)
+  local raw = redis.call('HGET', base .. 'ss', token)
+  if not raw then
+    return nil
+  end
+  local parts = {}
+  local from = 1
+  for i = 1, 5 do
+    local sep = string.find(raw, '|', from, true)
+    if not sep then
+      return nil
+    end
+    parts[i] = string.sub(raw, from, sep - 1)
+    from = sep + 1
+  end
+  return {d = parts[1], s = parts[2], lh = parts[3], n = parts[4], ip = parts[5], v = string.sub(raw, from)}
+end
+
+local function write_session(base, token, rec)
+  redis.call('HSET', base .. 'ss', token,
+    rec.d .. '|' .. rec.s .. '|' .. rec.lh .. '|' .. rec.n .. '|' .. rec.ip .. '|' .. rec.v)
+end
+
+-- The fingerprint whose live session `token` is (the fp hash maps each device to its one live token).
+local function fingerprint_of(base, token)
+  local entries = redis.call('HGETALL', base .. 'fp')
+  for i = 1, #entries, 2 do
+    if entries[i + 1] == token then
+      return entries[i]
+    end
+  end
+  return nil
+end
+
+-- The license's session keys outlive its last write by ttl_ms (never shortened), so they leave Redis
+-- even if no reaper ever runs; the reaper ends sessions long before.
+local function keep_session_keys(base, ttl_ms)
+  for _, suffix in ipairs({'live', 'fp', 'ss'}) do
+    local key = base .. suffix
+    if redis.call('PTTL', key) < ttl_ms then
+      redis.call('PEXPIRE', key, ttl_ms)
+    end
+  end
+end
+
 -- Ends one session of a license: removes it from the live set, the shard's deadline index, the
--- fingerprint map and its hash, and appends exactly one `ended` event (fields: heartline/plane/events.py).
--- A session already past its deadline is ended as 'timeout' whatever the caller asked, so history keeps
--- the true reason.  Returns 0 when the token was not live (nothing emitted: an end racing another end or
--- the reaper is harmless), 1 when ended with `reason`, 2 when ended as timeout.
+-- fingerprint map and the session records, and appends exactly one `ended` event (fields:
+-- heartline/plane/events.py).  A session already past its deadline is ended as 'timeout' whatever the
+-- caller asked, so history keeps the true reason.  Returns 0 when the token was not live (nothing
+-- emitted: an end racing another end or the reaper is harmless), 1 when ended with `reason`, 2 when
+-- ended as timeout.
 local function end_session(base, license_id, token, reason, now, deadlines, events, maxlen)
-  local live = base .. 'live'
-  local score = redis.call('ZSCORE', live, token)
+  local score = redis.call('ZSCORE', base .. 'live', token)
   redis.call('ZREM', deadlines, license_id .. ':' .. token)
   if not score then
+    redis.call('HDEL', base .. 'ss', token)
     return 0
   end
-  redis.call('ZREM', live, token)
+  redis.call('ZREM', base .. 'live', token)
   local result = 1
   if tonumber(score) <= now then
     reason = 'timeout'
     result = 2
   end
-  local skey = base .. 's:' .. token
-  local s = redis.call('HMGET', skey, 'd', 'f', 's', 'lh', 'n', 'v', 'ip')
-  redis.call('DEL', skey)
-  local fp = s[2]
-  if fp and redis.call('HGET', base .. 'fp', fp) == token then
+  local rec = read_session(base, token) or {d = '', s = '', lh = '', n = '0', ip = '', v = ''}
+  redis.call('HDEL', base .. 'ss', token)
+  local fp = fingerprint_of(base, token)
+  if fp then
     redis.call('HDEL', base .. 'fp', fp)
   end
   redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*',
-    'k', 'ended', 'l', license_id, 't', token, 'd', s[1] or '', 'f', fp or '', 's', s[3] or '',
-    'at', now, 'r', reason, 'n', s[5] or '0', 'lh', s[4] or '', 'v', s[6] or '', 'ip', s[7] or '')
+    'k', 'ended', 'l', license_id, 't', token, 'd', rec.d, 'f', fp or '', 's', rec.s,
+    'at', now, 'r', reason, 'n', rec.n, 'lh', rec.lh, 'v', rec.v, 'ip', rec.ip)
   return result
 end
 

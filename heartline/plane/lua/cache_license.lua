@@ -30,11 +30,12 @@ end
 
 local ended = 0
 local now = nil
-for _, token in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
-  local fp = redis.call('HGET', base .. 's:' .. token, 'f')
-  if fp and redis.call('HEXISTS', KEYS[2], fp) == 0 then
+local live_devices = redis.call('HGETALL', base .. 'fp')
+for i = 1, #live_devices, 2 do
+  if redis.call('HEXISTS', KEYS[2], live_devices[i]) == 0 then
     now = now or now_ms()
-    if end_session(base, license_id, token, 'device_deactivated', now, KEYS[4], KEYS[5], ARGV[5]) > 0 then
+    if end_session(base, license_id, live_devices[i + 1], 'device_deactivated', now, KEYS[4], KEYS[5],
+                   ARGV[5]) > 0 then
       ended = ended + 1
     end
   end

@@ -7,15 +7,21 @@
 -- (the record) whether it is still active.
 local license_id, base, reason, fp = ARGV[1], ARGV[2], ARGV[3], ARGV[5]
 local now = now_ms()
+local license_fingerprints = base .. 'fp'
 if fp ~= '' then
   redis.call('HDEL', KEYS[2], fp)
 end
+local tokens
+if fp == '' then
+  tokens = redis.call('ZRANGE', KEYS[1], 0, -1)
+else
+  -- A device has at most one live session: the one the fingerprint map points to.
+  tokens = {redis.call('HGET', license_fingerprints, fp)}
+end
 local ended = 0
-for _, token in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  if fp == '' or redis.call('HGET', base .. 's:' .. token, 'f') == fp then
-    if end_session(base, license_id, token, reason, now, KEYS[3], KEYS[4], ARGV[4]) > 0 then
-      ended = ended + 1
-    end
+for _, token in ipairs(tokens) do
+  if token and end_session(base, license_id, token, reason, now, KEYS[3], KEYS[4], ARGV[4]) > 0 then
+    ended = ended + 1
   end
 end
 return ended

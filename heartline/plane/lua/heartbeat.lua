@@ -2,7 +2,7 @@
 -- KEYS: 1 license hash, 2 live zset, 3 shard deadline index, 4 shard heartbeat stream,
 --       5 shard event stream
 -- ARGV: 1 license id, 2 license base 'hl:{sN}:L<id>:', 3 token, 4 minimum gap ms,
---       5 stream max length, 6 session hash grace ms
+--       5 stream max length, 6 grace ms the session keys outlive the last write
 -- Reply: {'OK', deadline ms, heartbeat interval s}
 --        or {'HEARTBEAT_TOO_FREQUENT', retry after ms} (nothing recorded)
 --        or {code}: LICENSE_NOT_CACHED (caller reloads the license and retries), SESSION_NOT_FOUND,
@@ -35,9 +35,8 @@ if refusal then
   return {refusal}
 end
 
-local skey = base .. 's:' .. token
-local s = redis.call('HMGET', skey, 'lh', 's', 'd')
-local last = tonumber(s[1] or s[2] or '')
+local rec = read_session(base, token) or {d = '', s = now, lh = '', n = '0', ip = '', v = ''}
+local last = tonumber(rec.lh) or tonumber(rec.s)
 local gap = tonumber(ARGV[4])
 if gap > 0 and last and now - last < gap then
   return {'HEARTBEAT_TOO_FREQUENT', gap - (now - last)}
@@ -47,8 +46,9 @@ local timeout_ms = tonumber(lic[5]) * 1000
 local deadline = now + timeout_ms
 redis.call('ZADD', KEYS[2], deadline, token)
 redis.call('ZADD', KEYS[3], deadline, license_id .. ':' .. token)
-redis.call('HSET', skey, 'lh', now)
-redis.call('HINCRBY', skey, 'n', 1)
-redis.call('PEXPIRE', skey, timeout_ms + tonumber(ARGV[6]))
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '*', 'l', license_id, 't', token, 'd', s[3] or '')
+rec.lh = now
+rec.n = (tonumber(rec.n) or 0) + 1
+write_session(base, token, rec)
+keep_session_keys(base, timeout_ms + tonumber(ARGV[6]))
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '*', 'l', license_id, 't', token, 'd', rec.d)
 return {'OK', deadline, lic[4]}

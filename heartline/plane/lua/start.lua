@@ -3,7 +3,7 @@
 --       5 shard deadline index, 6 shard event stream
 -- ARGV: 1 license id, 2 license base 'hl:{sN}:L<id>:', 3 fingerprint, 4 token for a new session
 --       (uuid4 made by the caller), 5 client version, 6 client ip, 7 stream max length,
---       8 session hash grace ms
+--       8 grace ms the session keys outlive the last write (memory bound if no reaper runs)
 -- Reply: {'STARTED' | 'RESUMED', token, deadline ms, heartbeat interval s, heartbeat timeout s}
 --        or {code}: LICENSE_NOT_CACHED (caller reloads the license and retries), LICENSE_SUSPENDED,
 --        LICENSE_REVOKED, LICENSE_EXPIRED, LICENSE_NOT_YET_VALID, DEVICE_NOT_ACTIVATED (caller activates
@@ -38,7 +38,7 @@ if current and redis.call('ZSCORE', KEYS[3], current) then
   -- A start is a sign of life: the resumed session gets a full timeout again.
   redis.call('ZADD', KEYS[3], deadline, current)
   redis.call('ZADD', KEYS[5], deadline, license_id .. ':' .. current)
-  redis.call('PEXPIRE', base .. 's:' .. current, timeout_ms + tonumber(ARGV[8]))
+  keep_session_keys(base, timeout_ms + tonumber(ARGV[8]))
   return {'RESUMED', current, deadline, lic[5], lic[6]}
 end
 if redis.call('ZCARD', KEYS[3]) >= tonumber(lic[4]) then
@@ -46,12 +46,11 @@ if redis.call('ZCARD', KEYS[3]) >= tonumber(lic[4]) then
 end
 
 local token = ARGV[4]
-local skey = base .. 's:' .. token
 redis.call('ZADD', KEYS[3], deadline, token)
 redis.call('ZADD', KEYS[5], deadline, license_id .. ':' .. token)
 redis.call('HSET', KEYS[4], fp, token)
-redis.call('HSET', skey, 'd', device, 'f', fp, 's', now, 'n', 0, 'v', ARGV[5], 'ip', ARGV[6])
-redis.call('PEXPIRE', skey, timeout_ms + tonumber(ARGV[8]))
+write_session(base, token, {d = device, s = now, lh = '', n = 0, ip = ARGV[6], v = ARGV[5]})
+keep_session_keys(base, timeout_ms + tonumber(ARGV[8]))
 redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[7], '*',
   'k', 'started', 'l', license_id, 't', token, 'd', device, 'f', fp, 's', now, 'at', now,
   'n', 0, 'v', ARGV[5], 'ip', ARGV[6])
