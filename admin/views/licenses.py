@@ -14,7 +14,7 @@ from flask import flash, g, redirect
 from flask_appbuilder import AppBuilder, ModelView, action
 from sqlalchemy import text
 from wtforms import Form
-from wtforms.fields import DateTimeLocalField, Field
+from wtforms.fields import DateTimeLocalField, Field, IntegerField, StringField
 from wtforms.validators import DataRequired, NumberRange, Optional, ValidationError
 
 from admin import permissions
@@ -73,6 +73,9 @@ def valid_until_after_valid_from(form: Form, field: Field) -> None:
         raise ValidationError("'Valid until' must be after 'valid from'.")
 
 
+NONNEGATIVE = NumberRange(min=0, message="A quota cannot be negative.")
+
+
 class LicenseView(ModelView):
     datamodel = ReadableInterface(License)
     class_permission_name = permissions.LICENSES
@@ -114,6 +117,12 @@ class LicenseView(ModelView):
                                           validators=[Optional(), valid_until_after_valid_from],
                                           format=["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M"],
                                           description="Empty: never expires."),
+        # The database defaults, shown in the form (FAB would leave these required fields empty).
+        "product": StringField("Product", default="default",
+                               validators=[DataRequired(message="Name the product this license is for.")]),
+        "quota_domains": IntegerField("Domains", default=0, validators=[NONNEGATIVE]),
+        "quota_ipv4": IntegerField("IPv4 addresses", default=0, validators=[NONNEGATIVE]),
+        "quota_phones": IntegerField("Phone numbers", default=0, validators=[NONNEGATIVE]),
     }
     validators_columns = {
         "customer": [DataRequired(message="Choose the customer this license belongs to.")],
@@ -127,9 +136,6 @@ class LicenseView(ModelView):
                                  interval_below_timeout],
         "heartbeat_timeout_s": [timeout_exceeds_interval, Optional(),
                                 NumberRange(min=2, message="The timeout must be at least 2 s.")],
-        "quota_domains": [Optional(), NumberRange(min=0, message="A quota cannot be negative.")],
-        "quota_ipv4": [Optional(), NumberRange(min=0, message="A quota cannot be negative.")],
-        "quota_phones": [Optional(), NumberRange(min=0, message="A quota cannot be negative.")],
     }
 
     def pre_add(self, item: License) -> None:

@@ -1,0 +1,235 @@
+"""The admin end to end in real headless Chromium, with a real edge and worker beside it: sign in, enrol
+TOTP from the shown secret, sign out and in again with a code, create a customer and a license, generate
+an API key, start a session through the edge, see it live, terminate it, find it in the history as
+admin_terminated.  Screenshots of the dashboard and the license page go to artifacts/ (not committed)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from flask import Flask
+
+from admin.security.totp import code_for, current_step
+from admin_support import Admin
+from heartline.settings import Settings
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+ROOT = Path(__file__).resolve().parents[2]
+WAIT_S = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def admin_server(admin_app: Flask) -> Iterator[str]:
+    """The admin served by waitress, as `heartline admin` does, on a free port."""
+    import waitress
+
+    server = waitress.create_server(admin_app, host="127.0.0.1", port=free_port(), threads=4)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.effective_port}"  # type: ignore[union-attr]
+    finally:
+        server.close()
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"{proc.args} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"{url} did not answer within {WAIT_S}s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def edge_and_worker(admin_settings: Settings, pg: psycopg.Connection[Any],
+                    tmp_path: Path) -> Iterator[str]:
+    """`heartline edge` and `heartline worker` as subprocesses on the suite's servers (started after
+    `pg` emptied the tables and Redis, so the worker's consumer groups are its own)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTLINE_")}
+    edge_port, metrics_port = free_port(), free_port()
+    env.update({
+        "HEARTLINE_DATABASE_URL": admin_settings.database_url or "",
+        "HEARTLINE_REDIS_URL": admin_settings.redis_url or "",
+        "HEARTLINE_STREAM_SHARDS": str(admin_settings.stream_shards),
+        "HEARTLINE_HEARTBEAT_MIN_GAP_MS": "0",
+        "HEARTLINE_DATA_DIR": str(tmp_path / "data"),
+        "HEARTLINE_WORKER_METRICS_PORT": str(metrics_port),
+        "HEARTLINE_FLUSH_INTERVAL_S": "0.2",
+    })
+    procs: list[tuple[subprocess.Popen[bytes], Path]] = []
+    try:
+        for part, args in (("edge", ["--port", str(edge_port)]), ("worker", [])):
+            log = tmp_path / f"{part}.log"
+            handle = log.open("wb")
+            proc = subprocess.Popen([sys.executable, "-m", "heartline", part, *args], cwd=ROOT, env=env,
+                                    stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+            procs.append((proc, log))
+        _wait_http(f"http://127.0.0.1:{edge_port}/readyz", *procs[0])
+        _wait_http(f"http://127.0.0.1:{metrics_port}/metrics", *procs[1])
+        yield f"http://127.0.0.1:{edge_port}"
+    finally:
+        for proc, _ in procs:
+            proc.terminate()
+        for proc, _ in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+async def browser_page(admin_server: str) -> AsyncIterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is absent (Debian: apt-get install chromium); .ci/run installs it")
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                                   args=CHROMIUM_ARGS)
+        context = await browser.new_context(base_url=admin_server, viewport={"width": 1400, "height": 1000})
+        page = await context.new_page()
+        page.set_default_timeout(15_000)
+        try:
+            yield page
+        finally:
+            await context.close()
+            await browser.close()
+
+
+async def sign_in_with_password(page: Any, admin: Admin) -> None:
+    await page.goto("/login/")
+    await page.fill("#username", admin.username)
+    await page.fill("#password", admin.password)
+    await page.click("input[type=submit]")
+
+
+async def until(page: Any, url: str, text: str) -> str:
+    """Reload `url` until its content shows `text` (the worker mirrors within a flush interval)."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        await page.goto(url)
+        content = str(await page.content())
+        if text in content:
+            return content
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{text!r} did not appear on {url} within {WAIT_S}s")
+        await asyncio.sleep(0.5)
+
+
+async def test_admin_end_to_end_in_chromium(
+        browser_page: Any, edge_and_worker: str, make_admin: Callable[..., Admin],
+        pg: psycopg.Connection[Any]) -> None:
+    page = browser_page
+    admin = make_admin("browser")
+
+    # First sign-in: password, then enrolment from the secret shown beside the QR code.
+    await sign_in_with_password(page, admin)
+    await page.wait_for_url("**/totp/enroll")
+    assert await page.locator("#totp-qr svg").count() == 1
+    secret = (await page.inner_text("#totp-secret")).strip()
+    await page.fill("#code", code_for(secret, current_step()))
+    await page.click("#confirm")
+    await page.locator("#recovery-codes").wait_for()
+    codes = await page.locator("#recovery-codes li").all_inner_texts()
+    assert len(codes) == 10
+    await page.click("#continue")
+    await page.wait_for_url("**/dashboard/")
+
+    # Sign out, and in again with a code (the next step's: the current one was used, replays are refused).
+    await page.goto("/logout/")
+    await page.goto("/dashboard/")
+    assert "/login/" in page.url
+    await sign_in_with_password(page, admin)
+    await page.wait_for_url("**/totp/verify")
+    await page.fill("#code", code_for(secret, current_step() + 1))
+    await page.click("#verify")
+    await page.wait_for_url("**/dashboard/")
+
+    # A customer and a license through the forms.
+    await page.goto("/customerview/add")
+    await page.fill("#name", "Browser Customer GmbH")
+    await page.click("#model_form button[type=submit]")
+    customer_id = pg.execute("SELECT id FROM customers WHERE name = 'Browser Customer GmbH'").fetchone()[0]
+    await page.goto("/licenseview/add")
+    await page.evaluate(f"$('#customer').val('{customer_id}').trigger('change')")
+    await page.fill("#device_limit", "3")
+    await page.fill("#concurrent_sessions_limit", "2")
+    await page.click("#model_form button[type=submit]")
+    await page.wait_for_load_state()
+    flash = await page.inner_text(".alert-info")
+    license_key = re.search(r"HL(-[A-Z0-9]{5}){4}", flash)
+    assert license_key, flash
+    license_id = pg.execute("SELECT id FROM licenses WHERE license_key = %s", (license_key.group(0),)).fetchone()[0]
+
+    # The system API key from the "Lizenzserver Administration" page, shown once.
+    await page.goto("/system/")
+    await page.fill("#name", "browser test")
+    await page.click("#generate")
+    api_key = (await page.inner_text("#new-api-key")).strip()
+
+    # A session started through the edge shows up among the live sessions.
+    async with httpx.AsyncClient(base_url=edge_and_worker, headers={"X-API-Key": api_key}) as edge:
+        started = await edge.post("/v1/sessions", json={"license_key": license_key.group(0),
+                                                        "hardware_fingerprint": "browser-fp-1",
+                                                        "device_name": "test laptop"})
+        assert started.status_code == 201, started.text
+        token = started.json()["session_token"]
+        await until(page, "/livesessionview/list/", token)
+
+        await page.goto("/dashboard/")
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "admin-dashboard.png"), full_page=True)
+        await page.goto(f"/licenseview/show/{license_id}")
+        await page.screenshot(path=str(ARTIFACTS / "admin-license.png"), full_page=True)
+
+        # Terminate it from the list: tick the row, Actions → Terminate, confirm.
+        await page.goto("/livesessionview/list/")
+        await page.check(f"input.action_check[value='{token}']")
+        await page.click("button.dropdown-toggle:has-text('Actions')")
+        await page.click(".terminate_menu_item")
+        await page.click("#modal-confirm-ok")
+        await page.wait_for_load_state()
+        assert "terminated" in await page.inner_text(".alert-success")
+
+        # The client learns at its next heartbeat; the history says why.
+        beat = await edge.post(f"/v1/sessions/{token}/heartbeat", json={"license_key": license_key.group(0)})
+        assert beat.status_code == 404 and beat.json()["error"]["code"] == "SESSION_NOT_FOUND"
+    content = await until(page, "/sessionhistoryview/list/?_flt_0_end_reason=admin_terminated", token)
+    assert "admin_terminated" in content
+    assert pg.execute("SELECT end_reason FROM session_history WHERE session_token = %s", (token,)).fetchone() \
+        == ("admin_terminated",)
+    await until(page, "/livesessionview/list/", "No records found")
+    actors = {r[0] for r in pg.execute("SELECT DISTINCT actor FROM audit_log WHERE table_name IN "
+                                       "('customers', 'licenses', 'api_keys')")}
+    assert actors == {f"admin:{admin.username}"}
+    assert (ARTIFACTS / "admin-dashboard.png").stat().st_size > 10_000
