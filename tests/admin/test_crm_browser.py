@@ -13,9 +13,7 @@ from test_resources_browser import chromium, live_admin, signed_in_page  # noqa:
 
 from heartline import crm
 
-pytestmark = [pytest.mark.browser,
-              pytest.mark.filterwarnings("ignore:Yielding raw tuples:DeprecationWarning"),
-              pytest.mark.filterwarnings("ignore:'DateTimeField' renders:DeprecationWarning")]
+pytestmark = pytest.mark.browser
 
 
 async def test_won_institution_converts_to_a_customer_in_the_browser(

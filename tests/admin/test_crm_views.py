@@ -16,16 +16,11 @@ from flask.testing import FlaskClient
 from admin.app import create_app
 from heartline.settings import Settings
 
-# FAB's Select2 widgets yield tuples and its date filters use DateTimeField, both deprecated by WTForms:
-# a third-party warning, not ours.
-pytestmark = [pytest.mark.filterwarnings("ignore:Yielding raw tuples:DeprecationWarning"),
-              pytest.mark.filterwarnings("ignore:'DateTimeField' renders:DeprecationWarning")]
-
 
 @pytest.fixture(scope="module")
 def admin_app(admin_settings: Settings) -> Flask:
     """The admin with every screen, these included (the shared fixture leaves them out)."""
-    app = create_app(admin_settings)
+    app = create_app(admin_settings, config={"AUTH_RATE_LIMIT": "10000 per minute"})
     app.config["TESTING"] = True
     return app
 

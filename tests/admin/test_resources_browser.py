@@ -18,9 +18,7 @@ from werkzeug.serving import make_server
 from admin.app import create_app
 from heartline.settings import Settings
 
-pytestmark = [pytest.mark.browser,
-              pytest.mark.filterwarnings("ignore:Yielding raw tuples:DeprecationWarning"),
-              pytest.mark.filterwarnings("ignore:'DateTimeField' renders:DeprecationWarning")]
+pytestmark = pytest.mark.browser
 
 
 def chromium_path() -> str | None:
@@ -32,7 +30,7 @@ def chromium_path() -> str | None:
 @pytest.fixture(scope="module")
 def live_admin(admin_settings: Settings) -> Iterator[str]:
     """The whole admin served over real HTTP on a free port; yields its base URL."""
-    app: Flask = create_app(admin_settings)
+    app: Flask = create_app(admin_settings, config={"AUTH_RATE_LIMIT": "10000 per minute"})
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
