@@ -13,6 +13,7 @@ import logging
 import os
 import pwd
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -159,9 +160,23 @@ class EmbeddedPostgres:
                 raise DevStackError(f"could not create database {self.database}: {res.stderr}")
 
     def stop(self) -> None:
-        if (self.pgdata / "postmaster.pid").exists():
-            self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "stop")
-            log.info("devstack.postgres.stopped")
+        pid_file = self.pgdata / "postmaster.pid"
+        if not pid_file.exists():
+            return
+        res = self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w",
+                        "-t", "60", "stop")
+        if res.returncode != 0 and pid_file.exists():
+            # pg_ctl could not stop it (or gave up waiting): stop the postmaster ourselves
+            log.warning("devstack.postgres.stop_failed detail=%s", (res.stderr or res.stdout).strip())
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                pid = int(pid_file.read_text().splitlines()[0])
+                os.kill(pid, signal.SIGQUIT)
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    os.kill(pid, 0)
+                    time.sleep(0.1)
+                os.kill(pid, signal.SIGKILL)
+        log.info("devstack.postgres.stopped")
 
 
 @dataclass

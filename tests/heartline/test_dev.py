@@ -10,10 +10,14 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from heartline.devstack import free_port
 
@@ -44,7 +48,16 @@ def _read_until(lines: queue.Queue[str], needle: str, timeout: float, seen: list
     raise AssertionError(f"{needle!r} not seen within {timeout}s; output:\n" + "".join(seen))
 
 
-def test_dev_brings_up_everything_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+@pytest.fixture
+def dev_dir() -> Iterator[Path]:
+    # Not under pytest's tmp_path: pytest keeps /tmp/pytest-of-<user> at mode 0700, which the unprivileged
+    # user that runs PostgreSQL (when the tests run as root) cannot enter.
+    with tempfile.TemporaryDirectory(prefix="heartline-dev-") as tmp:
+        yield Path(tmp)
+
+
+def test_dev_brings_up_everything_and_stops_cleanly_on_ctrl_c(dev_dir: Path) -> None:
+    tmp_path = dev_dir
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTLINE_")}
     edge_port, admin_port = free_port(), free_port()
     env.update(HEARTLINE_DATA_DIR=str(tmp_path / "data"), HEARTLINE_EDGE_PORT=str(edge_port),
