@@ -25,6 +25,7 @@ log = logging.getLogger("worker.flush")
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 PARENT = "license_heartbeats"
+MAX_BIGINT = 2**63 - 1
 BATCH_TABLE = "heartbeat_batch"
 BATCH_COLUMNS = ("received_at", "event_id", "license_id", "session_token", "device_id")
 
@@ -107,14 +108,15 @@ def heartbeat_records(entries: list[Entry]) -> tuple[list[tuple[Any, ...]], int]
         try:
             event = heartbeat_from_fields(entry.shard, entry.entry_id, entry.fields)
             token = uuid.UUID(event.session_token)
-            if event.license_id <= 0:
-                raise ValueError("no license id")
-        except (ValueError, TypeError) as exc:
+            if not 0 < event.license_id <= MAX_BIGINT or not 0 < (event.device_id or 1) <= MAX_BIGINT:
+                raise ValueError("license or device id out of range")
+            record = (received_at(event.received_ms), event.event_id, event.license_id, token, event.device_id)
+        except (ValueError, TypeError, OverflowError) as exc:
+            # acknowledged with the batch: an entry PostgreSQL would refuse must not block the stream
             malformed += 1
             log.warning("worker.flush.malformed shard=%s entry=%s error=%s", entry.shard, entry.entry_id, exc)
             continue
-        records.append((received_at(event.received_ms), event.event_id, event.license_id, token,
-                        event.device_id))
+        records.append(record)
     return records, malformed
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 
 from heartline.plane.events import SessionEvent, SessionEventKind, session_event_from_fields
-from worker.flush import LOCK_SHARDS, received_at
+from worker.flush import LOCK_SHARDS, MAX_BIGINT, received_at
 from worker.streams import Entry, StreamConsumer
 
 log = logging.getLogger("worker.history")
@@ -116,11 +116,15 @@ def session_events(entries: list[Entry]) -> tuple[list[SessionEvent], int]:
         try:
             event = session_event_from_fields(entry.shard, entry.entry_id, entry.fields)
             uuid.UUID(event.session_token)
-            if event.license_id <= 0:
-                raise ValueError("no license id")
+            if not 0 < event.license_id <= MAX_BIGINT or not 0 < (event.device_id or 1) <= MAX_BIGINT:
+                raise ValueError("license or device id out of range")
             if event.kind is SessionEventKind.ENDED and event.reason is None:
                 raise ValueError("ended without a reason")
-        except (ValueError, TypeError) as exc:
+            for ms in (event.at_ms, event.started_ms, event.last_heartbeat_ms or 0):
+                received_at(ms)  # raises OverflowError for a time PostgreSQL cannot hold
+            if event.heartbeat_count > MAX_BIGINT:
+                raise ValueError("heartbeat count out of range")
+        except (ValueError, TypeError, OverflowError) as exc:
             malformed += 1
             log.warning("worker.history.malformed shard=%s entry=%s error=%s",
                         entry.shard, entry.entry_id, exc)

@@ -110,9 +110,11 @@ async def test_malformed_entries_are_acknowledged_and_never_stored(
     await redis.xadd(stream, {"l": lic["id"], "t": "not-a-uuid", "d": ""})
     await redis.xadd(stream, {"t": token})
     await redis.xadd(stream, {"l": "x", "t": token})
+    await redis.xadd(stream, {"l": "99999999999999999999", "t": token})
+    await redis.xadd(stream, {"l": lic["id"], "t": token, "d": "-3"})
     await add_heartbeat(redis, shards, lic["id"], token, None)
 
-    assert await drain(worker_ctx) == 4
+    assert await drain(worker_ctx) == 6
     assert await db.fetchval("SELECT count(*) FROM license_heartbeats") == 1
     assert (await redis.xpending(stream, keys.HEARTBEAT_GROUP))["pending"] == 0
 

@@ -139,3 +139,22 @@ async def test_heartbeats_flushed_before_their_sessions_start_is_recorded_still_
     row = await db.fetchrow("SELECT heartbeat_count, last_heartbeat_at FROM license_sessions")
     assert row["heartbeat_count"] == 6
     assert row["last_heartbeat_at"] == await db.fetchval("SELECT max(received_at) FROM license_heartbeats")
+
+
+async def test_malformed_session_events_are_skipped_without_blocking_the_stream(
+        worker_ctx: dict[str, Any], db: asyncpg.Connection, redis: aioredis.Redis,
+        make_license: Any) -> None:
+    shards = worker_ctx["settings"].stream_shards
+    lic = await make_license()
+    good = str(uuid.uuid4())
+    stream = keys.event_stream(keys.shard_of(lic["id"], shards))
+    await redis.xadd(stream, {"k": "ended", "l": lic["id"], "t": str(uuid.uuid4()), "r": "exploded"})
+    await redis.xadd(stream, {"k": "ended", "l": lic["id"], "t": str(uuid.uuid4())})
+    await redis.xadd(stream, {"k": "started", "l": lic["id"], "t": str(uuid.uuid4()), "s": "9" * 19})
+    await redis.xadd(stream, {"k": "resumed", "l": lic["id"], "t": str(uuid.uuid4())})
+    await add_session_event(redis, shards, kind="started", license_id=lic["id"], token=good,
+                            started_ms=1_790_000_000_000, at_ms=1_790_000_000_000)
+    assert await drain(worker_ctx) == 5
+    rows = await db.fetch("SELECT session_token::text AS t FROM license_sessions")
+    assert [r["t"] for r in rows] == [good]
+    assert worker_ctx["metrics"].entries_malformed.labels("events")._value.get() == 4
