@@ -724,7 +724,13 @@ def _cmd_create(settings: Settings, args: argparse.Namespace) -> int:
 
 def _cmd_list(settings: Settings, args: argparse.Namespace) -> int:
     remote = remote_of(settings)
-    remote_names = set(remote.names()) if remote else set()
+    remote_names: set[str] = set()
+    if remote is not None:
+        try:
+            remote_names = set(remote.names())
+        except BackupError as exc:
+            # the local archives are still worth listing when the remote is unreachable
+            print(f"remote not listed: {exc}", file=sys.stderr)
     local = {a.name: a for a in local_archives(settings)}
     if not local and not remote_names:
         print(f"no backups in {settings.backup_dir}" + (f" or {settings.backup_remote}" if remote else ""))

@@ -201,3 +201,17 @@ async def test_scheduled_backup_skips_while_another_backup_runs(backup_settings:
         assert err.value.code is BackupErrorCode.BUSY
         assert await create_scheduled_backup({"settings": backup_settings}) is None
     assert backup.local_archives(backup_settings) == []
+
+
+def test_list_shows_local_backups_when_the_remote_is_unreachable(backup_settings: Settings, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    settings = backup_settings.replace(backup_remote=f"file://{tmp_path}/missing.git")
+    archive = backup.create_backup(settings, now=T0)
+    assert backup.main(settings, ["list"]) == 0
+    captured = capsys.readouterr()
+    assert archive.name in captured.out and "remote not listed" in captured.err
+    # pruning cannot confirm any upload, so it deletes nothing and says why
+    newer = backup.create_backup(settings, now=T0 + timedelta(days=1))
+    assert backup.main(settings.replace(backup_keep_local=0), ["prune"]) == 1
+    assert "REMOTE_FAILED" in capsys.readouterr().err
+    assert archive.path.exists() and newer.path.exists()
