@@ -85,8 +85,16 @@ def fingerprints(license_id: int, shards: int) -> str:
 
 
 def deadlines(shard: int) -> str:
-    """Zset: '<license id>:<token>' -> deadline ms, the reaper's index for one shard."""
+    """Zset: license id -> its earliest session deadline ms, the reaper's index for one shard.
+
+    One entry per license with live sessions (not per session): the index stays small, and the reaper
+    ends all of a license's expired sessions in one visit."""
     return f"{PREFIX}:{{s{shard}}}:deadlines"
+
+
+def live_count(shard: int) -> str:
+    """String: number of live sessions in the shard (INCR at start, DECR at end), for metrics."""
+    return f"{PREFIX}:{{s{shard}}}:count"
 
 
 def heartbeat_stream(shard: int) -> str:

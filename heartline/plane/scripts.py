@@ -5,8 +5,9 @@ checks) is prepended to every script.  The wrappers in `PlaneScripts` are the on
 KEYS/ARGV order of a script is written.  Scripts are run by EVALSHA; a server that lost its script
 cache (restart, SCRIPT FLUSH) gets the script loaded again transparently.
 
-Session hashes (`hl:{sN}:L<id>:s:<token>`) are reached from the license base inside the scripts rather
-than declared in KEYS: they share the shard's hash tag, so the script still runs on one cluster slot.
+Some per-license keys (the session records `…:ss`, and in the reaper every due license's keys) are
+reached from the license base inside the scripts rather than declared in KEYS: they share the shard's
+hash tag, so the script still runs on one cluster slot.
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ class PlaneScripts:
         return await SCRIPTS["start"](  # type: ignore[no-any-return]
             self.redis,
             [keys.license_hash(license_id, s), keys.devices(license_id, s), keys.live_sessions(license_id, s),
-             keys.fingerprints(license_id, s), keys.deadlines(shard), keys.event_stream(shard)],
+             keys.fingerprints(license_id, s), keys.deadlines(shard), keys.event_stream(shard),
+             keys.live_count(shard)],
             [license_id, keys.license_base(license_id, s), fingerprint, token, client_version, client_ip,
              self.max_len, self.grace_ms])
 
@@ -84,13 +86,13 @@ class PlaneScripts:
         return await SCRIPTS["heartbeat"](  # type: ignore[no-any-return]
             self.redis,
             [keys.license_hash(license_id, s), keys.live_sessions(license_id, s), keys.deadlines(shard),
-             keys.heartbeat_stream(shard), keys.event_stream(shard)],
+             keys.heartbeat_stream(shard), keys.event_stream(shard), keys.live_count(shard)],
             [license_id, keys.license_base(license_id, s), token, min_gap_ms, self.max_len, self.grace_ms])
 
     async def end(self, license_id: int, token: str, reason: str) -> int:
         shard = keys.shard_of(license_id, self.shards)
         return int(await SCRIPTS["end"](
-            self.redis, [keys.deadlines(shard), keys.event_stream(shard)],
+            self.redis, [keys.deadlines(shard), keys.event_stream(shard), keys.live_count(shard)],
             [license_id, keys.license_base(license_id, self.shards), token, reason, self.max_len]))
 
     async def end_license(self, license_id: int, reason: str, fingerprint: str = "") -> int:
@@ -98,13 +100,13 @@ class PlaneScripts:
         shard = keys.shard_of(license_id, s)
         return int(await SCRIPTS["end_license"](
             self.redis,
-            [keys.live_sessions(license_id, s), keys.devices(license_id, s), keys.deadlines(shard),
-             keys.event_stream(shard)],
+            [keys.live_sessions(license_id, s), keys.devices(license_id, s), keys.fingerprints(license_id, s),
+             keys.deadlines(shard), keys.event_stream(shard), keys.live_count(shard)],
             [license_id, keys.license_base(license_id, s), reason, self.max_len, fingerprint]))
 
     async def reap(self, shard: int, limit: int) -> int:
         return int(await SCRIPTS["reap"](
-            self.redis, [keys.deadlines(shard), keys.event_stream(shard)],
+            self.redis, [keys.deadlines(shard), keys.event_stream(shard), keys.live_count(shard)],
             [keys.shard_base(shard), limit, self.max_len]))
 
     async def cache_license(self, license_id: int, version: int, fields: dict[str, str | int],
@@ -120,7 +122,7 @@ class PlaneScripts:
         return int(await SCRIPTS["cache_license"](
             self.redis,
             [keys.license_hash(license_id, s), keys.devices(license_id, s), keys.live_sessions(license_id, s),
-             keys.deadlines(shard), keys.event_stream(shard)],
+             keys.deadlines(shard), keys.event_stream(shard), keys.live_count(shard)],
             args))
 
     async def forget_license(self, license_id: int) -> int:

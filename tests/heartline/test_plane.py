@@ -114,8 +114,8 @@ async def test_heartbeat_extends_deadline_and_records_event(plane: SessionPlane)
     assert event.license_id == LICENSE_ID and event.session_token == out.token and event.device_id == 102
     record = await plane.redis.hget(keys.sessions(LICENSE_ID, plane.shards), out.token)
     assert record is not None and record.split(b"|")[3] == b"1"
-    deadline = await plane.redis.zscore(keys.deadlines(shard), f"{LICENSE_ID}:{out.token}")
-    assert deadline == hb.deadline_ms
+    deadline = await plane.redis.zscore(keys.deadlines(shard), str(LICENSE_ID))
+    assert deadline == hb.deadline_ms, "the license is indexed with its (only) session's deadline"
 
 
 async def test_heartbeat_too_frequent_is_refused_and_not_recorded(redis: aioredis.Redis,
@@ -268,3 +268,39 @@ async def test_session_keys_expire_after_grace_if_no_reaper_runs(plane: SessionP
     for key in (keys.live_sessions(LICENSE_ID, s), keys.fingerprints(LICENSE_ID, s), keys.sessions(LICENSE_ID, s)):
         ttl = await plane.redis.pttl(key)
         assert 2000 < ttl <= 2000 + keys.SESSION_GRACE_MS, key
+
+
+async def test_deadline_index_holds_each_license_once_at_its_earliest_deadline(plane: SessionPlane) -> None:
+    first = await plane.start_session(LICENSE_ID, "fp1")
+    second = await plane.start_session(LICENSE_ID, "fp2")
+    shard = keys.shard_of(LICENSE_ID, plane.shards)
+    assert await plane.redis.zrange(keys.deadlines(shard), 0, -1, withscores=True) == [
+        (str(LICENSE_ID).encode(), float(first.deadline_ms))]
+    assert first.token and second.token
+    assert await plane.end_session(LICENSE_ID, first.token, EndReason.CLIENT_END)
+    assert await plane.redis.zscore(keys.deadlines(shard), str(LICENSE_ID)) == second.deadline_ms
+    assert await plane.end_session(LICENSE_ID, second.token, EndReason.CLIENT_END)
+    assert await plane.redis.zcard(keys.deadlines(shard)) == 0
+
+
+async def test_live_count_follows_starts_and_ends(plane: SessionPlane) -> None:
+    other = LICENSE_ID + 1
+    await plane.cache_license(cached(license_id=other), {"fp1": 201})
+    tokens = [(await plane.start_session(LICENSE_ID, f"fp{i}")).token for i in range(3)]
+    await plane.start_session(other, "fp1")
+    await plane.start_session(LICENSE_ID, "fp0")  # a resume is not a new session
+    assert await plane.live_count() == 4
+    assert tokens[0] and await plane.end_session(LICENSE_ID, tokens[0], EndReason.CLIENT_END)
+    assert await plane.end_license_sessions(other, EndReason.ADMIN_TERMINATED) == 1
+    assert await plane.live_count() == 2
+
+
+async def test_reap_respects_its_limit_and_reports_when_the_shard_is_done(plane: SessionPlane) -> None:
+    await plane.cache_license(cached(version=2, timeout_s=2), {f"fp{i}": 100 + i for i in range(3)})
+    for i in range(3):
+        await plane.start_session(LICENSE_ID, f"fp{i}")
+    await asyncio.sleep(2.1)
+    shard = keys.shard_of(LICENSE_ID, plane.shards)
+    assert await plane.reap_expired(shard, limit=1) == 3  # one license: all its expired sessions at once
+    assert await plane.reap_expired(shard, limit=1) == 0
+    assert await plane.live_count() == 0

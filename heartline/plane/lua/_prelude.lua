@@ -58,20 +58,32 @@ local function keep_session_keys(base, ttl_ms)
   end
 end
 
--- Ends one session of a license: removes it from the live set, the shard's deadline index, the
--- fingerprint map and the session records, and appends exactly one `ended` event (fields:
--- heartline/plane/events.py).  A session already past its deadline is ended as 'timeout' whatever the
--- caller asked, so history keeps the true reason.  Returns 0 when the token was not live (nothing
--- emitted: an end racing another end or the reaper is harmless), 1 when ended with `reason`, 2 when
--- ended as timeout.
-local function end_session(base, license_id, token, reason, now, deadlines, events, maxlen)
+-- The shard's deadline index holds one entry per license with live sessions: the license id, scored
+-- with its earliest session deadline (one entry per license, not per session, keeps the index small).
+local function index_license(base, license_id, shard)
+  local first = redis.call('ZRANGE', base .. 'live', 0, 0, 'WITHSCORES')
+  if first[1] then
+    redis.call('ZADD', shard.deadlines, first[2], license_id)
+  else
+    redis.call('ZREM', shard.deadlines, license_id)
+  end
+end
+
+-- Ends one session of a license: removes it from the live set, the fingerprint map and the session
+-- records, re-indexes the license, counts it off the shard's live count and appends exactly one `ended`
+-- event (fields: heartline/plane/events.py).  `shard` = {deadlines=, events=, count=, maxlen=}.
+-- A session already past its deadline is ended as 'timeout' whatever the caller asked, so history
+-- keeps the true reason.  Returns 0 when the token was not live (nothing emitted: an end racing
+-- another end or the reaper is harmless), 1 when ended with `reason`, 2 when ended as timeout.
+local function end_session(base, license_id, token, reason, now, shard)
   local score = redis.call('ZSCORE', base .. 'live', token)
-  redis.call('ZREM', deadlines, license_id .. ':' .. token)
   if not score then
     redis.call('HDEL', base .. 'ss', token)
     return 0
   end
   redis.call('ZREM', base .. 'live', token)
+  index_license(base, license_id, shard)
+  redis.call('DECR', shard.count)
   local result = 1
   if tonumber(score) <= now then
     reason = 'timeout'
@@ -83,7 +95,7 @@ local function end_session(base, license_id, token, reason, now, deadlines, even
   if fp then
     redis.call('HDEL', base .. 'fp', fp)
   end
-  redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*',
+  redis.call('XADD', shard.events, 'MAXLEN', '~', shard.maxlen, '*',
     'k', 'ended', 'l', license_id, 't', token, 'd', rec.d, 'f', fp or '', 's', rec.s,
     'at', now, 'r', reason, 'n', rec.n, 'lh', rec.lh, 'v', rec.v, 'ip', rec.ip)
   return result

@@ -1,6 +1,6 @@
 -- heartbeat: keep one session alive and record the heartbeat, in one round trip.
 -- KEYS: 1 license hash, 2 live zset, 3 shard deadline index, 4 shard heartbeat stream,
---       5 shard event stream
+--       5 shard event stream, 6 shard live count
 -- ARGV: 1 license id, 2 license base 'hl:{sN}:L<id>:', 3 token, 4 minimum gap ms,
 --       5 stream max length, 6 grace ms the session keys outlive the last write
 -- Reply: {'OK', deadline ms, heartbeat interval s}
@@ -11,6 +11,7 @@
 -- The heartbeat event goes to the stream in the same script, so an accepted heartbeat is always
 -- recorded and a refused one never is.
 local license_id, base, token = ARGV[1], ARGV[2], ARGV[3]
+local shard = {deadlines = KEYS[3], events = KEYS[5], count = KEYS[6], maxlen = ARGV[5]}
 local lic = redis.call('HMGET', KEYS[1], 'status', 'valid_from_ms', 'valid_until_ms', 'interval_s',
   'timeout_s')
 if not lic[1] then
@@ -22,7 +23,7 @@ if not score then
   return {'SESSION_NOT_FOUND'}
 end
 if tonumber(score) <= now then
-  end_session(base, license_id, token, 'timeout', now, KEYS[3], KEYS[5], ARGV[5])
+  end_session(base, license_id, token, 'timeout', now, shard)
   return {'SESSION_NOT_FOUND'}
 end
 local refusal = license_refusal(lic[1], lic[2], lic[3], now)
@@ -31,7 +32,7 @@ if refusal then
   if refusal == 'LICENSE_EXPIRED' then
     reason = 'license_expired'
   end
-  end_session(base, license_id, token, reason, now, KEYS[3], KEYS[5], ARGV[5])
+  end_session(base, license_id, token, reason, now, shard)
   return {refusal}
 end
 
@@ -45,7 +46,7 @@ end
 local timeout_ms = tonumber(lic[5]) * 1000
 local deadline = now + timeout_ms
 redis.call('ZADD', KEYS[2], deadline, token)
-redis.call('ZADD', KEYS[3], deadline, license_id .. ':' .. token)
+index_license(base, license_id, shard)
 rec.lh = now
 rec.n = (tonumber(rec.n) or 0) + 1
 write_session(base, token, rec)

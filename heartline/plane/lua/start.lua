@@ -1,6 +1,6 @@
 -- start: start a session for a device of one license, or resume the device's live session.
 -- KEYS: 1 license hash, 2 devices hash, 3 live zset, 4 fingerprints hash,
---       5 shard deadline index, 6 shard event stream
+--       5 shard deadline index, 6 shard event stream, 7 shard live count
 -- ARGV: 1 license id, 2 license base 'hl:{sN}:L<id>:', 3 fingerprint, 4 token for a new session
 --       (uuid4 made by the caller), 5 client version, 6 client ip, 7 stream max length,
 --       8 grace ms the session keys outlive the last write (memory bound if no reaper runs)
@@ -10,6 +10,7 @@
 --        in PostgreSQL and retries), SESSION_LIMIT_REACHED.
 -- Atomic, so parallel starts can never exceed the limit; no live session is ever ended to make room.
 local license_id, base, fp = ARGV[1], ARGV[2], ARGV[3]
+local shard = {deadlines = KEYS[5], events = KEYS[6], count = KEYS[7], maxlen = ARGV[7]}
 local lic = redis.call('HMGET', KEYS[1], 'status', 'valid_from_ms', 'valid_until_ms', 'sessions_limit',
   'interval_s', 'timeout_s')
 if not lic[1] then
@@ -28,7 +29,7 @@ end
 -- Sessions past their deadline stop counting now, not when the reaper comes by; each still gets its
 -- ended(timeout) event.
 for _, token in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)) do
-  end_session(base, license_id, token, 'timeout', now, KEYS[5], KEYS[6], ARGV[7])
+  end_session(base, license_id, token, 'timeout', now, shard)
 end
 
 local timeout_ms = tonumber(lic[6]) * 1000
@@ -37,7 +38,7 @@ local current = redis.call('HGET', KEYS[4], fp)
 if current and redis.call('ZSCORE', KEYS[3], current) then
   -- A start is a sign of life: the resumed session gets a full timeout again.
   redis.call('ZADD', KEYS[3], deadline, current)
-  redis.call('ZADD', KEYS[5], deadline, license_id .. ':' .. current)
+  index_license(base, license_id, shard)
   keep_session_keys(base, timeout_ms + tonumber(ARGV[8]))
   return {'RESUMED', current, deadline, lic[5], lic[6]}
 end
@@ -47,7 +48,8 @@ end
 
 local token = ARGV[4]
 redis.call('ZADD', KEYS[3], deadline, token)
-redis.call('ZADD', KEYS[5], deadline, license_id .. ':' .. token)
+index_license(base, license_id, shard)
+redis.call('INCR', KEYS[7])
 redis.call('HSET', KEYS[4], fp, token)
 write_session(base, token, {d = device, s = now, lh = '', n = 0, ip = ARGV[6], v = ARGV[5]})
 keep_session_keys(base, timeout_ms + tonumber(ARGV[8]))
