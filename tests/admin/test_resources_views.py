@@ -8,7 +8,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from admin_support import Admin, csrf_token, post_form
+from admin_support import Admin, action, csrf_token, post_form
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -166,3 +166,20 @@ def test_an_oversized_import_is_refused_with_413(
                                                     "text": huge.decode()})
     assert pasted.status_code == 413
     assert pg.execute("SELECT count(*) FROM resource_pools").fetchone() == (0,)
+
+
+def test_retire_and_reinstate_actions_leave_allocated_resources_alone(
+        signed_in: tuple[FlaskClient, Admin], pg: psycopg.Connection[Any]) -> None:
+    client, _admin = signed_in
+    license_id = _license(pg, quota_ipv4=1)
+    post_form(client, "/resources/import", {"resource_type": "ipv4", "text": "8.8.4.1\n8.8.4.2"})
+    page = f"/resources/license/{license_id}"
+    post_form(client, f"{page}/allocate", {"resource_type": "ipv4", "count": "1"}, page=page)
+    ids = [row[0] for row in pg.execute("SELECT id FROM resource_pools ORDER BY id").fetchall()]
+    retired = action(client, "resourcepoolview", "retire", ids)
+    assert "Retired 1 resource(s)" in retired.get_data(as_text=True)
+    assert pg.execute("SELECT value, status FROM resource_pools ORDER BY id").fetchall() == [
+        ("8.8.4.1", "allocated"), ("8.8.4.2", "retired")]
+    reinstated = action(client, "resourcepoolview", "reinstate", ids)
+    assert "Reinstated 1 resource(s)" in reinstated.get_data(as_text=True)
+    assert pg.execute("SELECT status FROM resource_pools WHERE value = '8.8.4.2'").fetchone() == ("available",)
