@@ -12,11 +12,11 @@ import time
 from typing import Any
 
 from flask import current_app, flash, g, redirect, request, session, url_for
-from flask_appbuilder import expose
+from flask_appbuilder import action, expose
 from flask_appbuilder.security.api import SecurityApi
 from flask_appbuilder.security.decorators import no_cache
 from flask_appbuilder.security.sqla.manager import SecurityManager
-from flask_appbuilder.security.views import AuthDBView
+from flask_appbuilder.security.views import AuthDBView, UserDBModelView
 from flask_appbuilder.utils.base import get_safe_redirect
 from flask_login import login_user
 from werkzeug.wrappers import Response
@@ -99,8 +99,27 @@ class PasswordOnlyApiRefused(SecurityApi):
         return self.response(403, message="API login is disabled")
 
 
+class HeartlineUserDBModelView(UserDBModelView):
+    """FAB's user list, plus resetting an admin's second factor (a lost phone without recovery codes)."""
+
+    @action("reset_2fa", "Reset two-factor login", "Reset the two-factor login of the selected admins? "
+            "They set it up again at their next sign-in.", "fa-refresh")
+    def reset_2fa(self, items: Any) -> Response:
+        from admin.security.views import audit_event
+
+        service = totp_service(self.appbuilder.sm)
+        for user in items if isinstance(items, list) else [items]:
+            service.reset(user.id)
+            audit_event(user, "totp.reset", by=g.user.username)
+            current_app.logger.info("admin.totp.reset username=%s by=%s", user.username, g.user.username)
+            flash(f"Two-factor login of {user.username} reset; they enrol again at their next sign-in.", "success")
+        self.appbuilder.sm.session.commit()
+        return redirect(self.get_redirect())
+
+
 class HeartlineSecurityManager(SecurityManager):
     authdbview = HeartlineAuthDBView
+    userdbmodelview = HeartlineUserDBModelView
     security_api = PasswordOnlyApiRefused
 
     def register_views(self) -> None:
@@ -108,3 +127,5 @@ class HeartlineSecurityManager(SecurityManager):
 
         super().register_views()
         self.appbuilder.add_view_no_menu(TotpView())
+        self.appbuilder.add_link("Recovery codes", href="/totp/recovery-codes", icon="fa-life-ring",
+                                 category="Security")

@@ -39,12 +39,18 @@ def refusal(check: Check) -> str:
     return MESSAGES[check.verdict]
 
 
-def audit_event(user: Any, event: str) -> None:
-    """2FA tables carry secrets and are not audited by the trigger; this row records the event alone."""
+AUDIT_OPERATIONS = {"totp.enrolled": "INSERT", "totp.recovery_codes": "UPDATE", "totp.reset": "DELETE"}
+
+
+def audit_event(user: Any, event: str, by: str | None = None) -> None:
+    """2FA tables carry secrets and are not audited by the trigger; this row records the event alone.
+
+    user: the admin whose second factor changed; by: the acting admin's user name (default: user).
+    """
     current_app.appbuilder.session.execute(  # type: ignore[attr-defined]
         text("INSERT INTO audit_log (actor, table_name, operation, row_id, new_values) "
              "VALUES (:actor, 'admin_totp', :op, :row, CAST(:values AS jsonb))"),
-        {"actor": actor.actor_for(user.username), "op": "UPDATE" if event == "totp.recovery_codes" else "INSERT",
+        {"actor": actor.actor_for(by or user.username), "op": AUDIT_OPERATIONS[event],
          "row": str(user.id), "values": json.dumps({"event": event, "username": user.username})})
 
 

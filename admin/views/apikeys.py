@@ -16,7 +16,7 @@ from wtforms.validators import DataRequired, Length
 
 from admin import permissions
 from admin.models.core import ApiKey
-from admin.views.base import ReadableInterface, settings
+from admin.views.base import ReadableInterface, settings, timestamps
 from heartline.apikeys import display_prefix, generate_key, hash_key
 
 log = logging.getLogger("admin.apikeys")
@@ -55,6 +55,7 @@ class ApiKeyView(ModelView):
     order_columns = ["name", "created_at", "last_used_at", "revoked_at"]
     base_order = ("id", "desc")
     label_columns = {"display_prefix": "Key"}
+    formatters_columns = timestamps("created_at", "last_used_at", "revoked_at")
 
     @action("revoke", "Revoke", "Revoke the selected keys? Programs using them are refused within "
             "the edge's API key cache time.", "fa-ban")

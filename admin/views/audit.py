@@ -9,7 +9,7 @@ from markupsafe import Markup, escape
 
 from admin import permissions
 from admin.models.core import AuditLog
-from admin.views.base import ReadableInterface
+from admin.views.base import ReadableInterface, timestamps
 
 # Columns that change with every update and only add noise to the diff.
 NOISE = {"updated_at", "version"}
@@ -49,7 +49,7 @@ class AuditLogView(ModelView):
     base_order = ("occurred_at", "desc")
     label_columns = {"occurred_at": "When", "table_name": "Table", "row_id": "Row",
                      "changes": "Changes (old → new)"}
-    formatters_columns = {"changes": render_changes}
+    formatters_columns = {"changes": render_changes, **timestamps("occurred_at")}
     page_size = 50
 
 

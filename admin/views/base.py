@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 from flask import current_app
@@ -77,3 +79,15 @@ def settings() -> Settings:
 
 def plane() -> AdminPlane:
     return AdminPlane(settings())
+
+
+def when(value: dt.datetime | None) -> str:
+    """Timestamps as the admins read them: to the second, in UTC; '—' for none."""
+    if value is None:
+        return "—"
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def timestamps(*columns: str) -> dict[str, Callable[[Any], str]]:
+    """formatters_columns entries rendering `columns` with `when`."""
+    return {column: when for column in columns}

@@ -8,6 +8,7 @@ from wtforms.validators import DataRequired, Email, Optional
 
 from admin import permissions
 from admin.models.core import Customer
+from admin.views.base import timestamps
 from admin.views.licenses import LicenseView
 
 
@@ -25,6 +26,7 @@ class CustomerView(ModelView):
     base_order = ("name", "asc")
     validators_columns = {"name": [DataRequired()], "email": [Optional(), Email()]}
     label_columns = {"created_at": "Created", "updated_at": "Updated"}
+    formatters_columns = timestamps("created_at", "updated_at")
 
 
 def register(appbuilder: AppBuilder) -> None:

@@ -12,7 +12,7 @@ from sqlalchemy import text
 from admin import permissions
 from admin.models.core import DeviceRegistration
 from admin.plane import PlaneError
-from admin.views.base import ReadableInterface, plane
+from admin.views.base import ReadableInterface, plane, timestamps
 from heartline.plane.events import EndReason
 
 log = logging.getLogger("admin.devices")
@@ -31,6 +31,7 @@ class DeviceView(ModelView):
     order_columns = ["device_name", "first_activated_at", "last_seen_at", "is_active"]
     base_order = ("first_activated_at", "desc")
     label_columns = {"is_active": "Active", "hardware_fingerprint": "Fingerprint"}
+    formatters_columns = timestamps("first_activated_at", "last_seen_at", "deactivated_at")
 
     @action("deactivate", "Deactivate", "Deactivate the selected devices? Their live sessions end now and "
             "they free a place under the device limit.", "fa-power-off")

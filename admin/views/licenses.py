@@ -20,7 +20,7 @@ from wtforms.validators import DataRequired, NumberRange, Optional, ValidationEr
 from admin import permissions
 from admin.models.core import License
 from admin.plane import PlaneError
-from admin.views.base import ReadableInterface, plane
+from admin.views.base import ReadableInterface, plane, timestamps, when
 from admin.views.devices import DeviceView
 from admin.views.sessions import LiveSessionView, SessionHistoryView
 from heartline.demo import new_license_key
@@ -101,6 +101,12 @@ class LicenseView(ModelView):
         "heartbeat_interval_s": "Heartbeat interval (s)",
         "heartbeat_timeout_s": "Heartbeat timeout (s)",
         "quota_domains": "Domains", "quota_ipv4": "IPv4 addresses", "quota_phones": "Phone numbers",
+    }
+    formatters_columns = {
+        **timestamps("valid_from", "created_at", "updated_at"),
+        "valid_until": lambda v: when(v) if v else "never expires",
+        "heartbeat_interval_s": lambda v: f"{v} s" if v else f"default ({DEFAULT_INTERVAL_S} s)",
+        "heartbeat_timeout_s": lambda v: f"{v} s" if v else f"default ({DEFAULT_TIMEOUT_S} s)",
     }
     description_columns = {
         "device_limit": "1 to 10 devices may be activated.",

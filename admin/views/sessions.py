@@ -11,7 +11,7 @@ from flask_appbuilder import AppBuilder, ModelView, action
 from admin import permissions
 from admin.models.core import LicenseSession, SessionHistory
 from admin.plane import PlaneError
-from admin.views.base import ReadableInterface, plane
+from admin.views.base import ReadableInterface, plane, timestamps
 
 log = logging.getLogger("admin.sessions")
 
@@ -34,6 +34,7 @@ class LiveSessionView(ModelView):
     base_order = ("started_at", "desc")
     label_columns = {"session_token": "Session", "heartbeat_count": "Heartbeats",
                      "last_heartbeat_at": "Last heartbeat"}
+    formatters_columns = timestamps("started_at", "last_heartbeat_at")
 
     @action("terminate", "Terminate", "End the selected sessions now? The clients must start new ones.",
             "fa-stop")
@@ -67,6 +68,7 @@ class SessionHistoryView(ModelView):
     order_columns = ["started_at", "ended_at", "end_reason", "heartbeat_count"]
     base_order = ("ended_at", "desc")
     label_columns = {"session_token": "Session", "heartbeat_count": "Heartbeats", "end_reason": "Reason"}
+    formatters_columns = timestamps("started_at", "ended_at")
 
 
 def register(appbuilder: AppBuilder) -> None:

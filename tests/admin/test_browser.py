@@ -148,8 +148,12 @@ async def until(page: Any, url: str, text: str) -> str:
 
 async def test_admin_end_to_end_in_chromium(
         browser_page: Any, edge_and_worker: str, make_admin: Callable[..., Admin],
-        pg: psycopg.Connection[Any]) -> None:
+        pg: psycopg.Connection[Any], admin_app: Flask, admin_settings: Settings,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     page = browser_page
+    # the dashboard's refusal chart reads this run's edge
+    monkeypatch.setitem(admin_app.config, "HEARTLINE_SETTINGS",
+                        admin_settings.replace(admin_edge_metrics_urls=f"{edge_and_worker}/metrics"))
     admin = make_admin("browser")
 
     # First sign-in: password, then enrolment from the secret shown beside the QR code.
@@ -204,9 +208,20 @@ async def test_admin_end_to_end_in_chromium(
                                                         "device_name": "test laptop"})
         assert started.status_code == 201, started.text
         token = started.json()["session_token"]
+        for _ in range(3):
+            beat = await edge.post(f"/v1/sessions/{token}/heartbeat", json={"license_key": license_key.group(0)})
+            assert beat.status_code == 200, beat.text
+        # a second device fits the limit of 2 sessions, a third is refused (the dashboard counts it)
+        second = await edge.post("/v1/sessions", json={"license_key": license_key.group(0),
+                                                       "hardware_fingerprint": "browser-fp-2"})
+        third = await edge.post("/v1/sessions", json={"license_key": license_key.group(0),
+                                                      "hardware_fingerprint": "browser-fp-3"})
+        assert (second.status_code, third.status_code) == (201, 409)
+        assert third.json()["error"]["code"] == "SESSION_LIMIT_REACHED"
         await until(page, "/livesessionview/list/", token)
 
-        await page.goto("/dashboard/")
+        content = await until(page, "/dashboard/", "last hour: 3")
+        assert "SESSION_LIMIT_REACHED" in content
         ARTIFACTS.mkdir(exist_ok=True)
         await page.screenshot(path=str(ARTIFACTS / "admin-dashboard.png"), full_page=True)
         await page.goto(f"/licenseview/show/{license_id}")
@@ -224,6 +239,9 @@ async def test_admin_end_to_end_in_chromium(
         # The client learns at its next heartbeat; the history says why.
         beat = await edge.post(f"/v1/sessions/{token}/heartbeat", json={"license_key": license_key.group(0)})
         assert beat.status_code == 404 and beat.json()["error"]["code"] == "SESSION_NOT_FOUND"
+        ended = await edge.post(f"/v1/sessions/{second.json()['session_token']}/end",
+                                json={"license_key": license_key.group(0)})
+        assert ended.status_code == 200, ended.text
     content = await until(page, "/sessionhistoryview/list/?_flt_0_end_reason=admin_terminated", token)
     assert "admin_terminated" in content
     assert pg.execute("SELECT end_reason FROM session_history WHERE session_token = %s", (token,)).fetchone() \

@@ -63,8 +63,8 @@ def test_refusal_counts_are_summed_by_code_across_edges() -> None:
 
 def test_dashboard_draws_its_charts_from_real_data(
         signed_in: tuple[FlaskClient, Admin], pg: psycopg.Connection[Any], admin_settings: Settings,
-        edge_metrics: str) -> None:
-    client, admin = signed_in
+        edge_metrics: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    client, _ = signed_in
     app: Flask = client.application
     soon = license_row(pg, valid_until=dt.datetime.now(dt.UTC) + dt.timedelta(days=5), license_key="HL-SOON-00001")
     license_row(pg, valid_until=dt.datetime.now(dt.UTC) + dt.timedelta(days=90), license_key="HL-LATER-0001")
@@ -81,11 +81,9 @@ def test_dashboard_draws_its_charts_from_real_data(
         pg.execute("INSERT INTO license_heartbeats (received_at, event_id, license_id, session_token) "
                    "VALUES (%s, %s, %s, %s)", (now - dt.timedelta(minutes=i % 3), f"0-{i}", soon["id"],
                                                str(uuid.uuid4())))
-    app.config["HEARTLINE_SETTINGS"] = admin_settings.replace(admin_edge_metrics_urls=edge_metrics)
-    try:
-        page = client.get("/dashboard/").get_data(as_text=True)
-    finally:
-        app.config["HEARTLINE_SETTINGS"] = admin_settings
+    monkeypatch.setitem(app.config, "HEARTLINE_SETTINGS",
+                        admin_settings.replace(admin_edge_metrics_urls=edge_metrics))
+    page = client.get("/dashboard/").get_data(as_text=True)
     live = re.search(r'id="live-sessions">.*?<div class="hl-big">(\d+)</div>', page, re.DOTALL)
     assert live and live.group(1) == "1"
     assert "last hour: 9" in page
@@ -100,14 +98,13 @@ def test_dashboard_draws_its_charts_from_real_data(
 
 
 def test_dashboard_says_when_edge_metrics_are_unreachable(signed_in: tuple[FlaskClient, Admin],
-                                                          admin_settings: Settings) -> None:
+                                                          admin_settings: Settings,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     client, _ = signed_in
     app: Flask = client.application
-    app.config["HEARTLINE_SETTINGS"] = admin_settings.replace(admin_edge_metrics_urls="http://127.0.0.1:9/metrics")
-    try:
-        page = client.get("/dashboard/").get_data(as_text=True)
-    finally:
-        app.config["HEARTLINE_SETTINGS"] = admin_settings
+    monkeypatch.setitem(app.config, "HEARTLINE_SETTINGS",
+                        admin_settings.replace(admin_edge_metrics_urls="http://127.0.0.1:9/metrics"))
+    page = client.get("/dashboard/").get_data(as_text=True)
     assert "Edge metrics unreachable: http://127.0.0.1:9/metrics" in page
 
 

@@ -206,3 +206,22 @@ def test_password_guessing_is_rate_limited(admin_settings: Settings, make_admin:
     statuses = [password_step(client, wrong).status_code for _ in range(4)]
     assert statuses[:3] == [302, 302, 302] and statuses[3] == 429
     assert password_step(client, admin).status_code == 429  # even the right password waits
+
+
+def test_an_admin_can_reset_another_admins_two_factor_login(
+        signed_in: tuple[FlaskClient, Admin], make_admin: Callable[..., Admin], admin_app: Flask,
+        pg: psycopg.Connection[Any]) -> None:
+    from admin_support import action
+
+    client, boss = signed_in
+    lost = make_admin("lost")
+    other = admin_app.test_client()
+    enrol(other, lost)
+    page = action(client, "users", "reset_2fa", [lost.id]).get_data(as_text=True)
+    assert f"Two-factor login of {lost.username} reset" in page
+    assert pg.execute("SELECT count(*) FROM admin_totp WHERE user_id = %s", (lost.id,)).fetchone()[0] == 0
+    assert pg.execute("SELECT count(*) FROM admin_recovery_codes WHERE user_id = %s", (lost.id,)).fetchone()[0] == 0
+    assert pg.execute("SELECT actor, operation FROM audit_log WHERE table_name = 'admin_totp' AND "
+                      "new_values->>'event' = 'totp.reset'").fetchone() == (f"admin:{boss.username}", "DELETE")
+    fresh = admin_app.test_client()
+    assert password_step(fresh, lost).location.endswith("/totp/enroll")
