@@ -47,12 +47,15 @@ local function fingerprint_of(base, token)
   return nil
 end
 
--- The license's session keys outlive its last write by ttl_ms (never shortened), so they leave Redis
--- even if no reaper ever runs; the reaper ends sessions long before.
+-- The license's session keys outlive its last write by about ttl_ms (= timeout + grace), so they leave
+-- Redis even if no reaper ever runs; the reaper ends sessions long before.  The expiry is only pushed
+-- out once it has run down by a minute (a quarter for short TTLs), not on every heartbeat, and never
+-- shortened.
 local function keep_session_keys(base, ttl_ms)
+  local refresh_below = ttl_ms - math.min(60000, math.floor(ttl_ms / 4))
   for _, suffix in ipairs({'live', 'fp', 'ss'}) do
     local key = base .. suffix
-    if redis.call('PTTL', key) < ttl_ms then
+    if redis.call('PTTL', key) < refresh_below then
       redis.call('PEXPIRE', key, ttl_ms)
     end
   end
