@@ -18,6 +18,7 @@ copy, and the newest local archive that verifies is never deleted.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import hashlib
 import importlib.util
@@ -39,8 +40,10 @@ from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import psycopg
+import redis.asyncio as aioredis
 
 from heartline import services
+from heartline.plane.sessions import SessionPlane
 from heartline.settings import PREFIX, Settings
 
 log = logging.getLogger("heartline.backup")
@@ -637,6 +640,7 @@ def restore_backup(settings: Settings, archive: Archive) -> Manifest:
                               f"be restored into PostgreSQL {major}")
         pg_restore = find_pg_tool("pg_restore", major)
         psql = find_pg_tool("psql", major)
+        license_ids = _license_ids(dsn)
         (tmp / "check.sql").write_text(_count_check_sql(manifest.tables))
         target, env = _libpq_target(dsn)
         env["PGOPTIONS"] = f"-c lock_timeout={RESTORE_LOCK_TIMEOUT}"
@@ -665,7 +669,42 @@ def restore_backup(settings: Settings, archive: Archive) -> Manifest:
                               f"unchanged: {apply.stderr.strip()}")
     log.info("backup.restored name=%s target=%s tables=%d", archive.name, display_target(dsn),
              len(manifest.tables))
+    license_ids |= _license_ids(dsn)
+    if settings.redis_url:
+        dropped = drop_license_caches(settings, license_ids)
+        log.info("backup.restored.plane_caches_dropped licenses=%d", dropped)
+    else:
+        log.warning("backup.restored.plane_caches_kept reason=no_redis_url")
     return manifest
+
+
+def _license_ids(dsn: str) -> set[int]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if not conn.execute("SELECT to_regclass('public.licenses') IS NOT NULL").fetchone()[0]:  # type: ignore[index]
+            return set()
+        return {int(r[0]) for r in conn.execute("SELECT id FROM licenses").fetchall()}
+
+
+def drop_license_caches(settings: Settings, license_ids: set[int]) -> int:
+    """Drop the plane's cached copies of these licenses, so that the edges reload them from PostgreSQL.
+
+    Needed after a restore: the restored rows may carry *older* versions than the cached ones, which the
+    plane would otherwise keep serving (it never replaces a cached license with an older version), and
+    restored ids may be reused by new licenses.
+    """
+    async def run() -> None:
+        client = aioredis.Redis.from_url(settings.redis_url or "")
+        try:
+            plane = SessionPlane(client, settings)
+            await plane.load_scripts()
+            ordered = sorted(license_ids)
+            for start in range(0, len(ordered), 500):
+                await asyncio.gather(*(plane.invalidate_license(i) for i in ordered[start:start + 500]))
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())
+    return len(license_ids)
 
 
 def _scratch_dir(settings: Settings) -> Path:
@@ -766,6 +805,7 @@ def _confirm(settings: Settings, archive: Archive, manifest: Manifest) -> bool:
 
 
 def _cmd_restore(settings: Settings, args: argparse.Namespace) -> int:
+    settings = services.resolve(settings, need_redis=False)
     archive = find_archive(settings, args.name)
     manifest = archive.verify()
     if not args.yes and not _confirm(settings, archive, manifest):
@@ -774,7 +814,11 @@ def _cmd_restore(settings: Settings, args: argparse.Namespace) -> int:
     restore_backup(settings, archive)
     print(f"restored {archive.name} into {display_target(_dsn(settings))}: "
           f"{len(manifest.tables)} tables, row counts match the backup")
-    print("Restart edge, worker and admin so that no cached state outlives the restore.")
+    if settings.redis_url:
+        print("Cached licenses dropped from the session plane; edges reload them from PostgreSQL.")
+    else:
+        print(f"{PREFIX}REDIS_URL is not set: the session plane's cached licenses were NOT dropped.")
+    print("Restart edge, worker and admin so that no in-process state outlives the restore.")
     return 0
 
 

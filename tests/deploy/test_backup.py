@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
@@ -15,9 +16,12 @@ from typing import Any
 
 import psycopg
 import pytest
+import redis.asyncio as aioredis
 
 from heartline import backup
 from heartline.backup import Archive, BackupError, BackupErrorCode
+from heartline.licenses import to_cached
+from heartline.plane.sessions import SessionPlane
 from heartline.settings import Settings
 
 T0 = datetime(2026, 3, 1, 3, 0, 0, tzinfo=UTC)
@@ -325,3 +329,30 @@ def test_restore_into_an_empty_database_rebuilds_everything(backup_settings: Set
     target = backup_settings.replace(database_url=empty_database_url)
     backup.restore_backup(target, archive)
     assert snapshot(empty_database_url) == snapshot(url)
+
+
+async def test_restore_drops_the_planes_cached_licenses(backup_settings: Settings, redis: aioredis.Redis) -> None:
+    # the cache holds a newer version than the restored row: left alone, the plane would keep serving it
+    url = backup_settings.database_url
+    assert url
+    seed(url, customers=2)
+    archive = backup.create_backup(backup_settings)
+    with _connect(url) as conn:
+        conn.execute("UPDATE licenses SET status = 'suspended'")
+        rows = conn.execute("SELECT * FROM licenses ORDER BY id").fetchall()
+        columns = [c.name for c in conn.execute("SELECT * FROM licenses LIMIT 0").description or []]
+        added = conn.execute(
+            "INSERT INTO licenses (customer_id, license_key) SELECT min(id), 'HL-TEST-KEY-AFTER' FROM customers "
+            "RETURNING *").fetchone()
+    plane = SessionPlane(redis, backup_settings)
+    await plane.load_scripts()
+    for row in [*rows, added]:
+        cached = to_cached(dict(zip(columns, row, strict=True)), backup_settings)
+        assert await plane.cache_license(cached, {})
+    ids = [row[0] for row in [*rows, added]]
+    assert all([(await plane.cached_license(i)) is not None for i in ids])
+
+    await asyncio.to_thread(backup.restore_backup, backup_settings, archive)
+
+    # both the licenses that came back and the one the restore removed are reloaded from PostgreSQL
+    assert all([(await plane.cached_license(i)) is None for i in ids])
