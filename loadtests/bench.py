@@ -13,7 +13,8 @@ What one run does:
 3. serves the floor (loadtests/floor.py) and two edges (one per Redis) through loadtests/serve.py, so
    all three run on identical uvicorn settings (uvloop, httptools, 1 worker);
 4. per round: saturates the floor, the edge with `--sessions`, the edge with `--large-sessions` (one at a
-   time, the others idle), then drives the first edge at half its saturating rate for its latency;
+   time, the others idle), then drives the first edge at half its saturating rate for its latency, and
+   the floor at that same rate (the latency the machine adds by itself: other processes, the scheduler);
 5. prints the figures per round and as ranges, and writes them as JSON to loadtests/reports/.
 
 Heartbeats rotate over a hot set of up to `--hot-set` sessions drawn at random from all live ones, so
@@ -29,6 +30,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import inspect
 import json
 import os
 import platform
@@ -123,7 +125,8 @@ class Plane:
     label: str
     redis_url: str
     seed: Seed
-    tokens: list[tuple[str, str]] = field(default_factory=list)  # (license key, session token)
+    tokens: list[tuple[int, str, str]] = field(default_factory=list)  # (license id, key, session token)
+    breakdown: dict[str, float] = field(default_factory=dict)  # bytes per session by kind of key
     memory_before: int = 0
     memory_after: int = 0
     stream_bytes: int = 0
@@ -156,6 +159,67 @@ async def _stream_bytes(client: aioredis.Redis, shards: int) -> int:
     return total
 
 
+def _key_functions(*params: str) -> dict[str, Any]:
+    """keys.py's key builders taking exactly these parameters, by name (the layout may change; the
+    breakdown follows it without naming a key itself)."""
+    found = {}
+    for name, fn in vars(keys).items():
+        if callable(fn) and not name.startswith("_") and getattr(fn, "__module__", "") == keys.__name__:
+            with contextlib.suppress(TypeError, ValueError):
+                if tuple(inspect.signature(fn).parameters) == params:
+                    found[name] = fn
+    return found
+
+
+async def _usage(client: aioredis.Redis, key: str) -> int:
+    return int(await client.memory_usage(key, samples=0) or 0)
+
+
+async def key_usage(client: aioredis.Redis, license_ids: list[int], shards: int) -> dict[str, int]:
+    """MEMORY USAGE summed per key builder: the given licenses' keys, and every shard's keys but streams."""
+    totals: dict[str, int] = {}
+    for name, fn in _key_functions("license_id", "shards").items():
+        for license_id in license_ids:
+            key = fn(license_id, shards)
+            if isinstance(key, str):
+                totals[name] = totals.get(name, 0) + await _usage(client, key)
+    for name, fn in _key_functions("shard").items():
+        if "stream" not in name:
+            for shard in keys.all_shards(shards):
+                key = fn(shard)
+                if isinstance(key, str):
+                    totals[name] = totals.get(name, 0) + await _usage(client, key)
+    return totals
+
+
+async def memory_breakdown(client: aioredis.Redis, plane: Plane, sample: list[int], before: dict[str, int],
+                           shards: int) -> dict[str, float]:
+    """Bytes per live session by key builder, from MEMORY USAGE before and after the sessions started:
+    per-license keys over a sample of licenses, per-shard keys in full, per-session keys over a sample.
+
+    What MEMORY USAGE does not see — the keyspace's and the expiry table's entries, allocator rounding —
+    is the rest up to the used_memory growth.
+    """
+    sessions_of: dict[int, int] = {}
+    for license_id, _key, _token in plane.tokens:
+        sessions_of[license_id] = sessions_of.get(license_id, 0) + 1
+    sampled_sessions = sum(sessions_of.get(lid, 0) for lid in sample) or 1
+    after = await key_usage(client, sample, shards)
+    per_shard = set(_key_functions("shard"))
+    parts: dict[str, float] = {}
+    for name, size in after.items():
+        grown = size - before.get(name, 0)
+        if grown:
+            parts[name] = grown / (plane.sessions if name in per_shard else sampled_sessions)
+    per_session = _key_functions("license_id", "shards", "token")
+    if per_session:
+        picked = random.Random(1).sample(plane.tokens, min(200, len(plane.tokens)))
+        for name, fn in per_session.items():
+            parts[name] = sum([await _usage(client, fn(lid, shards, tok)) for lid, _k, tok in picked]) / len(picked)
+    parts["rest (keyspace, expiry, allocator)"] = plane.bytes_per_session - sum(parts.values())
+    return parts
+
+
 async def fill_plane(plane: Plane, database_url: str, settings: Settings, sessions: int) -> None:
     """Cache the seeded licenses in the plane as the edge would, then start `sessions` live sessions."""
     conn = await db.connect(database_url, actor="loadtest")
@@ -175,6 +239,8 @@ async def fill_plane(plane: Plane, database_url: str, settings: Settings, sessio
         for i in range(0, len(rows), 1000):
             await asyncio.gather(*(session_plane.cache_license(to_cached(r, settings), by_id[r["id"]].devices)
                                    for r in rows[i:i + 1000]))
+        sample = [lic.id for lic in random.Random(2).sample(plane.seed.licenses, min(200, len(plane.seed.licenses)))]
+        usage_before = await key_usage(client, sample, settings.stream_shards)
         plane.memory_before = await _used_memory(client)
         started = time.perf_counter()
         wanted = [(lic, fp) for lic in plane.seed.licenses for fp in lic.devices][:sessions]
@@ -185,10 +251,11 @@ async def fill_plane(plane: Plane, database_url: str, settings: Settings, sessio
             for (lic, _fp), outcome in zip(batch, outcomes, strict=True):
                 if outcome.code is not PlaneCode.STARTED or outcome.token is None:
                     raise RuntimeError(f"start refused for license {lic.id}: {outcome.code}")
-                plane.tokens.append((lic.key, outcome.token))
+                plane.tokens.append((lic.id, lic.key, outcome.token))
         plane.fill_s = time.perf_counter() - started
         plane.memory_after = await _used_memory(client)
         plane.stream_bytes = await _stream_bytes(client, settings.stream_shards)
+        plane.breakdown = await memory_breakdown(client, plane, sample, usage_before, settings.stream_shards)
     finally:
         await mux.aclose()
         await client.aclose()
@@ -197,7 +264,7 @@ async def fill_plane(plane: Plane, database_url: str, settings: Settings, sessio
 def heartbeat_requests(plane: Plane, hot_set: int, rng: random.Random) -> list[tuple[str, bytes]]:
     chosen = rng.sample(plane.tokens, min(hot_set, len(plane.tokens)))
     return [(f"/v1/sessions/{token}/heartbeat", json.dumps({"license_key": key}).encode())
-            for key, token in chosen]
+            for _license_id, key, token in chosen]
 
 
 # --- the run --------------------------------------------------------------------------------------------
@@ -208,6 +275,7 @@ class Round:
     small: LoadResult
     large: LoadResult
     small_half: LoadResult
+    floor_same_rate: LoadResult  # the floor driven at the half-rate run's rate: the latency of the box itself
 
     @property
     def floor_ratio(self) -> float:
@@ -268,6 +336,9 @@ def report(rounds: list[Round], small: Plane, large: Plane, tool: str, args: arg
         f"p50 {_range([r.small_half.p50_ms for r in rounds], '{:.2f}')} ms, "
         f"p99 {_range(half_p99, '{:.2f}')} ms   target p99 < {TARGET_P99_MS:.0f} ms: "
         f"{_mark(statistics.median(half_p99) < TARGET_P99_MS)}"),
+        (f"the floor at that same rate:                p50 "
+         f"{_range([r.floor_same_rate.p50_ms for r in rounds], '{:.2f}')} ms, "
+         f"p99 {_range([r.floor_same_rate.p99_ms for r in rounds], '{:.2f}')} ms   (what the box adds by itself)"),
         (f"heartbeat, {large.sessions:>9,} live sessions:    {_range([r.large.ok_rps for r in rounds])} /s, "
         f"p99 {_range([r.large.p99_ms for r in rounds], '{:.2f}')} ms"),
         (f"{_short(large.sessions)} / {_short(small.sessions)} sessions:                       "
@@ -277,6 +348,7 @@ def report(rounds: list[Round], small: Plane, large: Plane, tool: str, args: arg
         f"{large.sessions:,}, {small.bytes_per_session:.0f} bytes at {small.sessions:,} (streams left out; "
         f"with the `started` events still in the streams: {large.bytes_per_session_with_streams:.0f})   "
         f"target ≤ {TARGET_BYTES_PER_SESSION}: {_mark(large.bytes_per_session <= TARGET_BYTES_PER_SESSION)}"),
+        "  of which: " + ", ".join(f"{name} {size:.0f}" for name, size in large.breakdown.items()),
         (f"plane fill: {large.sessions:,} starts in {large.fill_s:.1f} s "
         f"({large.sessions / max(large.fill_s, 1e-9):,.0f} starts/s through the multiplexing client)"),
     ]
@@ -379,7 +451,8 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     s = load(edges[variant, "small"], "small", args.duration)
                     lg = load(edges[variant, "large"], "large", args.duration)
                     h = load(edges[variant, "small"], "small", args.duration, rate=s.ok_rps / 2)
-                    r = Round(f, s, lg, h)
+                    fh = load(floor, "small", args.duration, rate=s.ok_rps / 2)
+                    r = Round(f, s, lg, h, fh)
                     rounds[variant].append(r)
                     print(f"bench: round {i + 1} {variant}: floor {f.rps:.0f}/s, heartbeat {s.ok_rps:.0f}/s "
                           f"({r.floor_ratio:.2f}), at {_short(large.sessions)} {lg.ok_rps:.0f}/s "
@@ -397,13 +470,15 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "tool": tool,
         "variants": {variant: [{
             "floor": r.floor.as_dict(), "heartbeat": r.small.as_dict(), "heartbeat_large": r.large.as_dict(),
-            "heartbeat_half_rate": r.small_half.as_dict(), "floor_ratio": round(r.floor_ratio, 3),
+            "heartbeat_half_rate": r.small_half.as_dict(), "floor_same_rate": r.floor_same_rate.as_dict(),
+            "floor_ratio": round(r.floor_ratio, 3),
             "large_ratio": round(r.large_ratio, 3)} for r in variant_rounds]
             for variant, variant_rounds in rounds.items()},
         "planes": [{"sessions": p.sessions, "bytes_per_session": round(p.bytes_per_session, 1),
                     "bytes_per_session_with_streams": round(p.bytes_per_session_with_streams, 1),
                     "used_memory_before": p.memory_before, "used_memory_after": p.memory_after,
-                    "stream_bytes": p.stream_bytes, "fill_s": round(p.fill_s, 2)} for p in (small, large)],
+                    "stream_bytes": p.stream_bytes, "fill_s": round(p.fill_s, 2),
+                    "breakdown": {k: round(v, 1) for k, v in p.breakdown.items()}} for p in (small, large)],
         "summary": text,
     }
 
