@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -19,6 +20,18 @@ async def _fresh_database(database_url: str, name: str) -> str:
     finally:
         await conn.close()
     return database_url[: database_url.rfind("/")] + f"/{name}"
+
+
+@pytest.fixture(autouse=True)
+async def _drop_scratch_databases(database_url: str) -> AsyncIterator[None]:
+    """The scratch databases these tests make are dropped again, also on the machine's own server."""
+    yield
+    conn = await asyncpg.connect(database_url)
+    try:
+        for name in ("heartline_migrate_twice", "heartline_migrate_changed", "heartline_migrate_failed"):
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
 
 
 async def _schema_fingerprint(url: str) -> list[tuple[str, ...]]:
