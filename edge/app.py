@@ -31,6 +31,9 @@ log = logging.getLogger("heartline.edge")
 # Connections from one edge process; requests beyond them wait (activations serialize per license anyway).
 DATABASE_POOL_SIZE = 10
 REDIS_MAX_CONNECTIONS = 256
+# A hung server must turn into a 503 the client can retry, not a request that never ends.
+REDIS_TIMEOUT_S = 5.0
+DATABASE_COMMAND_TIMEOUT_S = 10.0
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -41,8 +44,11 @@ def create_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # hiredis is used automatically when installed (redis[hiredis]).
-        redis_client = aioredis.Redis.from_url(settings.redis_url or "", max_connections=REDIS_MAX_CONNECTIONS)
-        pool = await db.create_pool(settings.database_url or "", actor="edge", max_size=DATABASE_POOL_SIZE)
+        redis_client = aioredis.Redis.from_url(settings.redis_url or "", max_connections=REDIS_MAX_CONNECTIONS,
+                                               socket_timeout=REDIS_TIMEOUT_S,
+                                               socket_connect_timeout=REDIS_TIMEOUT_S)
+        pool = await db.create_pool(settings.database_url or "", actor="edge", max_size=DATABASE_POOL_SIZE,
+                                    command_timeout=DATABASE_COMMAND_TIMEOUT_S)
         plane = SessionPlane(redis_client, settings)
         try:
             await plane.load_scripts()
@@ -75,7 +81,7 @@ def create_app(settings: Settings) -> Starlette:
             redis.exceptions.TimeoutError: errors.handle_redis_down,
             asyncpg.PostgresConnectionError: errors.handle_database_down,
             asyncpg.InterfaceError: errors.handle_database_down,
-            OSError: errors.handle_database_down,
+            OSError: errors.handle_database_down,  # includes TimeoutError (asyncpg's command timeout)
         },
         lifespan=lifespan,
     )
