@@ -20,7 +20,7 @@ from wtforms import BooleanField, DateTimeLocalField, Field, Form, SelectField
 from wtforms.validators import DataRequired, Email, Optional, ValidationError
 
 from admin.models.crm import Activity, Contact, Institution
-from admin.views.resources import service_transaction
+from admin.views.resources import MAX_ID, service_transaction
 from heartline import crm
 from heartline.crm import ActivityKind, CrmError, Stage
 
@@ -125,7 +125,7 @@ class CrmView(BaseView):
             board = crm.pipeline(conn)
         return self.render_template("crm/pipeline.html", board=board)
 
-    @expose("/institution/<int:institution_id>")
+    @expose(f"/institution/<int(max={MAX_ID}):institution_id>")
     @has_access
     def institution(self, institution_id: int) -> Any:
         """One institution: details, contacts, timeline, stage change, new activity, conversion."""
@@ -138,7 +138,7 @@ class CrmView(BaseView):
         return self.render_template("crm/institution.html", inst=inst, events=events, stages=list(Stage),
                                     kinds=list(ActivityKind))
 
-    @expose("/institution/<int:institution_id>/stage", methods=["POST"])
+    @expose(f"/institution/<int(max={MAX_ID}):institution_id>/stage", methods=["POST"])
     @has_access
     def change_stage(self, institution_id: int) -> Response:
         """Move the institution to another stage (audited, noted on the timeline)."""
@@ -150,7 +150,7 @@ class CrmView(BaseView):
             flash(f"Refused ({exc.code}): {exc.message}", "danger")
         return redirect(url_for("CrmView.institution", institution_id=institution_id))
 
-    @expose("/institution/<int:institution_id>/convert", methods=["POST"])
+    @expose(f"/institution/<int(max={MAX_ID}):institution_id>/convert", methods=["POST"])
     @has_access
     def convert(self, institution_id: int) -> Response:
         """Create the customer of a won institution, once."""
@@ -166,7 +166,7 @@ class CrmView(BaseView):
             flash(f"Already converted: customer #{result.customer_id}.", "info")
         return redirect(url_for("CrmView.institution", institution_id=institution_id))
 
-    @expose("/institution/<int:institution_id>/activity", methods=["POST"])
+    @expose(f"/institution/<int(max={MAX_ID}):institution_id>/activity", methods=["POST"])
     @has_access
     def add_activity(self, institution_id: int) -> Response:
         """Log a call / e-mail / meeting / note or create a task on the timeline."""
@@ -198,7 +198,7 @@ class CrmView(BaseView):
             mine = crm.open_tasks(conn, _username())
         return self.render_template("crm/tasks.html", tasks=mine)
 
-    @expose("/tasks/<int:activity_id>/done", methods=["POST"])
+    @expose(f"/tasks/<int(max={MAX_ID}):activity_id>/done", methods=["POST"])
     @has_access
     def task_done(self, activity_id: int) -> Response:
         """Tick a task off."""

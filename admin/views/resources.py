@@ -31,6 +31,8 @@ RESOURCE_ALLOCATIONS = "ResourceAllocations"
 RESOURCES = "Resources"
 
 CATEGORY = "Resources"
+# Ids in URLs and forms are bigint: larger numbers are a 404 / a refusal, not a database error.
+MAX_ID = 2**63 - 1
 # Uploads beyond this are refused before parsing: a pool file is lines of at most 253 characters.
 MAX_IMPORT_BYTES = 2 * 1024 * 1024
 
@@ -208,7 +210,7 @@ class ResourcesView(BaseView):
             return redirect(url_for("ResourcesView.dashboard"))
         return redirect(url_for("ResourcesView.license", license_id=row[0]))
 
-    @expose("/license/<int:license_id>")
+    @expose(f"/license/<int(max={MAX_ID}):license_id>")
     @has_access
     def license(self, license_id: int) -> Any:
         """Quotas, held resources and allocation history of one license."""
@@ -228,7 +230,7 @@ class ResourcesView(BaseView):
         return self.render_template("resources/license.html", license=lic, usage=usage, held=held,
                                     history=history, types=list(ResourceType))
 
-    @expose("/license/<int:license_id>/allocate", methods=["POST"])
+    @expose(f"/license/<int(max={MAX_ID}):license_id>/allocate", methods=["POST"])
     @has_access
     def allocate(self, license_id: int) -> Response:
         """Allocate n free resources of a type; over-quota and empty-pool requests are refused."""
@@ -248,13 +250,15 @@ class ResourcesView(BaseView):
                 flash(f"Refused ({exc.code}): {exc.message}", "danger")
         return redirect(url_for("ResourcesView.license", license_id=license_id))
 
-    @expose("/license/<int:license_id>/release", methods=["POST"])
+    @expose(f"/license/<int(max={MAX_ID}):license_id>/release", methods=["POST"])
     @has_access
     def release(self, license_id: int) -> Response:
         """Release the selected resources into quarantine."""
         try:
             ids = [int(v) for v in request.form.getlist("resource_id")]
         except ValueError:
+            ids = []
+        if not all(0 < i <= MAX_ID for i in ids):
             ids = []
         if not ids:
             flash("Select the resources to release.", "danger")

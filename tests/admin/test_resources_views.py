@@ -183,3 +183,16 @@ def test_retire_and_reinstate_actions_leave_allocated_resources_alone(
     reinstated = action(client, "resourcepoolview", "reinstate", ids)
     assert "Reinstated 1 resource(s)" in reinstated.get_data(as_text=True)
     assert pg.execute("SELECT status FROM resource_pools WHERE value = '8.8.4.2'").fetchone() == ("available",)
+
+
+def test_ids_beyond_bigint_are_404_or_refused_not_server_errors(
+        signed_in: tuple[FlaskClient, Admin], pg: psycopg.Connection[Any]) -> None:
+    client, _admin = signed_in
+    huge = str(2**63)
+    assert client.get(f"/resources/license/{huge}").status_code == 404
+    assert client.get(f"/crm/institution/{huge}").status_code == 404
+    license_id = _license(pg, quota_ipv4=1)
+    page = f"/resources/license/{license_id}"
+    refused = post_form(client, f"{page}/release", {"resource_id": huge}, page=page, follow=True)
+    assert "Select the resources to release" in refused.get_data(as_text=True)
+    assert client.get(f"/resources/license?q={huge}", follow_redirects=True).status_code == 200
