@@ -161,6 +161,8 @@ def add_activity(conn: psycopg.Connection[Any], institution_id: int, kind: Activ
     activity = ActivityKind(kind)
     if not subject.strip():
         raise CrmError("an activity needs a subject")
+    if "\x00" in subject or (body and "\x00" in body):
+        raise CrmError("text must not contain NUL characters")
     if due_at is not None and activity is not ActivityKind.TASK:
         raise CrmError("only tasks have a due date")
     with conn.transaction():
@@ -232,7 +234,8 @@ def _like(term: str) -> str:
 def search(conn: psycopg.Connection[Any], query: str, *, limit: int = 100) -> list[dict[str, Any]]:
     """Institutions whose name, city, country, website or any contact (name, e-mail, phone, role)
     contains `query` (case-insensitive); each hit names the matching contact, if that is what matched."""
-    term = query.strip()
+    # PostgreSQL text cannot hold NUL: such a query could match nothing anyway.
+    term = query.replace("\x00", "").strip()
     if not term:
         return []
     pattern = _like(term)

@@ -163,3 +163,10 @@ def test_csv_export_lists_institutions_with_contacts_and_defuses_formulas(pg: ps
     assert [r["name"] for r in only_lost] == ["Other"]
     with pytest.raises(InvalidStage):
         crm.export_csv(pg, stage="bogus")
+
+
+def test_text_with_nul_characters_is_refused_or_ignored(pg: psycopg.Connection[Any]) -> None:
+    inst = _institution(pg, "Uni Kiel")
+    with pytest.raises(crm.CrmError, match="NUL"):
+        crm.add_activity(pg, inst, "note", "bad\x00subject", actor=ADMIN)
+    assert [h["id"] for h in crm.search(pg, "Ki\x00el")] == [inst]
