@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -146,3 +147,18 @@ async def test_too_frequent_heartbeat_gets_429_with_retry_after(
     assert 1 <= int(r.headers["Retry-After"]) <= 10
     shard = keys.shard_of(lic["id"], edge_settings.stream_shards)
     assert await redis.xlen(keys.heartbeat_stream(shard)) == 0
+
+
+async def test_heartbeats_need_no_postgres_once_warm(
+        client: httpx.AsyncClient, license_with_devices: Callable[..., Any], app: Starlette,
+        edge_settings: Settings) -> None:
+    lic, _ = await license_with_devices(devices=1)
+    token = await open_session(client, lic["license_key"])
+    assert (await beat(client, token, lic["license_key"])).status_code == 200
+    await app.state.edge.pool.close()  # from here on every PostgreSQL query fails
+    await asyncio.sleep(edge_settings.api_key_cache_s + 0.1)  # the API key's cache entry has expired too
+    for _ in range(3):
+        assert (await beat(client, token, lic["license_key"])).status_code == 200
+    r = await client.post("/v1/licenses/validate", json={"license_key": "HL-NEVER-SEEN-KEY",
+                                                         "hardware_fingerprint": "x"})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "DATABASE_UNAVAILABLE"

@@ -185,3 +185,14 @@ async def _until(probe: Callable[[], Any], expected: Any, timeout: float = 5.0) 
 def _ago(**delta: float) -> Any:
     import datetime as dt
     return dt.datetime.now(dt.UTC) - dt.timedelta(**delta)
+
+
+async def test_concurrent_ends_of_one_session_emit_one_event(
+        client: httpx.AsyncClient, license_with_devices: Callable[..., Any], redis: aioredis.Redis,
+        edge_settings: Settings) -> None:
+    lic, _ = await license_with_devices(devices=1)
+    token = (await start(client, lic["license_key"], "fp0")).json()["session_token"]
+    replies = await asyncio.gather(*(client.post(f"/v1/sessions/{token}/end", json={"license_key": lic["license_key"]})
+                                     for _ in range(20)))
+    assert sorted(r.status_code for r in replies) == [200] + [404] * 19
+    assert len(await ended_events(redis, edge_settings, lic["id"])) == 1
