@@ -196,3 +196,15 @@ async def test_concurrent_ends_of_one_session_emit_one_event(
                                      for _ in range(20)))
     assert sorted(r.status_code for r in replies) == [200] + [404] * 19
     assert len(await ended_events(redis, edge_settings, lic["id"])) == 1
+
+
+async def test_plane_restarted_empty_means_session_not_found_then_a_fresh_start(
+        client: httpx.AsyncClient, license_with_devices: Callable[..., Any], redis: aioredis.Redis) -> None:
+    lic, _ = await license_with_devices(devices=1)
+    token = (await start(client, lic["license_key"], "fp0")).json()["session_token"]
+    await redis.flushdb()  # what a Redis restart without persistence leaves: no sessions, no scripts
+    await redis.script_flush()
+    r = await client.post(f"/v1/sessions/{token}/heartbeat", json={"license_key": lic["license_key"]})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "SESSION_NOT_FOUND"
+    again = await start(client, lic["license_key"], "fp0")
+    assert again.status_code == 201 and again.json()["session_token"] != token
