@@ -61,7 +61,8 @@ def bar_list(rows: Sequence[tuple[str, float, str]], *, title: str, maximum: flo
             color = RED if ratio >= 1 else ORANGE if ratio >= 0.8 else GREEN
         parts.append(f'<text x="{label_w - 6}" y="{y + 15}" text-anchor="end">{escape(_cut(label))}</text>'
                      f'<rect x="{label_w}" y="{y + 3}" width="{plot_w}" height="16" fill="#eee"/>'
-                     f'<rect x="{label_w}" y="{y + 3}" width="{plot_w * ratio:.1f}" height="16" fill="{color}">'
+                     f'<rect x="{label_w}" y="{y + 3}" width="{plot_w * ratio:.1f}" height="16" '
+                     f'fill="{color}">'
                      f"<title>{escape(label)}: {escape(shown)}</title></rect>"
                      f'<text x="{label_w + plot_w + 6}" y="{y + 15}">{escape(shown)}</text>')
     return _svg(width, len(rows) * row_h + 8, "".join(parts), title)

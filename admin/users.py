@@ -53,8 +53,8 @@ def create_admin_main(settings: Settings, argv: list[str]) -> int:
             print(f"Demo admin:       user '{DEMO_USERNAME}', password '{password}'   (shown once; "
                   "you will set up two-factor login at the first sign-in)")
         else:
-            print(f"Demo admin:       user '{DEMO_USERNAME}' exists (its password was shown at the first run; "
-                  "`heartline create-admin` makes another)")
+            print(f"Demo admin:       user '{DEMO_USERNAME}' exists (its password was shown at the first "
+                  "run; `heartline create-admin` makes another)")
         return 0
 
     username = args.username or input("Username: ").strip()
@@ -71,7 +71,8 @@ def create_admin_main(settings: Settings, argv: list[str]) -> int:
         return 1
     if not create_admin(settings, username=username, email=email, password=password,
                         first_name=args.first_name, last_name=args.last_name):
-        print(f"heartline create-admin: user '{username}' or e-mail '{email}' exists already", file=sys.stderr)
+        print(f"heartline create-admin: user '{username}' or e-mail '{email}' exists already",
+              file=sys.stderr)
         return 1
     print(f"Admin '{username}' created; two-factor login is set up at the first sign-in.")
     return 0

@@ -112,7 +112,8 @@ class HeartlineUserDBModelView(UserDBModelView):
             service.reset(user.id)
             audit_event(user, "totp.reset", by=g.user.username)
             current_app.logger.info("admin.totp.reset username=%s by=%s", user.username, g.user.username)
-            flash(f"Two-factor login of {user.username} reset; they enrol again at their next sign-in.", "success")
+            flash(f"Two-factor login of {user.username} reset; they enrol again at their next sign-in.",
+                  "success")
         self.appbuilder.sm.session.commit()
         return redirect(self.get_redirect())
 

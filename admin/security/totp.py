@@ -232,8 +232,8 @@ class TotpService:
         """Count a failure; the max_failures-th locks the admin out for lockout_s seconds."""
         result = self.session.execute(
             text("UPDATE admin_totp SET failed_attempts = failed_attempts + 1, updated_at = now(), "
-                 "locked_until = CASE WHEN failed_attempts + 1 >= :max THEN now() + make_interval(secs => :s) "
-                 "ELSE locked_until END "
+                 "locked_until = CASE WHEN failed_attempts + 1 >= :max "
+                 "THEN now() + make_interval(secs => :s) ELSE locked_until END "
                  "WHERE user_id = :u RETURNING failed_attempts, locked_until"),
             {"max": self.max_failures, "s": self.lockout_s, "u": row.user_id}).one()
         if result.locked_until is not None and result.failed_attempts >= self.max_failures:

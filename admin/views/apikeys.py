@@ -38,8 +38,8 @@ def create_api_key(session: Session, name: str, created_by: str) -> tuple[int, s
 
 
 def revoke_api_key(session: Session, key_id: int) -> bool:
-    result = session.execute(text("UPDATE api_keys SET revoked_at = now() WHERE id = :id AND revoked_at IS NULL"),
-                             {"id": key_id})
+    result = session.execute(
+        text("UPDATE api_keys SET revoked_at = now() WHERE id = :id AND revoked_at IS NULL"), {"id": key_id})
     return result.rowcount == 1  # type: ignore[attr-defined]
 
 

@@ -23,8 +23,10 @@ log = logging.getLogger("admin.dashboard")
 
 EXPIRY_HORIZON_DAYS = 30
 NEAR_LIMIT_RATIO = 0.8
-# Prometheus samples carrying a refusal code, e.g. heartline_edge_refusals_total{code="SESSION_LIMIT_REACHED"} 3
-REFUSAL_SAMPLE = re.compile(r'^(?P<name>[a-zA-Z_:][\w:]*refus\w*)\{(?P<labels>[^}]*)\}\s+(?P<value>[0-9.eE+-]+)')
+# Prometheus samples carrying a refusal code, e.g.
+# heartline_edge_refusals_total{code="SESSION_LIMIT_REACHED"} 3
+REFUSAL_SAMPLE = re.compile(
+    r'^(?P<name>[a-zA-Z_:][\w:]*refus\w*)\{(?P<labels>[^}]*)\}\s+(?P<value>[0-9.eE+-]+)')
 CODE_LABEL = re.compile(r'code="(?P<code>[^"]+)"')
 
 HEARTBEATS_PER_MINUTE = text("""

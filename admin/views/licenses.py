@@ -81,12 +81,15 @@ class LicenseView(ModelView):
     class_permission_name = permissions.LICENSES
     list_title = show_title = add_title = edit_title = "Licenses"
     related_views = [DeviceView, LiveSessionView, SessionHistoryView]
+    # No delete: a license's history and audit trail outlive it; suspend or revoke instead.
+    base_permissions = ["can_list", "can_show", "can_add", "can_edit"]
     show_template = "appbuilder/general/model/show_cascade.html"
 
     list_columns = ["license_key", "customer", "product", "status", "valid_until", "device_limit",
                     "concurrent_sessions_limit"]
     show_columns = ["license_key", "customer", "product", "status", "valid_from", "valid_until",
-                    "device_limit", "concurrent_sessions_limit", "heartbeat_interval_s", "heartbeat_timeout_s",
+                    "device_limit", "concurrent_sessions_limit", "heartbeat_interval_s",
+                    "heartbeat_timeout_s",
                     "quota_domains", "quota_ipv4", "quota_phones", "notes", "version", "created_at",
                     "updated_at"]
     add_columns = ["customer", "product", "valid_from", "valid_until", "device_limit",
@@ -185,6 +188,23 @@ class LicenseView(ModelView):
             flash(f"{item.license_key} suspended; {ended} live session(s) ended.", "success")
         return redirect(self.get_redirect())
 
+    @action("revoke", "Revoke", "Revoke the selected licenses for good? Their live sessions end now.",
+            "fa-ban")
+    def revoke(self, items: Any) -> Any:
+        for item in _as_list(items):
+            if item.status == LicenseStatus.REVOKED:
+                continue
+            self._set_status(item, LicenseStatus.REVOKED)
+            try:
+                # end_reason has no 'revoked': a revoked license's sessions end as a suspension does
+                ended = plane().end_license_sessions(item.id, EndReason.LICENSE_SUSPENDED)
+            except PlaneError as exc:
+                flash(f"{item.license_key} revoked, but its sessions could not be ended: {exc}", "danger")
+                continue
+            refresh_edge_cache(item.id)
+            flash(f"{item.license_key} revoked; {ended} live session(s) ended.", "success")
+        return redirect(self.get_redirect())
+
     @action("reactivate", "Reactivate", "Reactivate the selected licenses?", "fa-play")
     def reactivate(self, items: Any) -> Any:
         for item in _as_list(items):
@@ -202,7 +222,8 @@ class LicenseView(ModelView):
             # from the later of now and the current end, so an expired license gets a full year
             new_end = session.execute(
                 text("UPDATE licenses SET valid_until = greatest(coalesce(valid_until, now()), now()) + "
-                     ":by WHERE id = :id RETURNING valid_until"), {"by": EXTEND_BY, "id": item.id}).scalar_one()
+                     ":by WHERE id = :id RETURNING valid_until"),
+                {"by": EXTEND_BY, "id": item.id}).scalar_one()
             session.commit()
             refresh_edge_cache(item.id)
             flash(f"{item.license_key} valid until {new_end:%Y-%m-%d}.", "success")

@@ -15,7 +15,7 @@ from admin_support import PASSWORD, Admin, enrol
 from flask import Flask
 from flask.testing import FlaskClient
 
-from admin.app import VIEW_MODULES, create_app
+from admin.app import create_app
 from admin.users import create_admin
 from heartline.settings import Settings
 
@@ -48,8 +48,7 @@ def admin_settings(database_url: str, redis_url: str, tmp_path_factory: pytest.T
 @pytest.fixture(scope="session")
 def admin_app(admin_settings: Settings) -> Flask:
     # Many sign-ins from one address: the password limiter is raised here and tested on its own.
-    app = create_app(admin_settings, [m for m in VIEW_MODULES if m not in ("admin.views.resources", "admin.views.crm")],
-                     config={"AUTH_RATE_LIMIT": "10000 per minute"})
+    app = create_app(admin_settings, config={"AUTH_RATE_LIMIT": "10000 per minute"})
     app.config["TESTING"] = True
     # Tests submit forms like a browser does, CSRF token included (see csrf_token below).
     return app

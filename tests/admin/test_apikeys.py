@@ -1,4 +1,5 @@
-"""System API keys: generated on the "Lizenzserver Administration" page and shown once, revoked from the list."""
+"""System API keys: generated on the "Lizenzserver Administration" page and shown once, revoked from the
+list."""
 
 from __future__ import annotations
 
@@ -7,9 +8,8 @@ import re
 from typing import Any
 
 import psycopg
-from flask.testing import FlaskClient
-
 from admin_support import Admin, action, post_form
+from flask.testing import FlaskClient
 
 
 def test_generating_a_key_shows_it_once_and_stores_only_its_hash(

@@ -21,10 +21,10 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from admin_support import Admin
 from flask import Flask
 
 from admin.security.totp import code_for, current_step
-from admin_support import Admin
 from heartline.settings import Settings
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -193,7 +193,8 @@ async def test_admin_end_to_end_in_chromium(
     flash = await page.inner_text(".alert-info")
     license_key = re.search(r"HL(-[A-Z0-9]{5}){4}", flash)
     assert license_key, flash
-    license_id = pg.execute("SELECT id FROM licenses WHERE license_key = %s", (license_key.group(0),)).fetchone()[0]
+    license_id = pg.execute("SELECT id FROM licenses WHERE license_key = %s",
+                            (license_key.group(0),)).fetchone()[0]
 
     # The system API key from the "Lizenzserver Administration" page, shown once.
     await page.goto("/system/")
@@ -209,7 +210,8 @@ async def test_admin_end_to_end_in_chromium(
         assert started.status_code == 201, started.text
         token = started.json()["session_token"]
         for _ in range(3):
-            beat = await edge.post(f"/v1/sessions/{token}/heartbeat", json={"license_key": license_key.group(0)})
+            beat = await edge.post(f"/v1/sessions/{token}/heartbeat",
+                                   json={"license_key": license_key.group(0)})
             assert beat.status_code == 200, beat.text
         # a second device fits the limit of 2 sessions, a third is refused (the dashboard counts it)
         second = await edge.post("/v1/sessions", json={"license_key": license_key.group(0),
@@ -244,9 +246,20 @@ async def test_admin_end_to_end_in_chromium(
         assert ended.status_code == 200, ended.text
     content = await until(page, "/sessionhistoryview/list/?_flt_0_end_reason=admin_terminated", token)
     assert "admin_terminated" in content
-    assert pg.execute("SELECT end_reason FROM session_history WHERE session_token = %s", (token,)).fetchone() \
-        == ("admin_terminated",)
+    reason = pg.execute("SELECT end_reason FROM session_history WHERE session_token = %s", (token,)).fetchone()
+    assert reason == ("admin_terminated",)
     await until(page, "/livesessionview/list/", "No records found")
+
+    # Suspending the license on its page reaches the edge at once.
+    await page.goto(f"/licenseview/show/{license_id}")
+    await page.click("text=Suspend")
+    await page.click("#modal-confirm-ok")
+    await page.wait_for_load_state()
+    assert "suspended" in await page.inner_text(".alert-success")
+    async with httpx.AsyncClient(base_url=edge_and_worker, headers={"X-API-Key": api_key}) as edge:
+        refused = await edge.post("/v1/sessions", json={"license_key": license_key.group(0),
+                                                        "hardware_fingerprint": "browser-fp-1"})
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "LICENSE_SUSPENDED"
     actors = {r[0] for r in pg.execute("SELECT DISTINCT actor FROM audit_log WHERE table_name IN "
                                        "('customers', 'licenses', 'api_keys')")}
     assert actors == {f"admin:{admin.username}"}

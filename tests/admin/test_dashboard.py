@@ -66,7 +66,8 @@ def test_dashboard_draws_its_charts_from_real_data(
         edge_metrics: str, monkeypatch: pytest.MonkeyPatch) -> None:
     client, _ = signed_in
     app: Flask = client.application
-    soon = license_row(pg, valid_until=dt.datetime.now(dt.UTC) + dt.timedelta(days=5), license_key="HL-SOON-00001")
+    soon = license_row(pg, valid_until=dt.datetime.now(dt.UTC) + dt.timedelta(days=5),
+                       license_key="HL-SOON-00001")
     license_row(pg, valid_until=dt.datetime.now(dt.UTC) + dt.timedelta(days=90), license_key="HL-LATER-0001")
     full = license_row(pg, device_limit=2, concurrent_sessions_limit=1, license_key="HL-FULL-00001")
     device(pg, full["id"], "fp-1")

@@ -8,10 +8,9 @@ import uuid
 from typing import Any
 
 import psycopg
-from flask.testing import FlaskClient
-
 from admin_rows import license_row
 from admin_support import Admin
+from flask.testing import FlaskClient
 
 
 def insert_heartbeats(pg: psycopg.Connection[Any], license_id: int, count: int, start: dt.datetime) -> None:

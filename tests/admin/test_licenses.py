@@ -9,9 +9,9 @@ from typing import Any
 
 import psycopg
 import redis
+from admin_support import Admin, action, is_live, plane_events, post_form, start_live_session
 from flask.testing import FlaskClient
 
-from admin_support import Admin, action, is_live, plane_events, post_form, start_live_session
 from heartline.plane import keys
 from heartline.settings import Settings
 
@@ -32,14 +32,15 @@ def license_form(customer_id: int, **fields: Any) -> dict[str, Any]:
     return form
 
 
-def add_license(client: FlaskClient, pg: psycopg.Connection[Any], customer_id: int, **fields: Any) -> dict[str, Any]:
+def add_license(client: FlaskClient, pg: psycopg.Connection[Any], customer_id: int,
+                **fields: Any) -> dict[str, Any]:
     response = post_form(client, "/licenseview/add", license_form(customer_id, **fields))
     assert response.status_code == 302, response.get_data(as_text=True)
-    row = pg.execute("SELECT id, license_key, status, device_limit, concurrent_sessions_limit, valid_until "
-                     "FROM licenses WHERE customer_id = %s ORDER BY id DESC LIMIT 1", (customer_id,)).fetchone()
+    columns = ("id", "license_key", "status", "device_limit", "concurrent_sessions_limit", "valid_until")
+    row = pg.execute(f"SELECT {', '.join(columns)} FROM licenses WHERE customer_id = %s "
+                     "ORDER BY id DESC LIMIT 1", (customer_id,)).fetchone()
     assert row
-    return dict(zip(("id", "license_key", "status", "device_limit", "concurrent_sessions_limit", "valid_until"),
-                    row, strict=True))
+    return dict(zip(columns, row, strict=True))
 
 
 def test_admin_creates_a_customer_and_a_license_with_a_generated_key(
@@ -78,13 +79,15 @@ def test_license_limits_outside_the_database_checks_are_refused_in_the_form(
         ({"concurrent_sessions_limit": 0}, "Enter a concurrent sessions limit of at least 1."),
         ({"heartbeat_interval_s": 30, "heartbeat_timeout_s": 30},
          "The heartbeat timeout (30 s) must be greater than the heartbeat interval (30 s)"),
-        ({"heartbeat_interval_s": 90}, "The heartbeat timeout (60 s) must be greater than the heartbeat interval (90 s)"),
+        ({"heartbeat_interval_s": 90},
+         "The heartbeat timeout (60 s) must be greater than the heartbeat interval (90 s)"),
         ({"valid_from": "2026-06-01 00:00:00", "valid_until": "2026-05-01 00:00:00"},
          "'Valid until' must be after 'valid from'."),
         ({"quota_ipv4": -1}, "A quota cannot be negative."),
     ]
     for fields, message in cases:
-        page = post_form(client, "/licenseview/add", license_form(customer_id, **fields)).get_data(as_text=True)
+        page = post_form(client, "/licenseview/add",
+                         license_form(customer_id, **fields)).get_data(as_text=True)
         assert message in page, (fields, message)
     assert pg.execute("SELECT count(*) FROM licenses").fetchone()[0] == 0
 
@@ -109,8 +112,8 @@ def test_editing_limits_drops_the_license_from_the_edge_cache_and_is_audited(
         "WHERE table_name = 'licenses' AND operation = 'UPDATE' ORDER BY id DESC LIMIT 1").fetchone()
     assert (old, new, actor) == ("3", "5", f"admin:{admin.username}")
     page = client.get("/auditlogview/list/?_flt_0_table_name=licenses").get_data(as_text=True)
-    assert re.search(r'<b>device_limit</b>: <span class="hl-diff-old">3</span> → <span class="hl-diff-new">5</span>',
-                     page)
+    assert re.search(r'<b>device_limit</b>: <span class="hl-diff-old">3</span> → '
+                     r'<span class="hl-diff-new">5</span>', page)
 
 
 def test_suspending_a_license_ends_its_live_sessions(
@@ -141,3 +144,17 @@ def test_extending_a_license_adds_a_year_from_its_end_or_from_now(
     assert until[future["id"]] == dt.datetime(2032, 1, 1, tzinfo=dt.UTC)
     from_now = until[open_ended["id"]] - dt.datetime.now(dt.UTC)
     assert dt.timedelta(days=364) < from_now <= dt.timedelta(days=365)
+
+
+def test_licenses_cannot_be_deleted_but_can_be_revoked(
+        signed_in: tuple[FlaskClient, Admin], pg: psycopg.Connection[Any], admin_settings: Settings) -> None:
+    client, _ = signed_in
+    lic = add_license(client, pg, add_customer(client, pg))
+    token = start_live_session(admin_settings, lic["id"], "fp-r")
+    page = client.get(f"/licenseview/show/{lic['id']}").get_data(as_text=True)
+    assert "/licenseview/delete/" not in page
+    assert client.post(f"/licenseview/delete/{lic['id']}").status_code in (400, 403, 404, 405)
+    page = action(client, "licenseview", "revoke", [lic["id"]]).get_data(as_text=True)
+    assert "revoked; 1 live session(s) ended" in page
+    assert pg.execute("SELECT status FROM licenses WHERE id = %s", (lic["id"],)).fetchone()[0] == "revoked"
+    assert not is_live(admin_settings, lic["id"], token)

@@ -20,7 +20,8 @@ def test_every_model_column_exists_with_its_type_and_nullability(database_url: s
             assert set(db_columns) == {c.name for c in table.columns}, table.name
             for column in table.columns:
                 db_column = db_columns[column.name]
-                assert column.nullable == db_column["nullable"] or column.primary_key, (table.name, column.name)
+                assert column.nullable == db_column["nullable"] or column.primary_key, \
+                    (table.name, column.name)
                 model_type = column.type.compile(dialect=engine.dialect)
                 db_type = db_column["type"].compile(dialect=engine.dialect)
                 assert _same_type(model_type, db_type), (table.name, column.name, model_type, db_type)

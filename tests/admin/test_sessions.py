@@ -6,10 +6,10 @@ import datetime as dt
 from typing import Any
 
 import psycopg
-from flask.testing import FlaskClient
-
 from admin_rows import device, history, license_row, mirror_session
 from admin_support import Admin, action, is_live, plane_events, start_live_session
+from flask.testing import FlaskClient
+
 from heartline.settings import Settings
 
 
@@ -27,7 +27,8 @@ def test_terminating_a_live_session_ends_it_in_the_plane_as_admin_terminated(
     assert f"Session {token} terminated" in page
     assert not is_live(admin_settings, lic["id"], token)
     assert is_live(admin_settings, lic["id"], other)
-    ended = [(e.session_token, e.reason) for e in plane_events(admin_settings, lic["id"]) if e.kind == "ended"]
+    ended = [(e.session_token, e.reason)
+             for e in plane_events(admin_settings, lic["id"]) if e.kind == "ended"]
     assert ended == [(token, "admin_terminated")]
     # a second click finds it ended and says so, without a second event
     page = action(client, "livesessionview", "terminate", [token]).get_data(as_text=True)

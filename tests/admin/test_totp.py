@@ -120,8 +120,10 @@ def test_repeated_failures_lock_the_admin_out(client: FlaskClient, make_admin: C
                               (admin.id,)).fetchone()[0]
     assert 0 < locked_until.total_seconds() <= admin_settings.totp_lockout_s
     # the lockout over, the right code signs in
-    pg.execute("UPDATE admin_totp SET locked_until = now() - interval '1 second' WHERE user_id = %s", (admin.id,))
-    response = client.post("/totp/verify", data={"code": admin.code(step_offset=1), "csrf_token": csrf_token(page)})
+    pg.execute("UPDATE admin_totp SET locked_until = now() - interval '1 second' WHERE user_id = %s",
+               (admin.id,))
+    response = client.post("/totp/verify", data={"code": admin.code(step_offset=1),
+                                                 "csrf_token": csrf_token(page)})
     assert response.status_code == 302 and is_signed_in(client)
 
 
@@ -143,7 +145,8 @@ def test_new_recovery_codes_replace_the_old_ones(signed_in: tuple[FlaskClient, A
     client, admin = signed_in
     old_page = client.get("/totp/recovery-codes").get_data(as_text=True)
     assert "<strong>10</strong> unused" in old_page
-    page = client.post("/totp/recovery-codes", data={"csrf_token": csrf_token(old_page)}).get_data(as_text=True)
+    page = client.post("/totp/recovery-codes",
+                       data={"csrf_token": csrf_token(old_page)}).get_data(as_text=True)
     new_codes = re.findall(r"<li>([A-Z2-9]{5}-[A-Z2-9]{5})</li>", page)
     assert len(new_codes) == 10
     client.get("/logout/")
@@ -197,7 +200,8 @@ def test_code_window_is_one_step_either_side() -> None:
     assert matching_step(secret, "12345", now) is None and matching_step(secret, "abcdef", now) is None
 
 
-def test_password_guessing_is_rate_limited(admin_settings: Settings, make_admin: Callable[..., Admin]) -> None:
+def test_password_guessing_is_rate_limited(admin_settings: Settings,
+                                           make_admin: Callable[..., Admin]) -> None:
     app = create_app(admin_settings, view_modules=[], update_permissions=False,
                      config={"AUTH_RATE_LIMIT": "3 per minute"})
     client = app.test_client()
@@ -220,8 +224,10 @@ def test_an_admin_can_reset_another_admins_two_factor_login(
     page = action(client, "users", "reset_2fa", [lost.id]).get_data(as_text=True)
     assert f"Two-factor login of {lost.username} reset" in page
     assert pg.execute("SELECT count(*) FROM admin_totp WHERE user_id = %s", (lost.id,)).fetchone()[0] == 0
-    assert pg.execute("SELECT count(*) FROM admin_recovery_codes WHERE user_id = %s", (lost.id,)).fetchone()[0] == 0
+    assert pg.execute("SELECT count(*) FROM admin_recovery_codes WHERE user_id = %s",
+                      (lost.id,)).fetchone()[0] == 0
     assert pg.execute("SELECT actor, operation FROM audit_log WHERE table_name = 'admin_totp' AND "
-                      "new_values->>'event' = 'totp.reset'").fetchone() == (f"admin:{boss.username}", "DELETE")
+                      "new_values->>'event' = 'totp.reset'").fetchone() == \
+        (f"admin:{boss.username}", "DELETE")
     fresh = admin_app.test_client()
     assert password_step(fresh, lost).location.endswith("/totp/enroll")
