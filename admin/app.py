@@ -12,7 +12,7 @@ import importlib.util
 import logging
 from typing import Any
 
-from flask import Flask, g
+from flask import Flask, g, request
 from flask_appbuilder import AppBuilder
 from flask_appbuilder.models.sqla.base import SQLA
 from flask_login import current_user
@@ -75,7 +75,10 @@ def create_app(settings: Settings, view_modules: list[str] | None = None, *,
 
     @app.before_request
     def _bind_actor() -> None:
-        # Registered after FAB's own before_request, which puts the user in g.user.
+        # Registered after FAB's own before_request, which puts the user in g.user.  Static files
+        # change nothing and need no user lookup.
+        if (request.endpoint or "").endswith("static"):
+            return
         if current_user.is_authenticated:
             actor.bind_request_user(db.session, g.user.username)
 

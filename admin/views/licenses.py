@@ -10,8 +10,9 @@ import datetime as dt
 import logging
 from typing import Any
 
-from flask import flash, g, redirect
+from flask import flash, g, redirect, url_for
 from flask_appbuilder import AppBuilder, ModelView, action
+from markupsafe import Markup
 from sqlalchemy import text
 from wtforms import Form
 from wtforms.fields import DateTimeLocalField, Field, IntegerField, StringField
@@ -106,6 +107,8 @@ class LicenseView(ModelView):
         "quota_domains": "Domains", "quota_ipv4": "IPv4 addresses", "quota_phones": "Phone numbers",
     }
     formatters_columns = {
+        "license_key": lambda key: Markup('{} <a class="small" href="{}">heartbeats</a>').format(
+            key, url_for("HeartbeatView.index", license=key)),
         **timestamps("valid_from", "created_at", "updated_at"),
         "valid_until": lambda v: when(v) if v else "never expires",
         "heartbeat_interval_s": lambda v: f"{v} s" if v else f"default ({DEFAULT_INTERVAL_S} s)",

@@ -34,7 +34,9 @@ def test_heartbeats_page_newest_first_without_gaps_or_repeats(
     insert_heartbeats(pg, lic["id"], 121, start)
     insert_heartbeats(pg, other["id"], 10, start)
     seen: list[str] = []
+    license_page = client.get(f"/licenseview/show/{lic['id']}").get_data(as_text=True)
     url = f"/heartbeats/?license={lic['license_key']}"
+    assert f'href="{url}"' in license_page
     pages = 0
     while url:
         page = client.get(url).get_data(as_text=True)
