@@ -116,6 +116,12 @@ def start_server(name: str, which: str, env: dict[str, str], workdir: Path) -> S
     raise RuntimeError(f"{name} did not answer /healthz within 60 s:\n{log_path.read_text()[-3000:]}")
 
 
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 # --- the plane ------------------------------------------------------------------------------------------
 
 @dataclass
@@ -276,6 +282,19 @@ class Round:
     large: LoadResult
     small_half: LoadResult
     floor_same_rate: LoadResult  # the floor driven at the half-rate run's rate: the latency of the box itself
+    # CPU µs the server process spent per answered request while saturated: unlike req/s, barely moved by
+    # other processes competing for the cores, so their ratios are the steadier estimate
+    floor_cpu_us: float = 0.0
+    small_cpu_us: float = 0.0
+    large_cpu_us: float = 0.0
+
+    @property
+    def cpu_ratio(self) -> float:
+        return self.floor_cpu_us / self.small_cpu_us if self.small_cpu_us else 0.0
+
+    @property
+    def cpu_large_ratio(self) -> float:
+        return self.small_cpu_us / self.large_cpu_us if self.large_cpu_us else 0.0
 
     @property
     def floor_ratio(self) -> float:
@@ -332,6 +351,9 @@ def report(rounds: list[Round], small: Plane, large: Plane, tool: str, args: arg
         f"p99 {_range([r.small.p99_ms for r in rounds], '{:.2f}')} ms"),
         (f"heartbeat / floor:                          {_range(floor_ratios, '{:.2f}')}   "
         f"target ≥ {TARGET_FLOOR_RATIO:.2f}: {_mark(statistics.median(floor_ratios) >= TARGET_FLOOR_RATIO)}"),
+        (f"server CPU per request, floor / heartbeat: "
+         f"{_range([r.floor_cpu_us for r in rounds])} / {_range([r.small_cpu_us for r in rounds])} µs = "
+         f"{_range([r.cpu_ratio for r in rounds], '{:.2f}')}   (the same ratio by CPU cost, steadier on a busy box)"),
         (f"at half the saturating rate:                {_range([r.small_half.ok_rps for r in rounds])} /s, "
         f"p50 {_range([r.small_half.p50_ms for r in rounds], '{:.2f}')} ms, "
         f"p99 {_range(half_p99, '{:.2f}')} ms   target p99 < {TARGET_P99_MS:.0f} ms: "
@@ -344,6 +366,9 @@ def report(rounds: list[Round], small: Plane, large: Plane, tool: str, args: arg
         (f"{_short(large.sessions)} / {_short(small.sessions)} sessions:                       "
         f"{_range(large_ratios, '{:.2f}')}   target ≥ {TARGET_LARGE_RATIO:.2f}: "
         f"{_mark(statistics.median(large_ratios) >= TARGET_LARGE_RATIO)}"),
+        (f"  by CPU per request, {_short(small.sessions)} / {_short(large.sessions)}: "
+         f"{_range([r.small_cpu_us for r in rounds])} / {_range([r.large_cpu_us for r in rounds])} µs = "
+         f"{_range([r.cpu_large_ratio for r in rounds], '{:.2f}')}"),
         (f"Redis memory per live session:              {large.bytes_per_session:.0f} bytes at "
         f"{large.sessions:,}, {small.bytes_per_session:.0f} bytes at {small.sessions:,} (streams left out; "
         f"with the `started` events still in the streams: {large.bytes_per_session_with_streams:.0f})   "
@@ -434,16 +459,29 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     servers.append(edges[variant, plane_label])
             targets = {"small": (small_file, small_seed), "large": (large_file, large_seed)}
 
+            cpu_us: dict[int, float] = {}  # id(LoadResult) -> server CPU µs per answered request
+
             def load(server: Server, plane_label: str, duration: float, rate: float | None = None) -> LoadResult:
                 requests_file, seed_data = targets[plane_label] if server is not floor else (floor_file, small_seed)
-                return run_load(server.url, requests_file, seed_data.api_key, duration_s=duration,
-                                connections=args.connections, rate=rate, tool=tool)
+                cpu_before = process_cpu_s(server.proc.pid)
+                result = run_load(server.url, requests_file, seed_data.api_key, duration_s=duration,
+                                  connections=args.connections, rate=rate, tool=tool)
+                cpu_us[id(result)] = (process_cpu_s(server.proc.pid) - cpu_before) * 1e6 / max(1, result.requests)
+                return result
 
-            # Warm-up: every edge learns the license ids of its hot set (one PostgreSQL lookup per license
-            # key, then memory) and every server's code paths get going.
+            # Warm-up: every edge learns the license ids of its whole hot set (one PostgreSQL lookup per
+            # license key, then memory) and every server's code paths get going.  The generators send the
+            # hot set in order, so passes continue until it has been sent once over (at most a minute).
+            hot = {"small": min(args.hot_set, small.sessions), "large": min(args.hot_set, large.sessions)}
             for (_variant, plane_label), server in [(("floor", "small"), floor), *edges.items()]:
-                warm = load(server, plane_label, args.warmup)
-                print(f"bench: warm-up {server.name}: {warm.ok_rps:.0f}/s, {warm.refused} refused", flush=True)
+                sent, passes, started = 0, 0, time.monotonic()
+                while True:
+                    warm = load(server, plane_label, args.warmup)
+                    sent, passes = sent + warm.requests, passes + 1
+                    if sent >= hot[plane_label] or time.monotonic() - started > 60:
+                        break
+                print(f"bench: warm-up {server.name}: {sent} requests in {passes} pass(es), last "
+                      f"{warm.ok_rps:.0f}/s, {warm.refused} refused", flush=True)
 
             for i in range(args.rounds):
                 f = load(floor, "small", args.duration)
@@ -452,11 +490,14 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     lg = load(edges[variant, "large"], "large", args.duration)
                     h = load(edges[variant, "small"], "small", args.duration, rate=s.ok_rps / 2)
                     fh = load(floor, "small", args.duration, rate=s.ok_rps / 2)
-                    r = Round(f, s, lg, h, fh)
+                    r = Round(f, s, lg, h, fh, floor_cpu_us=cpu_us[id(f)], small_cpu_us=cpu_us[id(s)],
+                              large_cpu_us=cpu_us[id(lg)])
                     rounds[variant].append(r)
                     print(f"bench: round {i + 1} {variant}: floor {f.rps:.0f}/s, heartbeat {s.ok_rps:.0f}/s "
                           f"({r.floor_ratio:.2f}), at {_short(large.sessions)} {lg.ok_rps:.0f}/s "
-                          f"({r.large_ratio:.2f}), half rate p99 {h.p99_ms:.2f} ms", flush=True)
+                          f"({r.large_ratio:.2f}), half rate p99 {h.p99_ms:.2f} ms; CPU µs/request floor "
+                          f"{r.floor_cpu_us:.0f}, heartbeat {r.small_cpu_us:.0f} ({r.cpu_ratio:.2f}), at "
+                          f"{_short(large.sessions)} {r.large_cpu_us:.0f} ({r.cpu_large_ratio:.2f})", flush=True)
         finally:
             for server in servers:
                 server.stop()
@@ -471,7 +512,10 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "variants": {variant: [{
             "floor": r.floor.as_dict(), "heartbeat": r.small.as_dict(), "heartbeat_large": r.large.as_dict(),
             "heartbeat_half_rate": r.small_half.as_dict(), "floor_same_rate": r.floor_same_rate.as_dict(),
-            "floor_ratio": round(r.floor_ratio, 3),
+            "floor_ratio": round(r.floor_ratio, 3), "cpu_us_per_request": {
+                "floor": round(r.floor_cpu_us, 1), "heartbeat": round(r.small_cpu_us, 1),
+                "heartbeat_large": round(r.large_cpu_us, 1)},
+            "cpu_ratio": round(r.cpu_ratio, 3), "cpu_large_ratio": round(r.cpu_large_ratio, 3),
             "large_ratio": round(r.large_ratio, 3)} for r in variant_rounds]
             for variant, variant_rounds in rounds.items()},
         "planes": [{"sessions": p.sessions, "bytes_per_session": round(p.bytes_per_session, 1),
