@@ -84,13 +84,13 @@ class TotpView(BaseView):
         if form.validate_on_submit():
             code = form.code.data or ""
             digits = code.strip().replace(" ", "")
-            check = (service.verify(user.id, digits) if digits.isdigit()
-                     else service.use_recovery_code(user.id, code))
+            is_totp = digits.isdigit() and len(digits) == 6  # recovery codes are 10 characters
+            check = service.verify(user.id, digits) if is_totp else service.use_recovery_code(user.id, code)
             self.appbuilder.sm.session.commit()
             if check.ok:
                 current_app.logger.info("admin.login.accepted username=%s factor=%s", user.username,
-                                        "totp" if digits.isdigit() else "recovery_code")
-                if not digits.isdigit():
+                                        "totp" if is_totp else "recovery_code")
+                if not is_totp:
                     left = service.remaining_recovery_codes(user.id)
                     flash(f"Recovery code used; {left} left. Replace them under Security → Recovery codes.",
                           "warning")

@@ -7,11 +7,14 @@ from typing import Any
 
 from flask import flash, redirect
 from flask_appbuilder import AppBuilder, ModelView, action
+from wtforms import SelectField
+from wtforms.fields.choices import SelectChoice
 
 from admin import permissions
 from admin.models.core import LicenseSession, SessionHistory
 from admin.plane import PlaneError
 from admin.views.base import ReadableInterface, plane, timestamps
+from heartline.plane.events import EndReason
 
 log = logging.getLogger("admin.sessions")
 
@@ -68,6 +71,9 @@ class SessionHistoryView(ModelView):
     order_columns = ["started_at", "ended_at", "end_reason", "heartbeat_count"]
     base_order = ("ended_at", "desc")
     label_columns = {"session_token": "Session", "heartbeat_count": "Heartbeats", "end_reason": "Reason"}
+    # the reasons as a list to pick from, not a text box
+    search_form_extra_fields = {
+        "end_reason": SelectField("Reason", choices=[SelectChoice(r.value, r.value) for r in EndReason])}
     formatters_columns = timestamps("started_at", "ended_at")
 
 

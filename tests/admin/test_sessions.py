@@ -58,6 +58,9 @@ def test_history_filters_by_license_device_reason_and_time(
         return {t for t in (t_admin, t_timeout, t_other) if t in page}
 
     assert listed("") == {t_admin, t_timeout, t_other}
+    page = client.get("/sessionhistoryview/list/").get_data(as_text=True)
+    # reasons to pick from (FAB's search widget carries the field's HTML as a JSON string)
+    assert '\\u003coption value=\\"admin_terminated\\"\\u003e' in page
     assert listed("_flt_0_end_reason=admin_terminated") == {t_admin}
     assert listed(f"_flt_0_license={a['id']}") == {t_admin, t_timeout}
     assert listed(f"_flt_0_device={dev}") == {t_admin}
