@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 import asyncpg
 from starlette.requests import Request
@@ -41,7 +42,7 @@ class ApiKeyGuard:
         # sha256 of the key -> (key id or None when unknown/revoked, monotonic time the entry expires).
         # Looking up the digest of the presented key leaks nothing about other keys' digests.
         self._cache: dict[bytes, tuple[int | None, float]] = {}
-        self._pending: dict[bytes, asyncio.Future[int | None]] = {}
+        self._pending: dict[bytes, asyncio.Task[int | None]] = {}
         self._used: set[int] = set()
 
     async def authenticate(self, request: Request) -> int:
@@ -73,24 +74,22 @@ class ApiKeyGuard:
         return key_id
 
     async def _lookup(self, digest: bytes) -> int | None:
-        pending = self._pending.get(digest)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
-        self._pending[digest] = future
-        try:
-            key_id = await self.pool.fetchval(ACTIVE_KEY, digest)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()
-            raise
-        finally:
-            del self._pending[digest]
+        """One query per key however many requests wait for it; a task of its own, so a caller that goes
+        away cancels nobody else's wait."""
+        task = self._pending.get(digest)
+        if task is None:
+            task = asyncio.create_task(self._query(digest))
+            self._pending[digest] = task
+            task.add_done_callback(lambda t: self._pending.pop(digest, None))
+            task.add_done_callback(_retrieve)
+        return await asyncio.shield(task)
+
+    async def _query(self, digest: bytes) -> int | None:
+        key_id = await self.pool.fetchval(ACTIVE_KEY, digest)
         if len(self._cache) >= MAX_CACHED_KEYS:
             self._cache.clear()
         ttl = self.ttl_s if key_id is not None else min(self.ttl_s, UNKNOWN_KEY_TTL_S)
         self._cache[digest] = (key_id, time.monotonic() + ttl)
-        future.set_result(key_id)
         return None if key_id is None else int(key_id)
 
     async def flush_last_used(self) -> int:
@@ -115,3 +114,9 @@ class ApiKeyGuard:
                 raise
             except Exception as exc:  # noqa: BLE001 - PostgreSQL down: keep the ids, retry next round
                 log.warning("edge.api_key.touch_failed error=%s", type(exc).__name__)
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Mark a shared task's exception as seen: every waiter re-raises it, even if none is left."""
+    if not task.cancelled():
+        task.exception()

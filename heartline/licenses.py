@@ -74,7 +74,7 @@ class LicenseCache:
         self.settings = settings
         self._ids: dict[str, int] = {}
         self._unknown: dict[str, float] = {}
-        self._loading: dict[int, asyncio.Future[CachedLicense | None]] = {}
+        self._loading: dict[int, asyncio.Task[CachedLicense | None]] = {}
         self._since: dt.datetime | None = None
 
     async def license_id(self, license_key: str) -> int | None:
@@ -97,25 +97,17 @@ class LicenseCache:
     async def load(self, license_id: int) -> CachedLicense | None:
         """Read the license and its active devices from PostgreSQL into the plane.
 
-        Concurrent loads of one license share one query (500 clients of a cold license cost one read).
+        Concurrent loads of one license share one query (500 clients of a cold license cost one read);
+        the load runs as a task of its own, so a caller that goes away cancels nobody else's wait.
         Returns None when the license no longer exists (its cache and sessions are then dropped).
         """
-        pending = self._loading.get(license_id)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[CachedLicense | None] = asyncio.get_running_loop().create_future()
-        self._loading[license_id] = future
-        try:
-            result = await self._load(license_id)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved here, so a load nobody else awaited logs no warning
-            raise
-        else:
-            future.set_result(result)
-            return result
-        finally:
-            del self._loading[license_id]
+        task = self._loading.get(license_id)
+        if task is None:
+            task = asyncio.create_task(self._load(license_id), name=f"license-load-{license_id}")
+            self._loading[license_id] = task
+            task.add_done_callback(lambda t: self._loading.pop(license_id, None))
+            task.add_done_callback(_retrieve)
+        return await asyncio.shield(task)
 
     async def _load(self, license_id: int) -> CachedLicense | None:
         async with self.pool.acquire() as conn, conn.transaction():
@@ -171,3 +163,9 @@ class LicenseCache:
             except Exception as exc:  # noqa: BLE001 - PostgreSQL down: serve from the cache, retry later
                 log.warning("license.cache.refresh_failed error=%s", type(exc).__name__)
             await asyncio.sleep(self.settings.license_cache_s)
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Mark a shared task's exception as seen: every waiter re-raises it, even if none is left."""
+    if not task.cancelled():
+        task.exception()
