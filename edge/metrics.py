@@ -9,6 +9,7 @@ run one worker per container.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -48,6 +49,9 @@ class MetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: EdgeMetrics) -> None:
         self.app = app
         self.metrics = metrics
+        # (route, method, status) -> its counter and histogram children: labels() per request costs
+        # a lock and a tuple build on the hot path; there are only a few dozen combinations.
+        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -68,8 +72,12 @@ class MetricsMiddleware:
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
             labels = (path, scope["method"], str(status))
-            self.metrics.requests.labels(*labels).inc()
-            self.metrics.latency.labels(*labels).observe(time.perf_counter() - started)
+            children = self._children.get(labels)
+            if children is None:
+                children = self._children[labels] = (self.metrics.requests.labels(*labels),
+                                                     self.metrics.latency.labels(*labels))
+            children[0].inc()
+            children[1].observe(time.perf_counter() - started)
 
 
 async def metrics(request: Request) -> Response:

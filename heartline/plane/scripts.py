@@ -45,6 +45,9 @@ class Script:
             return await redis.evalsha(self.sha, len(script_keys), *script_keys, *args)
 
 
+# Bound on the heartbeat key sets kept (one per license seen); beyond it the cache starts over.
+MAX_CACHED_KEY_SETS = 200_000
+
 SCRIPT_NAMES = ("start", "heartbeat", "end", "end_license", "reap", "cache_license", "forget_license")
 # Read once per process: the files do not change while it runs.
 SCRIPTS = {name: Script.read(name) for name in SCRIPT_NAMES}
@@ -63,6 +66,8 @@ class PlaneScripts:
         self.shards = shards
         self.max_len = max_len
         self.grace_ms = grace_ms
+        # license id -> (KEYS, license base) of its heartbeat: built once, not on every heartbeat.
+        self._heartbeat_keys: dict[int, tuple[list[str], str]] = {}
 
     async def load(self) -> None:
         for script in SCRIPTS.values():
@@ -81,13 +86,19 @@ class PlaneScripts:
              self.max_len, self.grace_ms])
 
     async def heartbeat(self, license_id: int, token: str, min_gap_ms: int) -> list[Any]:
-        s = self.shards
-        shard = keys.shard_of(license_id, s)
+        found = self._heartbeat_keys.get(license_id)
+        if found is None:
+            if len(self._heartbeat_keys) >= MAX_CACHED_KEY_SETS:
+                self._heartbeat_keys.clear()
+            s = self.shards
+            shard = keys.shard_of(license_id, s)
+            found = self._heartbeat_keys[license_id] = (
+                [keys.license_hash(license_id, s), keys.live_sessions(license_id, s), keys.deadlines(shard),
+                 keys.heartbeat_stream(shard), keys.event_stream(shard), keys.live_count(shard)],
+                keys.license_base(license_id, s))
+        script_keys, base = found
         return await SCRIPTS["heartbeat"](  # type: ignore[no-any-return]
-            self.redis,
-            [keys.license_hash(license_id, s), keys.live_sessions(license_id, s), keys.deadlines(shard),
-             keys.heartbeat_stream(shard), keys.event_stream(shard), keys.live_count(shard)],
-            [license_id, keys.license_base(license_id, s), token, min_gap_ms, self.max_len, self.grace_ms])
+            self.redis, script_keys, [license_id, base, token, min_gap_ms, self.max_len, self.grace_ms])
 
     async def end(self, license_id: int, token: str, reason: str) -> int:
         shard = keys.shard_of(license_id, self.shards)
