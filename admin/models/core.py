@@ -33,7 +33,8 @@ class Customer(Base):
     created_at: Mapped[dt.datetime] = mapped_column(TZ, server_default=NOW)
     updated_at: Mapped[dt.datetime] = mapped_column(TZ, server_default=NOW)
 
-    licenses: Mapped[list[License]] = relationship(back_populates="customer")
+    # "all": the ORM leaves licenses alone on delete; the database's RESTRICT refuses it (a readable error)
+    licenses: Mapped[list[License]] = relationship(back_populates="customer", passive_deletes="all")
 
     def __repr__(self) -> str:
         return self.name if not self.company else f"{self.name} ({self.company})"

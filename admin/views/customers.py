@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 from flask_appbuilder import AppBuilder, ModelView
-from flask_appbuilder.models.sqla.interface import SQLAInterface
 from wtforms.validators import DataRequired, Email, Optional
 
 from admin import permissions
 from admin.models.core import Customer
-from admin.views.base import timestamps
+from admin.views.base import ReadableInterface, timestamps
 from admin.views.licenses import LicenseView
 
 
 class CustomerView(ModelView):
-    datamodel = SQLAInterface(Customer)
+    datamodel = ReadableInterface(Customer)
     class_permission_name = permissions.CUSTOMERS
     list_title = show_title = add_title = edit_title = "Customers"
     related_views = [LicenseView]

@@ -158,3 +158,14 @@ def test_licenses_cannot_be_deleted_but_can_be_revoked(
     assert "revoked; 1 live session(s) ended" in page
     assert pg.execute("SELECT status FROM licenses WHERE id = %s", (lic["id"],)).fetchone()[0] == "revoked"
     assert not is_live(admin_settings, lic["id"], token)
+
+
+def test_a_customer_with_licenses_cannot_be_deleted_and_says_why(
+        signed_in: tuple[FlaskClient, Admin], pg: psycopg.Connection[Any]) -> None:
+    client, _ = signed_in
+    customer_id = add_customer(client, pg)
+    add_license(client, pg, customer_id)
+    response = post_form(client, f"/customerview/delete/{customer_id}", {},
+                         page=f"/customerview/show/{customer_id}", follow=True)
+    assert "This customer still has licenses; delete or move them first." in response.get_data(as_text=True)
+    assert pg.execute("SELECT count(*) FROM customers WHERE id = %s", (customer_id,)).fetchone()[0] == 1
