@@ -4,6 +4,9 @@
     python -m loadtests.serve edge --port 8102      # settings from HEARTLINE_* like `heartline edge`
     python -m loadtests.serve edge-multiplexed --port 8103
 
+`edge-multiplexed-direct` adds, for measurement only, a heartbeat path around Starlette's middleware
+stack, router and metrics middleware: what that stack costs per heartbeat.
+
 `edge-multiplexed` is the edge with the one change proposed for its hot path, measured before it lands:
 the plane's Lua scripts (heartbeat, start, end, ...) go through `heartline.plane.multiplex`'s
 MultiplexedRedis — one socket write per event-loop tick for all requests in flight — instead of a pooled
@@ -34,7 +37,7 @@ SERVER_OPTIONS: dict[str, Any] = {
 }
 
 
-VARIANTS = ("floor", "edge", "edge-multiplexed")
+VARIANTS = ("floor", "edge", "edge-multiplexed", "edge-multiplexed-direct")
 
 
 def build_app(which: str) -> Any:
@@ -45,9 +48,40 @@ def build_app(which: str) -> Any:
     from heartline.settings import Settings
     settings = Settings.from_env()
     app = importlib.import_module("edge.app").create_app(settings)
-    if which == "edge-multiplexed":
+    if which.startswith("edge-multiplexed"):
         _multiplex_plane_scripts(app, settings.redis_url or "")
+    if which == "edge-multiplexed-direct":
+        return _direct_heartbeat(app)
     return app
+
+
+def _direct_heartbeat(app: Any) -> Any:
+    """Measurement only: heartbeats reach the edge's own endpoint without Starlette's middleware stack,
+    router and the metrics middleware; refusals are rendered by the edge's own renderer.  It shows what
+    that stack costs per heartbeat; other failures (Redis down) would not get their 503 here."""
+    import re
+
+    from starlette.requests import Request
+
+    from edge.errors import EdgeError, render
+    from edge.heartbeats import heartbeat
+
+    path = re.compile(r"/v1/sessions/([^/]+)/heartbeat")
+
+    async def direct(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            matched = path.fullmatch(scope["path"])
+            if matched:
+                scope["app"] = app
+                scope["path_params"] = {"token": matched.group(1)}
+                try:
+                    await heartbeat(scope, receive, send)
+                except EdgeError as exc:
+                    await render(Request(scope), exc)(scope, receive, send)
+                return
+        await app(scope, receive, send)
+
+    return direct
 
 
 def _multiplex_plane_scripts(app: Any, redis_url: str) -> None:
