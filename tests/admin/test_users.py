@@ -7,10 +7,10 @@ from typing import Any
 
 import psycopg
 import pytest
+from admin_support import Admin, password_step
 from flask import Flask
 
 from admin.users import DEMO_USERNAME, create_admin_main
-from admin_support import Admin, password_step
 from heartline.settings import Settings
 
 
