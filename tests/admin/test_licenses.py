@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 import psycopg
+import pytest
 import redis
 from admin_support import Admin, action, is_live, plane_events, post_form, start_live_session
 from flask.testing import FlaskClient
@@ -169,3 +170,16 @@ def test_a_customer_with_licenses_cannot_be_deleted_and_says_why(
                          page=f"/customerview/show/{customer_id}", follow=True)
     assert "This customer still has licenses; delete or move them first." in response.get_data(as_text=True)
     assert pg.execute("SELECT count(*) FROM customers WHERE id = %s", (customer_id,)).fetchone()[0] == 1
+
+
+def test_suspending_while_the_plane_is_unreachable_keeps_the_suspension_and_says_so(
+        signed_in: tuple[FlaskClient, Admin], pg: psycopg.Connection[Any], admin_settings: Settings,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    client, _ = signed_in
+    lic = add_license(client, pg, add_customer(client, pg))
+    monkeypatch.setitem(client.application.config, "HEARTLINE_SETTINGS",
+                        admin_settings.replace(redis_url="redis://127.0.0.1:9/0"))
+    page = action(client, "licenseview", "suspend", [lic["id"]]).get_data(as_text=True)
+    assert "suspended, but its sessions could not be ended" in page
+    # the edges' license refresher ends them once it sees the new status
+    assert pg.execute("SELECT status FROM licenses WHERE id = %s", (lic["id"],)).fetchone()[0] == "suspended"
