@@ -42,7 +42,8 @@ INSERT INTO licenses (customer_id, license_key, device_limit, concurrent_session
 SELECT 1, 'BENCH-' || lpad(n::text, 8, '0'), 1, 1 FROM generate_series(1, $1) n;
 INSERT INTO device_registrations (license_id, hardware_fingerprint) SELECT id, 'fp-' || id FROM licenses;
 INSERT INTO license_sessions (session_token, license_id, device_id, started_at)
-SELECT gen_random_uuid(), l.id, d.id, now() FROM licenses l JOIN device_registrations d ON d.license_id = l.id;
+SELECT gen_random_uuid(), l.id, d.id, now()
+  FROM licenses l JOIN device_registrations d ON d.license_id = l.id;
 """
 
 
@@ -68,7 +69,8 @@ async def _fill_streams(redis: aioredis.Redis, sessions: list[tuple[int, str, in
     async with redis.pipeline(transaction=False) as pipe:
         for i in range(rows):
             license_id, token, device_id = sessions[i % len(sessions)]
-            at_ms = start_ms + (i // len(sessions)) * interval_ms + (i % len(sessions)) * interval_ms // len(sessions)
+            beat, nth = divmod(i, len(sessions))
+            at_ms = start_ms + beat * interval_ms + nth * interval_ms // len(sessions)
             pipe.xadd(keys.heartbeat_stream(keys.shard_of(license_id, shards)),
                       {"l": license_id, "t": token, "d": device_id}, id=f"{at_ms}-{i}")
             if i % 10_000 == 9_999:
@@ -120,7 +122,8 @@ async def run(settings: Settings, database_url: str, redis_url: str, *, rows: in
               rounds: int) -> dict[str, float]:
     assert settings.stream_shards
     conn = await hldb.connect(database_url, actor="bench")
-    pool = await hldb.create_pool(database_url, actor="bench", min_size=1, max_size=2, init=prepare_connection)
+    pool = await hldb.create_pool(database_url, actor="bench", min_size=1, max_size=2,
+                                  init=prepare_connection)
     redis = aioredis.Redis.from_url(redis_url)
     try:
         session_rows = await _seed(conn, sessions)

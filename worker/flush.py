@@ -56,10 +56,12 @@ RETURNING received_at, session_token, device_id
 # Flushes do not wait for each other.  Locks are taken in shard order, so they cannot deadlock.
 MIRROR_LOCK = 0x484C_4D52  # "HLMR"
 LOCK_SHARDS_SHARED = f"""
-SELECT pg_advisory_xact_lock_shared({MIRROR_LOCK}, s) FROM (SELECT DISTINCT unnest($1::int[]) AS s ORDER BY 1) x
+SELECT pg_advisory_xact_lock_shared({MIRROR_LOCK}, s)
+  FROM (SELECT DISTINCT unnest($1::int[]) AS s ORDER BY 1) x
 """
 LOCK_SHARDS = f"""
-SELECT pg_advisory_xact_lock({MIRROR_LOCK}, s) FROM (SELECT DISTINCT unnest($1::int[]) AS s ORDER BY 1) x
+SELECT pg_advisory_xact_lock({MIRROR_LOCK}, s)
+  FROM (SELECT DISTINCT unnest($1::int[]) AS s ORDER BY 1) x
 """
 
 # One row per session / device of the batch (aggregated in Python), whatever the batch size.
@@ -110,7 +112,8 @@ def heartbeat_records(entries: list[Entry]) -> tuple[list[tuple[Any, ...]], int]
             token = uuid.UUID(event.session_token)
             if not 0 < event.license_id <= MAX_BIGINT or not 0 < (event.device_id or 1) <= MAX_BIGINT:
                 raise ValueError("license or device id out of range")
-            record = (received_at(event.received_ms), event.event_id, event.license_id, token, event.device_id)
+            record = (received_at(event.received_ms), event.event_id, event.license_id, token,
+                      event.device_id)
         except (ValueError, TypeError, OverflowError) as exc:
             # acknowledged with the batch: an entry PostgreSQL would refuse must not block the stream
             malformed += 1
@@ -123,7 +126,8 @@ def heartbeat_records(entries: list[Entry]) -> tuple[list[tuple[Any, ...]], int]
 async def store_heartbeats(pool: asyncpg.Pool, records: list[tuple[Any, ...]], shards: list[int]) -> int:
     """Store the rows once (whatever was stored before), update sessions and devices; return new rows.
 
-    shards: the shards the rows came from (see MIRROR_LOCK).  A row whose month has no partition yet gets it created, then the batch is retried: never dropped.
+    shards: the shards the rows came from (see MIRROR_LOCK).  A row whose month has no partition yet
+    gets it created, then the batch is retried: never dropped.
     """
     for attempt in range(3):
         try:

@@ -62,7 +62,8 @@ class Backoff:
         state = classify(exc)
         if state != self.state:
             if state is LoopState.FAILING:
-                self.log.error("worker.%s.failing error=%s: %s", self.name, type(exc).__name__, exc, exc_info=exc)
+                self.log.error("worker.%s.failing error=%s: %s", self.name, type(exc).__name__, exc,
+                               exc_info=exc)
             else:
                 self.log.warning("worker.%s.%s error=%s: %s", self.name, state, type(exc).__name__, exc)
             self.state = state

@@ -55,11 +55,13 @@ async def test_heartbeats_sent_through_the_edge_are_stored_once_each(
 
     await eventually(all_stored)
     month = datetime.now(UTC).strftime("%Y_%m")
-    parts = await db.fetch("SELECT tableoid::regclass::text AS p, count(*) AS c, count(DISTINCT event_id) AS d "
+    parts = await db.fetch("SELECT tableoid::regclass::text AS p, count(*) AS c, "
+                           "count(DISTINCT event_id) AS d "
                            "FROM license_heartbeats GROUP BY 1")
     # a test running across midnight at a month's end may split them over two partitions
     assert sum(r["c"] for r in parts) == sum(r["d"] for r in parts) == n
     assert f"license_heartbeats_{month}" in {r["p"] for r in parts}
-    device = await db.fetchrow("SELECT last_seen_at FROM device_registrations WHERE license_id = $1", lic["id"])
+    device = await db.fetchrow("SELECT last_seen_at FROM device_registrations WHERE license_id = $1",
+                               lic["id"])
     assert device["last_seen_at"] is not None
     assert await db.fetchval("SELECT count(*) FROM license_sessions") == 0

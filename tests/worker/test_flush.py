@@ -48,7 +48,8 @@ async def test_heartbeats_land_once_each_in_their_month_partition(
     device = await make_device(db, lic["id"])
     token = await open_session(db, lic["id"], device)
     # across a month and a year boundary; 2027-01 has no partition yet, the flush creates it
-    stamps = [ms(2026, 10, 31, 23, 59, 59), ms(2026, 11, 1), ms(2026, 11, 15, 12), ms(2026, 12, 31, 23, 59, 59),
+    stamps = [ms(2026, 10, 31, 23, 59, 59), ms(2026, 11, 1), ms(2026, 11, 15, 12),
+              ms(2026, 12, 31, 23, 59, 59),
               ms(2027, 1, 1), ms(2027, 1, 1, 0, 0, 1)]
     for stamp in stamps:
         for seq in range(100):
@@ -83,7 +84,8 @@ async def test_batch_delivered_again_after_commit_is_neither_stored_nor_counted_
 
     # A consumer that commits and dies before acknowledging...
     dying = StreamConsumer(redis, group=keys.HEARTBEAT_GROUP, stream_key=keys.heartbeat_stream,
-                           shards=settings.stream_shards, consumer="dying", batch_size=1000, claim_idle_ms=200)
+                           shards=settings.stream_shards, consumer="dying", batch_size=1000,
+                           claim_idle_ms=200)
     entries = await dying.read_batch()
     records, _ = heartbeat_records(entries)
     assert await store_heartbeats(worker_ctx["pool"], records, [entries[0].shard]) == 150

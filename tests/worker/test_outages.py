@@ -102,7 +102,8 @@ async def test_heartbeats_sent_while_postgres_is_down_all_land_once_after_it_ret
 
 def _worker_process(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ,
-           "HEARTLINE_DATABASE_URL": settings.database_url or "", "HEARTLINE_REDIS_URL": settings.redis_url or "",
+           "HEARTLINE_DATABASE_URL": settings.database_url or "",
+           "HEARTLINE_REDIS_URL": settings.redis_url or "",
            "HEARTLINE_STREAM_SHARDS": str(settings.stream_shards), "HEARTLINE_FLUSH_BATCH_SIZE": "200",
            "HEARTLINE_FLUSH_INTERVAL_S": "0.05", "HEARTLINE_PENDING_CLAIM_IDLE_S": "1",
            "HEARTLINE_WORKER_METRICS_PORT": "0", "HEARTLINE_DATA_DIR": str(settings.data_dir)}
