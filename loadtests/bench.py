@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import redis
 import redis.asyncio as aioredis
 
 from heartline import db
@@ -114,6 +115,16 @@ def start_server(name: str, which: str, env: dict[str, str], workdir: Path) -> S
         time.sleep(0.2)
     server.stop()
     raise RuntimeError(f"{name} did not answer /healthz within 60 s:\n{log_path.read_text()[-3000:]}")
+
+
+def redis_cpu_s(url: str) -> float:
+    """CPU seconds the Redis server has used so far (INFO cpu)."""
+    client = redis.Redis.from_url(url)
+    try:
+        info = client.info("cpu")
+    finally:
+        client.close()
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def process_cpu_s(pid: int) -> float:
@@ -287,6 +298,7 @@ class Round:
     floor_cpu_us: float = 0.0
     small_cpu_us: float = 0.0
     large_cpu_us: float = 0.0
+    redis_cpu_us: float = 0.0  # Redis server CPU µs per heartbeat (its Lua script), same cores here
 
     @property
     def cpu_ratio(self) -> float:
@@ -353,7 +365,8 @@ def report(rounds: list[Round], small: Plane, large: Plane, tool: str, args: arg
         f"target ≥ {TARGET_FLOOR_RATIO:.2f}: {_mark(statistics.median(floor_ratios) >= TARGET_FLOOR_RATIO)}"),
         (f"server CPU per request, floor / heartbeat: "
          f"{_range([r.floor_cpu_us for r in rounds])} / {_range([r.small_cpu_us for r in rounds])} µs = "
-         f"{_range([r.cpu_ratio for r in rounds], '{:.2f}')}   (the same ratio by CPU cost, steadier on a busy box)"),
+         f"{_range([r.cpu_ratio for r in rounds], '{:.2f}')}   (the same ratio by CPU cost, steadier on a busy box); "
+         f"Redis {_range([r.redis_cpu_us for r in rounds])} µs per heartbeat"),
         (f"at half the saturating rate:                {_range([r.small_half.ok_rps for r in rounds])} /s, "
         f"p50 {_range([r.small_half.p50_ms for r in rounds], '{:.2f}')} ms, "
         f"p99 {_range(half_p99, '{:.2f}')} ms   target p99 < {TARGET_P99_MS:.0f} ms: "
@@ -460,13 +473,18 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             targets = {"small": (small_file, small_seed), "large": (large_file, large_seed)}
 
             cpu_us: dict[int, float] = {}  # id(LoadResult) -> server CPU µs per answered request
+            redis_us: dict[int, float] = {}  # id(LoadResult) -> Redis CPU µs per answered request
+            redis_of = {"small": small_url, "large": large_url}
 
             def load(server: Server, plane_label: str, duration: float, rate: float | None = None) -> LoadResult:
                 requests_file, seed_data = targets[plane_label] if server is not floor else (floor_file, small_seed)
+                redis_before = redis_cpu_s(redis_of[plane_label])
                 cpu_before = process_cpu_s(server.proc.pid)
                 result = run_load(server.url, requests_file, seed_data.api_key, duration_s=duration,
                                   connections=args.connections, rate=rate, tool=tool)
                 cpu_us[id(result)] = (process_cpu_s(server.proc.pid) - cpu_before) * 1e6 / max(1, result.requests)
+                redis_us[id(result)] = ((redis_cpu_s(redis_of[plane_label]) - redis_before) * 1e6
+                                        / max(1, result.requests))
                 return result
 
             # Warm-up: every edge learns the license ids of its whole hot set (one PostgreSQL lookup per
@@ -491,7 +509,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     h = load(edges[variant, "small"], "small", args.duration, rate=s.ok_rps / 2)
                     fh = load(floor, "small", args.duration, rate=s.ok_rps / 2)
                     r = Round(f, s, lg, h, fh, floor_cpu_us=cpu_us[id(f)], small_cpu_us=cpu_us[id(s)],
-                              large_cpu_us=cpu_us[id(lg)])
+                              large_cpu_us=cpu_us[id(lg)], redis_cpu_us=redis_us[id(s)])
                     rounds[variant].append(r)
                     print(f"bench: round {i + 1} {variant}: floor {f.rps:.0f}/s, heartbeat {s.ok_rps:.0f}/s "
                           f"({r.floor_ratio:.2f}), at {_short(large.sessions)} {lg.ok_rps:.0f}/s "
@@ -514,7 +532,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "heartbeat_half_rate": r.small_half.as_dict(), "floor_same_rate": r.floor_same_rate.as_dict(),
             "floor_ratio": round(r.floor_ratio, 3), "cpu_us_per_request": {
                 "floor": round(r.floor_cpu_us, 1), "heartbeat": round(r.small_cpu_us, 1),
-                "heartbeat_large": round(r.large_cpu_us, 1)},
+                "heartbeat_large": round(r.large_cpu_us, 1), "redis_per_heartbeat": round(r.redis_cpu_us, 1)},
             "cpu_ratio": round(r.cpu_ratio, 3), "cpu_large_ratio": round(r.cpu_large_ratio, 3),
             "large_ratio": round(r.large_ratio, 3)} for r in variant_rounds]
             for variant, variant_rounds in rounds.items()},

@@ -98,6 +98,9 @@ def _multiplex_plane_scripts(app: Any, redis_url: str) -> None:
             try:
                 yield
             finally:
+                # in the server's log: how many heartbeats shared a socket write on average
+                print(f"multiplex.stats commands={client.commands} writes={client.writes} "
+                      f"per_write={client.commands / max(1, client.writes):.1f}", flush=True)
                 await client.aclose()
 
     app.router.lifespan_context = lifespan

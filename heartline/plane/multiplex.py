@@ -56,6 +56,7 @@ class _Protocol(asyncio.Protocol):
         self.flush_scheduled = False
         self.closed = loop.create_future()
         self.writes = 0
+        self.commands = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's TCP transport is not a subclass of asyncio.Transport, but has the same methods
@@ -65,6 +66,7 @@ class _Protocol(asyncio.Protocol):
         future = self.loop.create_future()
         self.waiting.append(future)
         self.outgoing.append(packed)
+        self.commands += 1
         if not self.flush_scheduled:
             self.flush_scheduled = True
             self.loop.call_soon(self._flush)
@@ -132,7 +134,8 @@ class MultiplexedRedis:
         self.connect_timeout = connect_timeout
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Task[_Protocol] | None = None
-        self._writes_before = 0  # writes of connections already replaced
+        self._writes_before = 0  # writes and commands of connections already replaced
+        self._commands_before = 0
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> MultiplexedRedis:
@@ -149,6 +152,11 @@ class MultiplexedRedis:
     def writes(self) -> int:
         """Socket writes so far: how many batches the commands went out in."""
         return self._writes_before + (self._protocol.writes if self._protocol else 0)
+
+    @property
+    def commands(self) -> int:
+        """Commands sent so far; commands / writes is the average batch."""
+        return self._commands_before + (self._protocol.commands if self._protocol else 0)
 
     def execute(self, *args: Any) -> asyncio.Future[Any]:
         """Send one command; the result (or redis-py's exception) arrives on the returned awaitable."""
@@ -191,6 +199,7 @@ class MultiplexedRedis:
             raise
         if self._protocol is not None:
             self._writes_before += self._protocol.writes
+            self._commands_before += self._protocol.commands
         self._protocol = protocol
         return protocol
 

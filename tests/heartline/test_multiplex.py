@@ -32,9 +32,10 @@ async def test_concurrent_commands_get_their_own_replies(client: MultiplexedRedi
 
 async def test_commands_of_one_tick_share_one_write(client: MultiplexedRedis) -> None:
     await client.ping()
-    before = client.writes
+    writes, commands = client.writes, client.commands
     await asyncio.gather(*(client.execute("SET", f"k{i}", i) for i in range(200)))
-    assert client.writes - before == 1
+    assert client.writes - writes == 1
+    assert client.commands - commands == 200
 
 
 async def test_error_reply_raises_without_shifting_later_replies(client: MultiplexedRedis,
