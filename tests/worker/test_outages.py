@@ -16,10 +16,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
+import httpx
 import pytest
 import redis.asyncio as aioredis
 from worker_support import LiveLicense, TcpProxy, eventually
 
+from edge.app import create_app
+from heartline.apikeys import create_api_key
 from heartline.plane import keys
 from heartline.plane.events import EndReason
 from heartline.plane.sessions import SessionPlane
@@ -98,6 +101,33 @@ async def test_heartbeats_sent_while_postgres_is_down_all_land_once_after_it_ret
     assert flush_logs.count("worker.flush.db_unavailable") == 1, flush_logs
     assert flush_logs.count("worker.flush.db_recovered") == 1, flush_logs
     assert ctx["metrics"].loop_up.labels("flush")._value.get() == 1
+
+
+async def test_edge_keeps_accepting_heartbeats_while_postgres_is_down_and_all_land_once(
+        proxied_worker: tuple[dict[str, Any], TcpProxy], db: asyncpg.Connection, make_license: Any) -> None:
+    ctx, proxy = proxied_worker
+    key = await create_api_key(db, "outage", created_by="tests")
+    lic = await make_license(device_limit=2, concurrent_sessions_limit=2)
+    app = create_app(ctx["settings"])   # the edge reaches PostgreSQL through the same proxy
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://edge",
+            headers={"X-API-Key": key.key}) as edge:
+        started = await edge.post("/v1/sessions", json={"license_key": lic["license_key"],
+                                                        "hardware_fingerprint": "box"})
+        assert started.status_code == 201, started.text
+        token = started.json()["session_token"]
+        body = {"license_key": lic["license_key"]}
+        await proxy.cut()
+        codes = [(await edge.post(f"/v1/sessions/{token}/heartbeat", json=body)).status_code
+                 for _ in range(100)]
+        assert codes == [200] * 100
+        await proxy.start()
+
+    async def all_stored() -> bool:
+        return await db.fetchval("SELECT count(*) FROM license_heartbeats") == 100
+
+    await eventually(all_stored, timeout=45)
+    assert await db.fetchval("SELECT count(DISTINCT event_id) FROM license_heartbeats") == 100
 
 
 def _worker_process(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
