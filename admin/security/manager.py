@@ -40,7 +40,7 @@ def totp_service(sm: Any) -> TotpService:
 
 
 def start_pending(user_id: int, next_url: str) -> None:
-    session.clear()  # a fresh session id after the password step: no fixation across the login
+    session.clear()  # nothing from before the password step carries over into the login
     session[PENDING_KEY] = {"uid": user_id, "at": time.time(), "next": next_url}
 
 
