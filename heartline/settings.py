@@ -50,9 +50,10 @@ class Settings:
     # A heartbeat closer than this to the previous one is refused with 429 (not stored).
     heartbeat_min_gap_ms: int = 1000
     stream_shards: int = 8
-    # Streams are trimmed approximately to this length per shard; only entries already acknowledged
-    # by the worker may be trimmed (the worker checks the backlog before trimming).
-    stream_max_len: int = 5_000_000
+    # 0: the edge never trims the streams (the worker trims what it stored), so a PostgreSQL outage grows
+    # them and loses nothing.  A positive value caps each stream approximately, dropping unstored entries
+    # in a long outage: bounded Redis memory chosen over completeness.
+    stream_max_len: int = 0
 
     # Edge caches: a revoked API key stops working within api_key_cache_s; license edits reach the
     # edge within license_cache_s.

@@ -72,6 +72,17 @@ local function index_license(base, license_id, shard)
   end
 end
 
+-- Appends an entry to a stream.  maxlen 0 (the default) never trims: the worker trims only entries it
+-- has stored and acknowledged, so an outage of PostgreSQL grows the stream instead of losing heartbeats.
+-- A positive maxlen caps the stream approximately and so, in a long outage, drops the oldest entries
+-- that were not stored yet: an operator's explicit choice of bounded memory over completeness.
+local function append_event(stream, maxlen, ...)
+  if tonumber(maxlen) > 0 then
+    return redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', ...)
+  end
+  return redis.call('XADD', stream, '*', ...)
+end
+
 -- Ends one session of a license: removes it from the live set, the fingerprint map and the session
 -- records, re-indexes the license, counts it off the shard's live count and appends exactly one `ended`
 -- event (fields: heartline/plane/events.py).  `shard` = {deadlines=, events=, count=, maxlen=}.
@@ -98,7 +109,7 @@ local function end_session(base, license_id, token, reason, now, shard)
   if fp then
     redis.call('HDEL', base .. 'fp', fp)
   end
-  redis.call('XADD', shard.events, 'MAXLEN', '~', shard.maxlen, '*',
+  append_event(shard.events, shard.maxlen,
     'k', 'ended', 'l', license_id, 't', token, 'd', rec.d, 'f', fp or '', 's', rec.s,
     'at', now, 'r', reason, 'n', rec.n, 'lh', rec.lh, 'v', rec.v, 'ip', rec.ip)
   return result

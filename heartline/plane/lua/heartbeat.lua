@@ -51,5 +51,5 @@ rec.lh = now
 rec.n = (tonumber(rec.n) or 0) + 1
 write_session(base, token, rec)
 keep_session_keys(base, timeout_ms + tonumber(ARGV[6]))
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '*', 'l', license_id, 't', token, 'd', rec.d)
+append_event(KEYS[4], ARGV[5], 'l', license_id, 't', token, 'd', rec.d)
 return {'OK', deadline, lic[4]}

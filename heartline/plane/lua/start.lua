@@ -53,7 +53,7 @@ redis.call('INCR', KEYS[7])
 redis.call('HSET', KEYS[4], fp, token)
 write_session(base, token, {d = device, s = now, lh = '', n = 0, ip = ARGV[6], v = ARGV[5]})
 keep_session_keys(base, timeout_ms + tonumber(ARGV[8]))
-redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[7], '*',
+append_event(KEYS[6], ARGV[7],
   'k', 'started', 'l', license_id, 't', token, 'd', device, 'f', fp, 's', now, 'at', now,
   'n', 0, 'v', ARGV[5], 'ip', ARGV[6])
 return {'STARTED', token, deadline, lic[5], lic[6]}
