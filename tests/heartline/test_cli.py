@@ -15,15 +15,15 @@ from heartline.apikeys import hash_key, is_well_formed
 def _run(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("HEARTLINE_")}
     return subprocess.run([sys.executable, "-m", "heartline", *args], env={**base, **env},
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def test_malformed_setting_stops_with_one_clear_line(tmp_path: Path) -> None:
     res = _run(["migrate"], {"HEARTLINE_FLUSH_BATCH_SIZE": "lots", "HEARTLINE_DATA_DIR": str(tmp_path)})
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [
-        "heartline: HEARTLINE_FLUSH_BATCH_SIZE='lots' is malformed: "
-        "invalid literal for int() with base 10: 'lots'"]
+        ("heartline: HEARTLINE_FLUSH_BATCH_SIZE='lots' is malformed: "
+         "invalid literal for int() with base 10: 'lots'")]
 
 
 def test_migrate_without_a_database_says_what_to_do(tmp_path: Path) -> None:

@@ -67,7 +67,7 @@ async def test_changed_applied_migration_is_refused(database_url: str, tmp_path:
     sql_dir = tmp_path / "sql"
     shutil.copytree(SQL_DIR, sql_dir)
     await migrate(url, sql_dir)
-    first = sorted(sql_dir.glob("*.sql"))[0]
+    first = min(sql_dir.glob("*.sql"))
     first.write_text(first.read_text() + "\n-- edited after the fact\n")
     with pytest.raises(MigrationError, match=f"migration {first.name} was changed after it was applied"):
         await migrate(url, sql_dir)
