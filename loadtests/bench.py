@@ -127,6 +127,15 @@ def redis_cpu_s(url: str) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
+def cpu_pressure_us() -> int | None:
+    """Total µs in which some runnable task waited for a CPU (Linux PSI), None where not available."""
+    try:
+        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return None
+    return int(line.rpartition("total=")[2])
+
+
 def process_cpu_s(pid: int) -> float:
     """User + system CPU seconds a process has used so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
@@ -299,6 +308,8 @@ class Round:
     small_cpu_us: float = 0.0
     large_cpu_us: float = 0.0
     redis_cpu_us: float = 0.0  # Redis server CPU µs per heartbeat (its Lua script), same cores here
+    # share of the half-rate measurement in which some task on the box waited for a CPU (PSI), if known
+    cpu_pressure: float | None = None
 
     @property
     def cpu_ratio(self) -> float:
@@ -371,6 +382,8 @@ def report(rounds: list[Round], small: Plane, large: Plane, tool: str, args: arg
         f"p50 {_range([r.small_half.p50_ms for r in rounds], '{:.2f}')} ms, "
         f"p99 {_range(half_p99, '{:.2f}')} ms   target p99 < {TARGET_P99_MS:.0f} ms: "
         f"{_mark(statistics.median(half_p99) < TARGET_P99_MS)}"),
+        (f"  meanwhile some task waited for a CPU:     "
+         f"{_range([100 * (r.cpu_pressure or 0) for r in rounds])} % of the time (Linux PSI; 0 on a quiet box)"),
         (f"the floor at that same rate:                p50 "
          f"{_range([r.floor_same_rate.p50_ms for r in rounds], '{:.2f}')} ms, "
          f"p99 {_range([r.floor_same_rate.p99_ms for r in rounds], '{:.2f}')} ms   (what the box adds by itself)"),
@@ -506,10 +519,15 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 for variant in args.variants:
                     s = load(edges[variant, "small"], "small", args.duration)
                     lg = load(edges[variant, "large"], "large", args.duration)
+                    pressure_before, wall_before = cpu_pressure_us(), time.monotonic()
                     h = load(edges[variant, "small"], "small", args.duration, rate=s.ok_rps / 2)
+                    pressure_after = cpu_pressure_us()
+                    pressure = None
+                    if pressure_before is not None and pressure_after is not None:
+                        pressure = (pressure_after - pressure_before) / 1e6 / (time.monotonic() - wall_before)
                     fh = load(floor, "small", args.duration, rate=s.ok_rps / 2)
                     r = Round(f, s, lg, h, fh, floor_cpu_us=cpu_us[id(f)], small_cpu_us=cpu_us[id(s)],
-                              large_cpu_us=cpu_us[id(lg)], redis_cpu_us=redis_us[id(s)])
+                              large_cpu_us=cpu_us[id(lg)], redis_cpu_us=redis_us[id(s)], cpu_pressure=pressure)
                     rounds[variant].append(r)
                     print(f"bench: round {i + 1} {variant}: floor {f.rps:.0f}/s, heartbeat {s.ok_rps:.0f}/s "
                           f"({r.floor_ratio:.2f}), at {_short(large.sessions)} {lg.ok_rps:.0f}/s "
@@ -534,6 +552,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 "floor": round(r.floor_cpu_us, 1), "heartbeat": round(r.small_cpu_us, 1),
                 "heartbeat_large": round(r.large_cpu_us, 1), "redis_per_heartbeat": round(r.redis_cpu_us, 1)},
             "cpu_ratio": round(r.cpu_ratio, 3), "cpu_large_ratio": round(r.cpu_large_ratio, 3),
+            "cpu_pressure_half_rate": None if r.cpu_pressure is None else round(r.cpu_pressure, 3),
             "large_ratio": round(r.large_ratio, 3)} for r in variant_rounds]
             for variant, variant_rounds in rounds.items()},
         "planes": [{"sessions": p.sessions, "bytes_per_session": round(p.bytes_per_session, 1),
