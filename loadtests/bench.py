@@ -308,6 +308,7 @@ class Round:
     small_cpu_us: float = 0.0
     large_cpu_us: float = 0.0
     redis_cpu_us: float = 0.0  # Redis server CPU µs per heartbeat (its Lua script), same cores here
+    redis_large_cpu_us: float = 0.0
     # share of the half-rate measurement in which some task on the box waited for a CPU (PSI), if known
     cpu_pressure: float | None = None
 
@@ -394,7 +395,8 @@ def report(rounds: list[Round], small: Plane, large: Plane, tool: str, args: arg
         f"{_mark(statistics.median(large_ratios) >= TARGET_LARGE_RATIO)}"),
         (f"  by CPU per request, {_short(small.sessions)} / {_short(large.sessions)}: "
          f"{_range([r.small_cpu_us for r in rounds])} / {_range([r.large_cpu_us for r in rounds])} µs = "
-         f"{_range([r.cpu_large_ratio for r in rounds], '{:.2f}')}"),
+         f"{_range([r.cpu_large_ratio for r in rounds], '{:.2f}')}; Redis "
+         f"{_range([r.redis_cpu_us for r in rounds])} / {_range([r.redis_large_cpu_us for r in rounds])} µs"),
         (f"Redis memory per live session:              {large.bytes_per_session:.0f} bytes at "
         f"{large.sessions:,}, {small.bytes_per_session:.0f} bytes at {small.sessions:,} (streams left out; "
         f"with the `started` events still in the streams: {large.bytes_per_session_with_streams:.0f})   "
@@ -527,7 +529,8 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                         pressure = (pressure_after - pressure_before) / 1e6 / (time.monotonic() - wall_before)
                     fh = load(floor, "small", args.duration, rate=s.ok_rps / 2)
                     r = Round(f, s, lg, h, fh, floor_cpu_us=cpu_us[id(f)], small_cpu_us=cpu_us[id(s)],
-                              large_cpu_us=cpu_us[id(lg)], redis_cpu_us=redis_us[id(s)], cpu_pressure=pressure)
+                              large_cpu_us=cpu_us[id(lg)], redis_cpu_us=redis_us[id(s)],
+                              redis_large_cpu_us=redis_us[id(lg)], cpu_pressure=pressure)
                     rounds[variant].append(r)
                     print(f"bench: round {i + 1} {variant}: floor {f.rps:.0f}/s, heartbeat {s.ok_rps:.0f}/s "
                           f"({r.floor_ratio:.2f}), at {_short(large.sessions)} {lg.ok_rps:.0f}/s "
@@ -550,7 +553,8 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "heartbeat_half_rate": r.small_half.as_dict(), "floor_same_rate": r.floor_same_rate.as_dict(),
             "floor_ratio": round(r.floor_ratio, 3), "cpu_us_per_request": {
                 "floor": round(r.floor_cpu_us, 1), "heartbeat": round(r.small_cpu_us, 1),
-                "heartbeat_large": round(r.large_cpu_us, 1), "redis_per_heartbeat": round(r.redis_cpu_us, 1)},
+                "heartbeat_large": round(r.large_cpu_us, 1), "redis_per_heartbeat": round(r.redis_cpu_us, 1),
+                "redis_per_heartbeat_large": round(r.redis_large_cpu_us, 1)},
             "cpu_ratio": round(r.cpu_ratio, 3), "cpu_large_ratio": round(r.cpu_large_ratio, 3),
             "cpu_pressure_half_rate": None if r.cpu_pressure is None else round(r.cpu_pressure, 3),
             "large_ratio": round(r.large_ratio, 3)} for r in variant_rounds]
