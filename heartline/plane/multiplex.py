@@ -30,6 +30,7 @@ from urllib.parse import unquote, urlsplit
 import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
 class _ReplyError(Exception):
@@ -46,8 +47,14 @@ def _as_exception(error: _ReplyError) -> ResponseError:
 class _Protocol(asyncio.Protocol):
     """One connection: writes batched per loop tick, replies matched to futures in order."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, encoding: str | None) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, encoding: str | None,
+                 command_timeout: float | None = None) -> None:
         self.loop = loop
+        self.command_timeout = command_timeout
+        # a hung server is noticed by a watchdog that runs only while replies are awaited: no timer and
+        # no clock read per command
+        self.last_progress = 0.0
+        self.watchdog: asyncio.TimerHandle | None = None
         self.transport: asyncio.Transport | None = None
         self.reader = (hiredis.Reader(replyError=_ReplyError, encoding=encoding) if encoding
                        else hiredis.Reader(replyError=_ReplyError))
@@ -64,6 +71,10 @@ class _Protocol(asyncio.Protocol):
 
     def send(self, packed: bytes) -> asyncio.Future[Any]:
         future = self.loop.create_future()
+        if not self.waiting:
+            self.last_progress = self.loop.time()
+            if self.command_timeout and self.watchdog is None:
+                self.watchdog = self.loop.call_later(self.command_timeout, self._watch)
         self.waiting.append(future)
         self.outgoing.append(packed)
         self.commands += 1
@@ -81,7 +92,22 @@ class _Protocol(asyncio.Protocol):
         self.transport.write(data)
         self.writes += 1
 
+    def _watch(self) -> None:
+        self.watchdog = None
+        if not self.waiting or self.command_timeout is None:
+            return
+        idle = self.loop.time() - self.last_progress
+        if idle < self.command_timeout:
+            self.watchdog = self.loop.call_later(self.command_timeout - idle, self._watch)
+            return
+        # no reply for a whole timeout while commands wait: give up on this connection, as redis-py's
+        # socket_timeout would; the next command connects anew
+        self._fail(RedisTimeoutError(f"no reply from Redis within {self.command_timeout:g} s"))
+        if self.transport is not None:
+            self.transport.close()
+
     def data_received(self, data: bytes) -> None:
+        self.last_progress = self.loop.time()
         self.reader.feed(data)
         while (reply := self.reader.gets()) is not False:
             if not self.waiting:  # the server sent a reply nobody asked for: the stream is corrupt
@@ -99,6 +125,9 @@ class _Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            self.watchdog = None
         self._fail(RedisConnectionError(f"connection to Redis lost: {exc or 'closed'}"))
         if not self.closed.done():
             self.closed.set_result(None)
@@ -119,12 +148,15 @@ class MultiplexedRedis:
     """One pipelined connection to Redis shared by every caller of one event loop.
 
     `host`/`port`/`db`/`username`/`password` say where to connect; `decode_responses` decodes bulk
-    replies as UTF-8 like redis-py's option of that name; `connect_timeout` bounds a (re)connect.
+    replies as UTF-8 like redis-py's option of that name; `connect_timeout` bounds a (re)connect;
+    `command_timeout` (None: wait forever) fails the commands in flight with redis-py's TimeoutError when
+    the server sends nothing for that long while they wait, and drops the connection.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 6379, *, db: int = 0,
                  username: str | None = None, password: str | None = None,
-                 decode_responses: bool = False, connect_timeout: float = 5.0) -> None:
+                 decode_responses: bool = False, connect_timeout: float = 5.0,
+                 command_timeout: float | None = None) -> None:
         self.host = host
         self.port = port
         self.db = db
@@ -132,6 +164,7 @@ class MultiplexedRedis:
         self.password = password
         self.encoding = "utf-8" if decode_responses else None
         self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Task[_Protocol] | None = None
         self._writes_before = 0  # writes and commands of connections already replaced
@@ -181,7 +214,8 @@ class MultiplexedRedis:
         loop = asyncio.get_running_loop()
         try:
             _, protocol = await asyncio.wait_for(
-                loop.create_connection(lambda: _Protocol(loop, self.encoding), self.host, self.port),
+                loop.create_connection(lambda: _Protocol(loop, self.encoding, self.command_timeout),
+                                      self.host, self.port),
                 self.connect_timeout)
         except (TimeoutError, OSError) as exc:
             raise RedisConnectionError(f"cannot connect to Redis at {self.host}:{self.port}: {exc}") from exc

@@ -9,6 +9,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from heartline.devstack import free_port
 from heartline.plane.multiplex import MultiplexedRedis
@@ -116,6 +117,36 @@ def test_works_on_uvloop_as_the_edge_runs_it(redis_url: str) -> None:
             await mux.aclose()
 
     assert uvloop.run(run()) == [str(i).encode() for i in range(100)]
+
+
+async def test_a_server_that_stops_answering_times_out_and_the_next_call_reconnects(
+        redis_url: str) -> None:
+    # a TCP server that takes the connection and the commands and never answers: a hung Redis
+    received: list[bytes] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.append(await reader.read(1024))
+        await reader.read()  # until the client gives up and closes
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    mux = MultiplexedRedis("127.0.0.1", port, command_timeout=0.3)
+    try:
+        with pytest.raises(RedisTimeoutError):
+            await asyncio.wait_for(mux.execute("PING"), 10)
+        assert received and b"PING" in received[0]
+    finally:
+        await mux.aclose()
+        server.close()
+        await server.wait_closed()
+    # against a live server the watchdog never fires, however long the client idles between commands
+    live = MultiplexedRedis.from_url(redis_url, command_timeout=0.2)
+    try:
+        assert await live.ping()
+        await asyncio.sleep(0.5)
+        assert await live.ping()
+    finally:
+        await live.aclose()
 
 
 def test_from_url_reads_credentials_and_database() -> None:
