@@ -351,8 +351,8 @@ def _mark(ok: bool) -> str:
 
 
 def report(rounds: list[Round], small: Plane, large: Plane, tool: str, args: argparse.Namespace) -> str:
-    lines = [(f"load generator: {tool}, {args.connections} connections, {args.duration:.0f} s per measurement, "
-             f"{len(rounds)} round(s)"), ""]
+    lines = [(f"load generator: {tool} (fixed-rate runs: {args.paced_tool}), {args.connections} connections, "
+              f"{args.duration:.0f} s per measurement, {len(rounds)} round(s)"), ""]
     head = (f"{'round':>5} {'floor/s':>9} {'hb/s @' + _short(small.sessions):>11} {'ratio':>6} "
             f"{'p50':>6} {'p99':>6} {'hb/s @' + _short(large.sessions):>11} {'1M/10k':>7} "
             f"{'half-rate/s':>11} {'p50':>6} {'p99':>6}")
@@ -492,11 +492,13 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             redis_of = {"small": small_url, "large": large_url}
 
             def load(server: Server, plane_label: str, duration: float, rate: float | None = None) -> LoadResult:
+                # saturation with `--tool`; a fixed rate with `--paced-tool` (open loop by default)
+                generator = args.paced_tool if rate else tool
                 requests_file, seed_data = targets[plane_label] if server is not floor else (floor_file, small_seed)
                 redis_before = redis_cpu_s(redis_of[plane_label])
                 cpu_before = process_cpu_s(server.proc.pid)
                 result = run_load(server.url, requests_file, seed_data.api_key, duration_s=duration,
-                                  connections=args.connections, rate=rate, tool=tool)
+                                  connections=args.connections, rate=rate, tool=generator)
                 cpu_us[id(result)] = (process_cpu_s(server.proc.pid) - cpu_before) * 1e6 / max(1, result.requests)
                 redis_us[id(result)] = ((redis_cpu_s(redis_of[plane_label]) - redis_before) * 1e6
                                         / max(1, result.requests))
@@ -548,6 +550,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "command": "python -m loadtests.bench " + " ".join(sys.argv[1:]),
         "machine": machine(),
         "tool": tool,
+        "paced_tool": args.paced_tool,
         "variants": {variant: [{
             "floor": r.floor.as_dict(), "heartbeat": r.small.as_dict(), "heartbeat_large": r.large.as_dict(),
             "heartbeat_half_rate": r.small_half.as_dict(), "floor_same_rate": r.floor_same_rate.as_dict(),
@@ -584,6 +587,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shards", type=int, default=8, help="HEARTLINE_STREAM_SHARDS of the run (default 8)")
     parser.add_argument("--tool", choices=("auto", "wrk", "asyncio"), default="auto",
                         help="load generator (default: wrk if installed)")
+    parser.add_argument("--paced-tool", choices=("asyncio", "wrk"), default="asyncio",
+                        help="load generator of the fixed-rate (latency) runs: the built-in asyncio client "
+                             "keeps an open-loop schedule and counts latency from the scheduled send; wrk "
+                             "only paces by waiting after each answer (default asyncio)")
     parser.add_argument("--seed", type=int, default=7, help="random seed of the hot-set sampling")
     parser.add_argument("--variants", type=lambda text: [v for v in text.split(",") if v], default=["edge"],
                         help="edge variants to measure, comma-separated, each against the same floor: edge "
