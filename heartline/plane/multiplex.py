@@ -170,6 +170,11 @@ class MultiplexedRedis:
         self._writes_before = 0  # writes and commands of connections already replaced
         self._commands_before = 0
 
+    @staticmethod
+    def supports_url(url: str) -> bool:
+        """Whether `from_url` takes this URL (plain `redis://`; TLS and unix sockets stay on redis-py)."""
+        return urlsplit(url).scheme == "redis"
+
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> MultiplexedRedis:
         """`redis://[[user]:password@]host[:port][/db]`, as redis-py reads it."""

@@ -155,3 +155,6 @@ def test_from_url_reads_credentials_and_database() -> None:
                                                                         "p@ss")
     with pytest.raises(ValueError):
         MultiplexedRedis.from_url("rediss://example.org")
+    assert MultiplexedRedis.supports_url("redis://example.org:6379/0")
+    assert not MultiplexedRedis.supports_url("rediss://example.org")
+    assert not MultiplexedRedis.supports_url("unix:///run/redis.sock")
