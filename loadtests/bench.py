@@ -594,8 +594,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=7, help="random seed of the hot-set sampling")
     parser.add_argument("--variants", type=lambda text: [v for v in text.split(",") if v], default=["edge"],
                         help="edge variants to measure, comma-separated, each against the same floor: edge "
-                             "(as shipped), edge-multiplexed (plane scripts on heartline.plane.multiplex); "
-                             "default edge")
+                             "(as shipped), edge-redispy (plane scripts on redis-py), edge-multiplexed (plane "
+                             "scripts on heartline.plane.multiplex), edge-multiplexed-direct (measurement "
+                             "only: heartbeats ahead of Starlette's stack); default edge")
     parser.add_argument("--json", type=Path, default=None,
                         help="where to write the figures (default loadtests/reports/bench-<time>.json)")
     return parser
@@ -605,7 +606,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     unknown = [v for v in args.variants if v not in VARIANTS or v == "floor"]
     if unknown or not args.variants:
-        print(f"bench: unknown variant(s) {', '.join(unknown)}; choose from edge, edge-multiplexed", file=sys.stderr)
+        print(f"bench: unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS[1:])}",
+              file=sys.stderr)
         return 2
     if args.sessions < 1 or args.large_sessions < 1:
         print("bench: --sessions and --large-sessions must be positive", file=sys.stderr)

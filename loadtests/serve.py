@@ -4,6 +4,9 @@
     python -m loadtests.serve edge --port 8102      # settings from HEARTLINE_* like `heartline edge`
     python -m loadtests.serve edge-multiplexed --port 8103
 
+`edge-redispy` runs the plane's scripts on the edge's redis-py client whatever the edge itself does
+(the baseline of the comparison once the edge uses the multiplexed client itself).
+
 `edge-multiplexed-direct` adds, for measurement only, a heartbeat path around Starlette's middleware
 stack, router and metrics middleware: what that stack costs per heartbeat.
 
@@ -37,7 +40,7 @@ SERVER_OPTIONS: dict[str, Any] = {
 }
 
 
-VARIANTS = ("floor", "edge", "edge-multiplexed", "edge-multiplexed-direct")
+VARIANTS = ("floor", "edge", "edge-redispy", "edge-multiplexed", "edge-multiplexed-direct")
 
 
 def build_app(which: str) -> Any:
@@ -50,6 +53,8 @@ def build_app(which: str) -> Any:
     app = importlib.import_module("edge.app").create_app(settings)
     if which.startswith("edge-multiplexed"):
         _multiplex_plane_scripts(app, settings.redis_url or "")
+    if which == "edge-redispy":
+        _redispy_plane_scripts(app)
     if which == "edge-multiplexed-direct":
         return _direct_heartbeat(app)
     return app
@@ -82,6 +87,20 @@ def _direct_heartbeat(app: Any) -> Any:
         await app(scope, receive, send)
 
     return direct
+
+
+def _redispy_plane_scripts(app: Any) -> None:
+    """Once the edge's lifespan has built its plane, run the plane's scripts on the edge's redis-py client
+    (the edge before the multiplexed client, for comparison)."""
+    inner = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(started: Any) -> AsyncIterator[None]:
+        async with inner(started):
+            started.state.edge.plane.scripts.redis = started.state.edge.redis
+            yield
+
+    app.router.lifespan_context = lifespan
 
 
 def _multiplex_plane_scripts(app: Any, redis_url: str) -> None:
