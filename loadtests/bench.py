@@ -267,6 +267,10 @@ async def fill_plane(plane: Plane, database_url: str, settings: Settings, sessio
                                    for r in rows[i:i + 1000]))
         sample = [lic.id for lic in random.Random(2).sample(plane.seed.licenses, min(200, len(plane.seed.licenses)))]
         usage_before = await key_usage(client, sample, settings.stream_shards)
+        # the filling connection's query buffer is Redis memory too: measure without it (the client
+        # reconnects by itself on its next command)
+        await mux.aclose()
+        await asyncio.sleep(0.2)
         plane.memory_before = await _used_memory(client)
         started = time.perf_counter()
         wanted = [(lic, fp) for lic in plane.seed.licenses for fp in lic.devices][:sessions]
@@ -279,6 +283,8 @@ async def fill_plane(plane: Plane, database_url: str, settings: Settings, sessio
                     raise RuntimeError(f"start refused for license {lic.id}: {outcome.code}")
                 plane.tokens.append((lic.id, lic.key, outcome.token))
         plane.fill_s = time.perf_counter() - started
+        await mux.aclose()
+        await asyncio.sleep(0.2)
         plane.memory_after = await _used_memory(client)
         plane.stream_bytes = await _stream_bytes(client, settings.stream_shards)
         plane.breakdown = await memory_breakdown(client, plane, sample, usage_before, settings.stream_shards)
