@@ -28,43 +28,38 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
-import inspect
 import json
 import os
-import platform
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import redis
-import redis.asyncio as aioredis
-
 from heartline import db
-from heartline.devstack import EmbeddedPostgres, EmbeddedRedis, free_port
-from heartline.licenses import LICENSE_COLUMNS, to_cached
 from heartline.migrations import migrate
-from heartline.plane import keys
-from heartline.plane.multiplex import MultiplexedRedis
-from heartline.plane.sessions import PlaneCode, SessionPlane
 from heartline.settings import Settings
 from loadtests.loadgen import LoadResult, run_load, write_requests, wrk_available
+from loadtests.plane import Plane, fill_plane, heartbeat_requests
 from loadtests.seed import LicenseSpec, Seed, seed
 from loadtests.serve import VARIANTS
+from loadtests.servers import (
+    Server,
+    cpu_pressure_us,
+    machine,
+    process_cpu_s,
+    redis_cpu_s,
+    services,
+    start_server,
+)
 
 REPORTS = Path(__file__).with_name("reports")
 SESSIONS_PER_LICENSE = 10
-# Sessions started per batch: big enough to fill a socket write, small enough to keep memory flat.
-START_BATCH = 4000
 
 # Targets from issue #7, reported against (never asserted).
 TARGET_FLOOR_RATIO = 0.60
@@ -72,234 +67,6 @@ TARGET_P99_MS = 10.0
 TARGET_LARGE_RATIO = 0.90
 TARGET_BYTES_PER_SESSION = 300
 
-
-# --- servers --------------------------------------------------------------------------------------------
-
-@dataclass
-class Server:
-    name: str
-    port: int
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def start_server(name: str, which: str, env: dict[str, str], workdir: Path) -> Server:
-    """`python -m loadtests.serve <which>` on a free port; returns once /healthz answers."""
-    port = free_port()
-    log_path = workdir / f"{name}.log"
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "loadtests.serve", which, "--port", str(port)],
-                                env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
-    server = Server(name, port, proc, log_path)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-        with contextlib.suppress(OSError), urllib.request.urlopen(f"{server.url}/healthz", timeout=2) as response:
-            if response.status == 200:
-                return server
-        time.sleep(0.2)
-    server.stop()
-    raise RuntimeError(f"{name} did not answer /healthz within 60 s:\n{log_path.read_text()[-3000:]}")
-
-
-def redis_cpu_s(url: str) -> float:
-    """CPU seconds the Redis server has used so far (INFO cpu)."""
-    client = redis.Redis.from_url(url)
-    try:
-        info = client.info("cpu")
-    finally:
-        client.close()
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-
-
-def cpu_pressure_us() -> int | None:
-    """Total µs in which some runnable task waited for a CPU (Linux PSI), None where not available."""
-    try:
-        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
-    except (OSError, IndexError):
-        return None
-    return int(line.rpartition("total=")[2])
-
-
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds a process has used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-# --- the plane ------------------------------------------------------------------------------------------
-
-@dataclass
-class Plane:
-    """One Redis filled with live sessions for one set of seeded licenses."""
-
-    label: str
-    redis_url: str
-    seed: Seed
-    tokens: list[tuple[int, str, str]] = field(default_factory=list)  # (license id, key, session token)
-    breakdown: dict[str, float] = field(default_factory=dict)  # bytes per session by kind of key
-    memory_before: int = 0
-    memory_after: int = 0
-    stream_bytes: int = 0
-    fill_s: float = 0.0
-
-    @property
-    def sessions(self) -> int:
-        return len(self.tokens)
-
-    @property
-    def bytes_per_session(self) -> float:
-        """used_memory growth per session, the `started` events in the streams left out."""
-        return (self.memory_after - self.memory_before - self.stream_bytes) / max(1, self.sessions)
-
-    @property
-    def bytes_per_session_with_streams(self) -> float:
-        return (self.memory_after - self.memory_before) / max(1, self.sessions)
-
-
-async def _used_memory(client: aioredis.Redis) -> int:
-    info = await client.info("memory")
-    return int(info["used_memory"])
-
-
-async def _stream_bytes(client: aioredis.Redis, shards: int) -> int:
-    total = 0
-    for shard in keys.all_shards(shards):
-        for key in (keys.event_stream(shard), keys.heartbeat_stream(shard)):
-            total += int(await client.memory_usage(key, samples=0) or 0)
-    return total
-
-
-def _key_functions(*params: str) -> dict[str, Any]:
-    """keys.py's key builders taking exactly these parameters, by name (the layout may change; the
-    breakdown follows it without naming a key itself)."""
-    found = {}
-    for name, fn in vars(keys).items():
-        if callable(fn) and not name.startswith("_") and getattr(fn, "__module__", "") == keys.__name__:
-            with contextlib.suppress(TypeError, ValueError):
-                if tuple(inspect.signature(fn).parameters) == params:
-                    found[name] = fn
-    return found
-
-
-async def _usage(client: aioredis.Redis, key: str) -> int:
-    return int(await client.memory_usage(key, samples=0) or 0)
-
-
-async def key_usage(client: aioredis.Redis, license_ids: list[int], shards: int) -> dict[str, int]:
-    """MEMORY USAGE summed per key builder: the given licenses' keys, and every shard's keys but streams."""
-    totals: dict[str, int] = {}
-    for name, fn in _key_functions("license_id", "shards").items():
-        for license_id in license_ids:
-            key = fn(license_id, shards)
-            if isinstance(key, str):
-                totals[name] = totals.get(name, 0) + await _usage(client, key)
-    for name, fn in _key_functions("shard").items():
-        if "stream" not in name:
-            for shard in keys.all_shards(shards):
-                key = fn(shard)
-                if isinstance(key, str):
-                    totals[name] = totals.get(name, 0) + await _usage(client, key)
-    return totals
-
-
-async def memory_breakdown(client: aioredis.Redis, plane: Plane, sample: list[int], before: dict[str, int],
-                           shards: int) -> dict[str, float]:
-    """Bytes per live session by key builder, from MEMORY USAGE before and after the sessions started:
-    per-license keys over a sample of licenses, per-shard keys in full, per-session keys over a sample.
-
-    What MEMORY USAGE does not see — the keyspace's and the expiry table's entries, allocator rounding —
-    is the rest up to the used_memory growth.
-    """
-    sessions_of: dict[int, int] = {}
-    for license_id, _key, _token in plane.tokens:
-        sessions_of[license_id] = sessions_of.get(license_id, 0) + 1
-    sampled_sessions = sum(sessions_of.get(lid, 0) for lid in sample) or 1
-    after = await key_usage(client, sample, shards)
-    per_shard = set(_key_functions("shard"))
-    parts: dict[str, float] = {}
-    for name, size in after.items():
-        grown = size - before.get(name, 0)
-        if grown:
-            parts[name] = grown / (plane.sessions if name in per_shard else sampled_sessions)
-    per_session = _key_functions("license_id", "shards", "token")
-    if per_session:
-        picked = random.Random(1).sample(plane.tokens, min(200, len(plane.tokens)))
-        for name, fn in per_session.items():
-            parts[name] = sum([await _usage(client, fn(lid, shards, tok)) for lid, _k, tok in picked]) / len(picked)
-    parts["rest (keyspace, expiry, allocator)"] = plane.bytes_per_session - sum(parts.values())
-    return parts
-
-
-async def fill_plane(plane: Plane, database_url: str, settings: Settings, sessions: int) -> None:
-    """Cache the seeded licenses in the plane as the edge would, then start `sessions` live sessions."""
-    conn = await db.connect(database_url, actor="loadtest")
-    try:
-        rows = await conn.fetch(f"SELECT {LICENSE_COLUMNS} FROM licenses WHERE customer_id = $1 ORDER BY id",
-                                plane.seed.customer_id)
-    finally:
-        await conn.close()
-    by_id = {lic.id: lic for lic in plane.seed.licenses}
-    client = aioredis.Redis.from_url(plane.redis_url)
-    mux = MultiplexedRedis.from_url(plane.redis_url)
-    # The plane's own API on the multiplexing client: each start is the real start.lua, and a batch of
-    # them leaves in one socket write.
-    session_plane = SessionPlane(mux, settings)  # type: ignore[arg-type]
-    try:
-        await session_plane.load_scripts()
-        for i in range(0, len(rows), 1000):
-            await asyncio.gather(*(session_plane.cache_license(to_cached(r, settings), by_id[r["id"]].devices)
-                                   for r in rows[i:i + 1000]))
-        sample = [lic.id for lic in random.Random(2).sample(plane.seed.licenses, min(200, len(plane.seed.licenses)))]
-        usage_before = await key_usage(client, sample, settings.stream_shards)
-        # the filling connection's query buffer is Redis memory too: measure without it (the client
-        # reconnects by itself on its next command)
-        await mux.aclose()
-        await asyncio.sleep(0.2)
-        plane.memory_before = await _used_memory(client)
-        started = time.perf_counter()
-        wanted = [(lic, fp) for lic in plane.seed.licenses for fp in lic.devices][:sessions]
-        for i in range(0, len(wanted), START_BATCH):
-            batch = wanted[i:i + START_BATCH]
-            outcomes = await asyncio.gather(*(session_plane.start_session(lic.id, fp, client_version="bench")
-                                              for lic, fp in batch))
-            for (lic, _fp), outcome in zip(batch, outcomes, strict=True):
-                if outcome.code is not PlaneCode.STARTED or outcome.token is None:
-                    raise RuntimeError(f"start refused for license {lic.id}: {outcome.code}")
-                plane.tokens.append((lic.id, lic.key, outcome.token))
-        plane.fill_s = time.perf_counter() - started
-        await mux.aclose()
-        await asyncio.sleep(0.2)
-        plane.memory_after = await _used_memory(client)
-        plane.stream_bytes = await _stream_bytes(client, settings.stream_shards)
-        plane.breakdown = await memory_breakdown(client, plane, sample, usage_before, settings.stream_shards)
-    finally:
-        await mux.aclose()
-        await client.aclose()
-
-
-def heartbeat_requests(plane: Plane, hot_set: int, rng: random.Random) -> list[tuple[str, bytes]]:
-    chosen = rng.sample(plane.tokens, min(hot_set, len(plane.tokens)))
-    return [(f"/v1/sessions/{token}/heartbeat", json.dumps({"license_key": key}).encode())
-            for _license_id, key, token in chosen]
-
-
-# --- the run --------------------------------------------------------------------------------------------
 
 @dataclass
 class Round:
@@ -333,17 +100,6 @@ class Round:
     @property
     def large_ratio(self) -> float:
         return self.large.ok_rps / self.small.ok_rps if self.small.ok_rps else 0.0
-
-
-def machine() -> dict[str, Any]:
-    model = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {"nproc": os.cpu_count(), "cpu": model, "python": platform.python_version(),
-            "system": f"{platform.system()} {platform.release()}"}
 
 
 def _range(values: Sequence[float], fmt: str = "{:.0f}") -> str:
@@ -423,20 +179,6 @@ def _short(n: int) -> str:
     if n >= 1000 and n % 1000 == 0:
         return f"{n // 1000}k"
     return str(n)
-
-
-@contextlib.contextmanager
-def services(workdir: Path) -> Iterator[tuple[str, str, str]]:
-    """Embedded PostgreSQL and two Redis servers (no persistence) for one bench run."""
-    pg = EmbeddedPostgres(workdir / "postgres")
-    small = EmbeddedRedis(workdir / "redis-small", persist=False)
-    large = EmbeddedRedis(workdir / "redis-large", persist=False)
-    try:
-        yield pg.start(), small.start(), large.start()
-    finally:
-        large.stop()
-        small.stop()
-        pg.stop()
 
 
 def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:

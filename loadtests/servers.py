@@ -1,0 +1,115 @@
+"""The processes of a benchmark and what they cost: the servers under test, their databases, CPU time.
+
+Servers run as `python -m loadtests.serve <variant>` on a free 127.0.0.1 port; CPU time comes from
+/proc (the server), INFO cpu (Redis) and Linux's CPU pressure (the whole box).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from heartline.devstack import EmbeddedPostgres, EmbeddedRedis, free_port
+
+
+@dataclass
+class Server:
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_server(name: str, which: str, env: dict[str, str], workdir: Path) -> Server:
+    """`python -m loadtests.serve <which>` on a free port; returns once /healthz answers."""
+    port = free_port()
+    log_path = workdir / f"{name}.log"
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "loadtests.serve", which, "--port", str(port)],
+                                env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+    server = Server(name, port, proc, log_path)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"{server.url}/healthz", timeout=2) as response:
+            if response.status == 200:
+                return server
+        time.sleep(0.2)
+    server.stop()
+    raise RuntimeError(f"{name} did not answer /healthz within 60 s:\n{log_path.read_text()[-3000:]}")
+
+
+def redis_cpu_s(url: str) -> float:
+    """CPU seconds the Redis server has used so far (INFO cpu)."""
+    client = redis.Redis.from_url(url)
+    try:
+        info = client.info("cpu")
+    finally:
+        client.close()
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def cpu_pressure_us() -> int | None:
+    """Total µs in which some runnable task waited for a CPU (Linux PSI), None where not available."""
+    try:
+        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return None
+    return int(line.rpartition("total=")[2])
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {"nproc": os.cpu_count(), "cpu": model, "python": platform.python_version(),
+            "system": f"{platform.system()} {platform.release()}"}
+
+
+@contextlib.contextmanager
+def services(workdir: Path) -> Iterator[tuple[str, str, str]]:
+    """Embedded PostgreSQL and two Redis servers (no persistence) for one bench run."""
+    pg = EmbeddedPostgres(workdir / "postgres")
+    small = EmbeddedRedis(workdir / "redis-small", persist=False)
+    large = EmbeddedRedis(workdir / "redis-large", persist=False)
+    try:
+        yield pg.start(), small.start(), large.start()
+    finally:
+        large.stop()
+        small.stop()
+        pg.stop()
