@@ -22,6 +22,7 @@ from edge.openapi import build_document, openapi_endpoint
 from edge.routes import routes
 from edge.state import EdgeState
 from heartline import db
+from heartline.errors import HeartlineError
 from heartline.licenses import LicenseCache
 from heartline.plane.sessions import SessionPlane
 from heartline.settings import Settings
@@ -75,7 +76,7 @@ def create_app(settings: Settings) -> Starlette:
         routes=[*routes(), Route("/v1/openapi.json", openapi_endpoint(build_document()), methods=["GET"])],
         middleware=[Middleware(MetricsMiddleware, metrics=metrics)],
         exception_handlers={
-            errors.EdgeError: errors.handle_edge_error,
+            HeartlineError: errors.handle_edge_error,
             HTTPException: errors.handle_http_exception,
             redis.exceptions.ConnectionError: errors.handle_redis_down,
             redis.exceptions.TimeoutError: errors.handle_redis_down,

@@ -12,19 +12,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from edge.schemas import ErrorBody, ErrorDetail, encode
+from heartline.errors import HeartlineError
 
 log = logging.getLogger("heartline.edge")
 
 
-class EdgeError(Exception):
-    status = 400
-    code = "BAD_REQUEST"
-    message = "The request cannot be served."
-
-    def __init__(self, message: str | None = None, *, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message or self.message)
-        self.detail = message or self.message
-        self.headers = headers or {}
+class EdgeError(HeartlineError):
+    """Refusals of the edge itself; domain errors of the kernel (resources, CRM) render the same way."""
 
 
 class InvalidBody(EdgeError):
@@ -109,16 +103,16 @@ LICENSE_REFUSALS: dict[str, type[EdgeError]] = {
 }
 
 
-def render(request: Request, exc: EdgeError) -> Response:
+def render(request: Request, exc: HeartlineError) -> Response:
     metrics = getattr(request.app.state, "metrics", None)
     if metrics is not None:
         metrics.refusals.labels(code=exc.code).inc()
-    body = encode(ErrorBody(error=ErrorDetail(code=exc.code, message=exc.detail)))
+    body = encode(ErrorBody(error=ErrorDetail(code=exc.code, message=exc.message)))
     return Response(body, status_code=exc.status, media_type="application/json", headers=exc.headers)
 
 
 async def handle_edge_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, EdgeError)
+    assert isinstance(exc, HeartlineError)
     return render(request, exc)
 
 

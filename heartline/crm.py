@@ -18,6 +18,8 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from heartline.errors import HeartlineError
+
 log = logging.getLogger("heartline.crm")
 
 
@@ -38,15 +40,11 @@ class ActivityKind(StrEnum):
     TASK = "task"
 
 
-class CrmError(Exception):
-    """Base of CRM refusals: a stable machine-readable `code`, an HTTP `status`, a human message."""
+class CrmError(HeartlineError):
+    """Base of CRM refusals."""
 
     code = "CRM_ERROR"
     status = 400
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 class InstitutionNotFound(CrmError):

@@ -29,6 +29,7 @@ import phonenumbers
 import psycopg
 from psycopg.rows import dict_row
 
+from heartline.errors import HeartlineError
 from heartline.settings import Settings
 
 log = logging.getLogger("heartline.resources")
@@ -69,15 +70,11 @@ class ImportOutcome(StrEnum):
 
 # --- errors ---------------------------------------------------------------------------------------------
 
-class ResourceError(Exception):
-    """Base of resource refusals: a stable machine-readable `code`, an HTTP `status`, a human message."""
+class ResourceError(HeartlineError):
+    """Base of resource refusals."""
 
     code = "RESOURCE_ERROR"
     status = 400
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 class LicenseNotFound(ResourceError):

@@ -83,6 +83,20 @@ def database_url(service_urls: tuple[str, str]) -> Iterator[str]:
     asyncio.run(_drop_database(service_urls[0], TEST_DATABASE))
 
 
+@pytest.fixture
+async def make_database(service_urls: tuple[str, str]) -> AsyncIterator[Callable[[str], Any]]:
+    """Factory: `url = await make_database("name")` makes an empty database, dropped after the test."""
+    made: list[str] = []
+
+    async def make(name: str) -> str:
+        made.append(name)
+        return await _recreate_database(service_urls[0], name)
+
+    yield make
+    for name in made:
+        await _drop_database(service_urls[0], name)
+
+
 @pytest.fixture(scope="session")
 def redis_url(service_urls: tuple[str, str]) -> str:
     return service_urls[1]

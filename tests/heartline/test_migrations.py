@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
@@ -11,27 +11,7 @@ import pytest
 
 from heartline.migrations import SQL_DIR, MigrationError, load_migrations, migrate
 
-
-async def _fresh_database(database_url: str, name: str) -> str:
-    conn = await asyncpg.connect(database_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return database_url[: database_url.rfind("/")] + f"/{name}"
-
-
-@pytest.fixture(autouse=True)
-async def _drop_scratch_databases(database_url: str) -> AsyncIterator[None]:
-    """The scratch databases these tests make are dropped again, also on the machine's own server."""
-    yield
-    conn = await asyncpg.connect(database_url)
-    try:
-        for name in ("heartline_migrate_twice", "heartline_migrate_changed", "heartline_migrate_failed"):
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+MakeDatabase = Callable[[str], Awaitable[str]]
 
 
 async def _schema_fingerprint(url: str) -> list[tuple[str, ...]]:
@@ -45,8 +25,8 @@ async def _schema_fingerprint(url: str) -> list[tuple[str, ...]]:
         await conn.close()
 
 
-async def test_migrate_applies_all_in_order_and_twice_changes_nothing(database_url: str) -> None:
-    url = await _fresh_database(database_url, "heartline_migrate_twice")
+async def test_migrate_applies_all_in_order_and_twice_changes_nothing(make_database: MakeDatabase) -> None:
+    url = await make_database("heartline_migrate_twice")
     names = [m.name for m in load_migrations()]
     assert names == sorted(names)
     assert await migrate(url) == names
@@ -62,8 +42,8 @@ async def test_migrate_applies_all_in_order_and_twice_changes_nothing(database_u
         await conn.close()
 
 
-async def test_changed_applied_migration_is_refused(database_url: str, tmp_path: Path) -> None:
-    url = await _fresh_database(database_url, "heartline_migrate_changed")
+async def test_changed_applied_migration_is_refused(make_database: MakeDatabase, tmp_path: Path) -> None:
+    url = await make_database("heartline_migrate_changed")
     sql_dir = tmp_path / "sql"
     shutil.copytree(SQL_DIR, sql_dir)
     await migrate(url, sql_dir)
@@ -73,8 +53,8 @@ async def test_changed_applied_migration_is_refused(database_url: str, tmp_path:
         await migrate(url, sql_dir)
 
 
-async def test_failed_migration_leaves_nothing_behind(database_url: str, tmp_path: Path) -> None:
-    url = await _fresh_database(database_url, "heartline_migrate_failed")
+async def test_failed_migration_leaves_nothing_behind(make_database: MakeDatabase, tmp_path: Path) -> None:
+    url = await make_database("heartline_migrate_failed")
     sql_dir = tmp_path / "sql"
     shutil.copytree(SQL_DIR, sql_dir)
     (sql_dir / "9999_broken.sql").write_text("CREATE TABLE half_done (id int);\nSELECT * FROM nowhere;\n")
