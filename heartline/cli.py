@@ -208,44 +208,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    if argv and argv[0] in DELEGATED:
-        name, rest = argv[0], argv[1:]
-        entry = _entry(name)
-        if entry is None:
-            print(f"heartline {name}: this part is not built yet", file=sys.stderr)
-            return 2
-        try:
-            settings = Settings.from_env()
-        except SettingsError as exc:
-            print(f"heartline: {exc}", file=sys.stderr)
-            return 2
-        _setup_logging(settings)
-        try:
-            return entry(settings, rest)
-        except SettingsError as exc:
-            print(f"heartline {name}: {exc}", file=sys.stderr)
-            return 2
-    args = parser.parse_args(argv)
+    delegated = bool(argv) and argv[0] in DELEGATED
+    # delegated parts parse their own arguments; the kernel's commands are parsed here
+    args = None if delegated else build_parser().parse_args(argv)
+    command = argv[0] if delegated else args.command  # type: ignore[union-attr]
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
         print(f"heartline: {exc}", file=sys.stderr)
         return 2
     _setup_logging(settings)
-    handlers = {"migrate": cmd_migrate, "api-key": cmd_api_key, "dev": cmd_dev}
     try:
-        return handlers[args.command](settings, args)
+        if delegated:
+            entry = _entry(command)
+            if entry is None:
+                print(f"heartline {command}: this part is not built yet", file=sys.stderr)
+                return 2
+            return entry(settings, argv[1:])
+        handlers = {"migrate": cmd_migrate, "api-key": cmd_api_key, "dev": cmd_dev}
+        return handlers[command](settings, args)  # type: ignore[arg-type]
     except SettingsError as exc:
-        print(f"heartline {args.command}: {exc}", file=sys.stderr)
+        print(f"heartline {command}: {exc}", file=sys.stderr)
         return 2
-    except DevStackError as exc:
-        print(f"heartline {args.command}: {exc}", file=sys.stderr)
-        return 1
-    except migrations.MigrationError as exc:
-        print(f"heartline {args.command}: {exc}", file=sys.stderr)
+    except (DevStackError, migrations.MigrationError) as exc:
+        print(f"heartline {command}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
-
-
