@@ -69,11 +69,15 @@ def new_session_token() -> str:
 class SessionPlane:
     """The session plane on one Redis client (decode_responses either way)."""
 
-    def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
+    def __init__(self, redis: aioredis.Redis, settings: Settings, *, scripts_client: Any = None) -> None:
+        """`scripts_client`, when given, runs the Lua scripts instead of `redis` — the edge's
+        `heartline.plane.multiplex.MultiplexedRedis`, so the scripts of all requests in flight share one
+        socket write (docs/performance.md); every other call stays on `redis`."""
         self.redis = redis
         self.settings = settings
         self.shards = settings.stream_shards
-        self.scripts = PlaneScripts(redis, shards=settings.stream_shards, max_len=settings.stream_max_len)
+        self.scripts = PlaneScripts(redis if scripts_client is None else scripts_client,
+                                    shards=settings.stream_shards, max_len=settings.stream_max_len)
 
     async def load_scripts(self) -> None:
         await self.scripts.load()
