@@ -12,7 +12,10 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from heartline.devstack import free_port
+from heartline.plane.licenses import CachedLicense
 from heartline.plane.multiplex import MultiplexedRedis
+from heartline.plane.sessions import PlaneCode, SessionPlane
+from heartline.settings import Settings
 
 
 @pytest.fixture
@@ -147,6 +150,26 @@ async def test_a_server_that_stops_answering_times_out_and_the_next_call_reconne
         assert await live.ping()
     finally:
         await live.aclose()
+
+
+async def test_session_plane_runs_its_scripts_on_the_multiplexed_client(client: MultiplexedRedis,
+                                                                        redis: aioredis.Redis,
+                                                                        settings: Settings) -> None:
+    plane = SessionPlane(redis, settings, scripts_client=client)
+    await plane.load_scripts()
+    await plane.cache_license(CachedLicense(license_id=7, version=1, status="active", valid_from_ms=0,
+                                            valid_until_ms=None, device_limit=3, sessions_limit=2,
+                                            interval_s=30, timeout_s=60), {"fp-a": 1, "fp-b": 2, "fp-c": 3})
+    sent = client.commands
+    starts = await asyncio.gather(*(plane.start_session(7, fp) for fp in ("fp-a", "fp-b", "fp-c")))
+    # the start script's limit holds through the multiplexed client: two sessions, the third refused
+    assert sorted(o.code for o in starts) == [PlaneCode.SESSION_LIMIT_REACHED, PlaneCode.STARTED,
+                                              PlaneCode.STARTED]
+    token = next(o.token for o in starts if o.token)
+    beat = await plane.heartbeat(7, token)
+    assert beat.code is PlaneCode.OK and beat.interval_s == 30
+    assert client.commands - sent == 4  # the scripts went through the multiplexed client ...
+    assert await plane.is_live(7, token)  # ... and the plain calls through redis-py still see them
 
 
 def test_from_url_reads_credentials_and_database() -> None:
