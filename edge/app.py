@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from edge import errors
 from edge.auth import ApiKeyGuard
+from edge.heartbeats import HeartbeatFastPath
 from edge.metrics import EdgeMetrics, MetricsMiddleware
 from edge.openapi import build_document, openapi_endpoint
 from edge.routes import routes
@@ -83,7 +84,8 @@ def create_app(settings: Settings) -> Starlette:
 
     app = Starlette(
         routes=[*routes(), Route("/v1/openapi.json", openapi_endpoint(build_document()), methods=["GET"])],
-        middleware=[Middleware(MetricsMiddleware, metrics=metrics)],
+        middleware=[Middleware(HeartbeatFastPath, metrics=metrics),
+                    Middleware(MetricsMiddleware, metrics=metrics)],
         exception_handlers={
             HeartlineError: errors.handle_edge_error,
             HTTPException: errors.handle_http_exception,

@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 import uuid
+from typing import Any
 
-from starlette.types import Receive, Scope, Send
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edge.bodies import decode
 from edge.errors import BodyTooLarge, HeartbeatTooFrequent, InvalidSessionToken, LicenseNotFound
+from edge.metrics import EdgeMetrics
 from edge.schemas import HeartbeatResponse, LicenseRequest, encode, utc_from_ms
 from edge.sessions import refusal
 from edge.state import EdgeState
@@ -86,3 +90,56 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
 
 
 heartbeat = HeartbeatEndpoint()
+
+HEARTBEAT_ROUTE = "/v1/sessions/{token}/heartbeat"
+_PREFIX, _SUFFIX = "/v1/sessions/", "/heartbeat"
+
+
+class HeartbeatFastPath:
+    """Outermost middleware: heartbeats go straight to their endpoint, ahead of the router, the metrics
+    wrapper and the exception middleware (≈10 µs of a ≈50 µs heartbeat, measured by loadtests.bench).
+
+    It keeps what those layers give: the same metrics under the same route label, and the same error
+    rendering (the app's handlers) for refusals and for Redis or PostgreSQL being unreachable.  Anything
+    else propagates to Starlette's server-error middleware (500, logged) as before.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: EdgeMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        token = path[len(_PREFIX):-len(_SUFFIX)] if path.startswith(_PREFIX) and path.endswith(_SUFFIX) else ""
+        if not token or "/" in token or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        scope["path_params"] = {"token": token}
+        try:
+            await heartbeat(scope, receive, send_status)
+        except Exception as exc:
+            handler = _handler_for(scope["app"], exc)
+            if handler is None:
+                raise
+            response = await handler(Request(scope), exc)
+            await response(scope, receive, send_status)
+        finally:
+            self.metrics.observe(HEARTBEAT_ROUTE, "POST", status, time.perf_counter() - started)
+
+
+def _handler_for(app: Any, exc: Exception) -> Any:
+    """The app's exception handler for `exc` (by its class hierarchy), as Starlette would pick it."""
+    handlers = app.exception_handlers
+    for cls in type(exc).__mro__:
+        if cls in handlers:
+            return handlers[cls]
+    return None

@@ -41,6 +41,18 @@ class EdgeMetrics:
                                 registry=self.registry)
         self.live_sessions = Gauge("heartline_live_sessions", "Sessions live in the plane (all shards)",
                                    registry=self.registry)
+        # (route, method, status) -> its counter and histogram children: labels() per request costs
+        # a lock and a tuple build on the hot path; there are only a few dozen combinations.
+        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one answered request and its latency under its route template."""
+        labels = (route, method, str(status))
+        children = self._children.get(labels)
+        if children is None:
+            children = self._children[labels] = (self.requests.labels(*labels), self.latency.labels(*labels))
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 class MetricsMiddleware:
@@ -49,9 +61,6 @@ class MetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: EdgeMetrics) -> None:
         self.app = app
         self.metrics = metrics
-        # (route, method, status) -> its counter and histogram children: labels() per request costs
-        # a lock and a tuple build on the hot path; there are only a few dozen combinations.
-        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -71,13 +80,7 @@ class MetricsMiddleware:
         finally:
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
-            labels = (path, scope["method"], str(status))
-            children = self._children.get(labels)
-            if children is None:
-                children = self._children[labels] = (self.metrics.requests.labels(*labels),
-                                                     self.metrics.latency.labels(*labels))
-            children[0].inc()
-            children[1].observe(time.perf_counter() - started)
+            self.metrics.observe(path, scope["method"], status, time.perf_counter() - started)
 
 
 async def metrics(request: Request) -> Response:

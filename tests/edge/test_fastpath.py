@@ -1,0 +1,45 @@
+"""Heartbeats take the fast path ahead of the router, and keep the metrics and error answers of the rest."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+ROUTE = "/v1/sessions/{token}/heartbeat"
+
+
+def _count(text: str, status: int) -> float:
+    prefix = f'heartline_edge_requests_total{{method="POST",route="{ROUTE}",status="{status}"}} '
+    lines = [line for line in text.splitlines() if line.startswith(prefix)]
+    return float(lines[0].removeprefix(prefix)) if lines else 0.0
+
+
+async def test_heartbeats_are_counted_under_their_route_with_their_status(
+        client: httpx.AsyncClient, make_license: Callable[..., Any]) -> None:
+    lic = await make_license(device_limit=1, concurrent_sessions_limit=1)
+    body = {"license_key": lic["license_key"]}
+    token = (await client.post("/v1/sessions", json={**body, "hardware_fingerprint": "fp"})).json()["session_token"]
+    assert (await client.post(f"/v1/sessions/{token}/heartbeat", json=body)).status_code == 200
+    assert (await client.post(f"/v1/sessions/{token}/heartbeat", json=body)).status_code == 200
+    missing = await client.post(f"/v1/sessions/{uuid.uuid4()}/heartbeat", json=body)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "SESSION_NOT_FOUND"
+    bad = await client.post("/v1/sessions/not-a-uuid/heartbeat", json=body)
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "INVALID_SESSION_TOKEN"
+    text = (await client.get("/metrics")).text
+    assert (_count(text, 200), _count(text, 404), _count(text, 422)) == (2.0, 1.0, 1.0)
+    assert 'heartline_edge_refusals_total{code="SESSION_NOT_FOUND"} 1.0' in text
+    assert f'heartline_edge_request_duration_seconds_count{{method="POST",route="{ROUTE}",status="200"}} 2.0' \
+        in text
+
+
+async def test_paths_near_the_heartbeat_still_go_through_the_router(client: httpx.AsyncClient) -> None:
+    token = uuid.uuid4()
+    wrong_method = await client.get(f"/v1/sessions/{token}/heartbeat")
+    assert wrong_method.status_code == 405 and wrong_method.json()["error"]["code"] == "METHOD_NOT_ALLOWED"
+    nested = await client.post(f"/v1/sessions/{token}/x/heartbeat", json={})
+    assert nested.status_code == 404 and nested.json()["error"]["code"] == "NOT_FOUND"
+    empty = await client.post("/v1/sessions//heartbeat", json={})
+    assert empty.status_code == 404
