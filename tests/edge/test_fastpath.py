@@ -8,6 +8,10 @@ from typing import Any
 
 import httpx
 
+from edge.app import create_app
+from heartline.devstack import free_port
+from heartline.settings import Settings
+
 ROUTE = "/v1/sessions/{token}/heartbeat"
 
 
@@ -43,3 +47,16 @@ async def test_paths_near_the_heartbeat_still_go_through_the_router(client: http
     assert nested.status_code == 404 and nested.json()["error"]["code"] == "NOT_FOUND"
     empty = await client.post("/v1/sessions//heartbeat", json={})
     assert empty.status_code == 404
+
+
+async def test_heartbeat_with_redis_unreachable_gets_the_apps_503(
+        edge_settings: Settings, api_key: str, make_license: Callable[..., Any]) -> None:
+    lic = await make_license()
+    app = create_app(edge_settings.replace(redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://edge", headers={"X-API-Key": api_key}) as http:
+        r = await http.post(f"/v1/sessions/{uuid.uuid4()}/heartbeat", json={"license_key": lic["license_key"]})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "PLANE_UNAVAILABLE"
+        assert r.headers["Retry-After"] == "1"
+        # counted like every other answer (/metrics itself needs Redis for the live-session gauge)
+        assert app.state.metrics.requests.labels(ROUTE, "POST", "503")._value.get() == 1.0
