@@ -19,11 +19,11 @@ import uuid
 from typing import Any
 
 from starlette.requests import Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edge.bodies import decode
 from edge.errors import BodyTooLarge, HeartbeatTooFrequent, InvalidSessionToken, LicenseNotFound
-from edge.metrics import EdgeMetrics
+from edge.metrics import EdgeMetrics, ResponseStatus
 from edge.schemas import HeartbeatResponse, LicenseRequest, encode, utc_from_ms
 from edge.sessions import refusal
 from edge.state import EdgeState
@@ -115,25 +115,18 @@ class HeartbeatFastPath:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        answered = ResponseStatus(send)
         scope["path_params"] = {"token": token}
         try:
-            await heartbeat(scope, receive, send_status)
+            await heartbeat(scope, receive, answered)
         except Exception as exc:
             handler = _handler_for(scope["app"], exc)
             if handler is None:
                 raise
             response = await handler(Request(scope), exc)
-            await response(scope, receive, send_status)
+            await response(scope, receive, answered)
         finally:
-            self.metrics.observe(HEARTBEAT_ROUTE, "POST", status, time.perf_counter() - started)
+            self.metrics.observe(HEARTBEAT_ROUTE, "POST", answered.status, time.perf_counter() - started)
 
 
 def _handler_for(app: Any, exc: Exception) -> Any:

@@ -55,6 +55,22 @@ class EdgeMetrics:
         children[1].observe(seconds)
 
 
+class ResponseStatus:
+    """A `send` that passes every message on and remembers the response's status (500 until one starts,
+    so a request that dies before answering counts as the 500 Starlette then sends)."""
+
+    __slots__ = ("send", "status")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.status = 500
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self.send(message)
+
+
 class MetricsMiddleware:
     """Counts and times every HTTP request under its route template (e.g. /v1/sessions/{token}/end)."""
 
@@ -67,20 +83,13 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        answered = ResponseStatus(send)
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive, answered)
         finally:
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
-            self.metrics.observe(path, scope["method"], status, time.perf_counter() - started)
+            self.metrics.observe(path, scope["method"], answered.status, time.perf_counter() - started)
 
 
 async def metrics(request: Request) -> Response:
