@@ -177,35 +177,28 @@ class LicenseView(ModelView):
     @action("suspend", "Suspend", "Suspend the selected licenses? Their live sessions end now.",
             "fa-pause")
     def suspend(self, items: Any) -> Any:
-        for item in _as_list(items):
-            if item.status == LicenseStatus.SUSPENDED:
-                continue
-            self._set_status(item, LicenseStatus.SUSPENDED)
-            try:
-                ended = plane().end_license_sessions(item.id, EndReason.LICENSE_SUSPENDED)
-            except PlaneError as exc:
-                flash(f"{item.license_key} suspended, but its sessions could not be ended: {exc}", "danger")
-                continue
-            refresh_edge_cache(item.id)
-            log.info("license.suspended license_id=%s sessions_ended=%s", item.id, ended)
-            flash(f"{item.license_key} suspended; {ended} live session(s) ended.", "success")
-        return redirect(self.get_redirect())
+        return self._stop_licenses(items, LicenseStatus.SUSPENDED, "suspended")
 
     @action("revoke", "Revoke", "Revoke the selected licenses for good? Their live sessions end now.",
             "fa-ban")
     def revoke(self, items: Any) -> Any:
+        return self._stop_licenses(items, LicenseStatus.REVOKED, "revoked")
+
+    def _stop_licenses(self, items: Any, status: str, verb: str) -> Any:
+        """Set `status` and end the live sessions of each selected license not already in it."""
         for item in _as_list(items):
-            if item.status == LicenseStatus.REVOKED:
+            if item.status == status:
                 continue
-            self._set_status(item, LicenseStatus.REVOKED)
+            self._set_status(item, status)
             try:
                 # end_reason has no 'revoked': a revoked license's sessions end as a suspension does
                 ended = plane().end_license_sessions(item.id, EndReason.LICENSE_SUSPENDED)
             except PlaneError as exc:
-                flash(f"{item.license_key} revoked, but its sessions could not be ended: {exc}", "danger")
+                flash(f"{item.license_key} {verb}, but its sessions could not be ended: {exc}", "danger")
                 continue
             refresh_edge_cache(item.id)
-            flash(f"{item.license_key} revoked; {ended} live session(s) ended.", "success")
+            log.info("license.%s license_id=%s sessions_ended=%s", verb, item.id, ended)
+            flash(f"{item.license_key} {verb}; {ended} live session(s) ended.", "success")
         return redirect(self.get_redirect())
 
     @action("reactivate", "Reactivate", "Reactivate the selected licenses?", "fa-play")
