@@ -32,7 +32,7 @@ import sys
 import tarfile
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -407,6 +407,45 @@ class FolderRemote:
         return target
 
 
+# Git reads the credentials from this helper (set through GIT_CONFIG_* variables, never argv); the first,
+# empty entry drops the user's own helpers, so a `store` helper never writes the token to disk.
+_CREDENTIAL_HELPER = ('!f() { test "$1" = get || exit 0; '
+                      'printf "username=%s\\npassword=%s\\n" "$HEARTLINE_GIT_USERNAME" "$HEARTLINE_GIT_PASSWORD"; }; f')
+
+
+def mask_remote(value: str | None) -> str:
+    """The remote as it may be shown (logs, output, errors): any password or token in the URL is `***`.
+
+    `https://user:token@host/x.git` -> `https://user:***@host/x.git`; a bare `https://token@host/x.git`
+    (token as user name) -> `https://***@host/x.git`. Folders and scp-like `git@host:x.git` are unchanged.
+    """
+    if not value:
+        return ""
+    parts = urlsplit(value)
+    if "@" not in parts.netloc or not parts.scheme:
+        return value
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, has_password, _password = userinfo.partition(":")
+    if has_password:
+        masked = f"{user}:***"
+    elif parts.scheme in ("http", "https"):
+        masked = "***"
+    else:
+        return value              # ssh://git@host: a user name, not a secret
+    return urlunsplit((parts.scheme, f"{masked}@{hostport}", parts.path, parts.query, parts.fragment))
+
+
+def _split_credentials(value: str) -> tuple[str, str | None, str | None]:
+    """An http(s) URL without its user info, and the user name and password it carried (unquoted)."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
+        return value, None, None
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    bare = urlunsplit((parts.scheme, hostport, parts.path, parts.query, parts.fragment))
+    return bare, unquote(user), unquote(password)
+
+
 @dataclass(frozen=True)
 class GitRemote:
     """A git repository; each upload is one commit adding one archive on branch `main`.
@@ -414,20 +453,55 @@ class GitRemote:
     Works in a throwaway bare repository holding only the branch tip's trees (a shallow, blob-less
     clone where the server allows it), so neither the backup host nor a push needs the remote's
     earlier archives.
+
+    Credentials in an http(s) URL never reach git's command line, its output or ours: git is given the
+    URL without them and reads them from a credential helper that takes them from its environment.
     """
 
-    url: str
+    url: str                       # without credentials: safe to pass to git and to show
     scratch: Path
+    username: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def parse(cls, value: str, scratch: Path) -> GitRemote:
+        url, username, password = _split_credentials(value)
+        return cls(url, scratch, username, password)
+
+    @property
+    def shown(self) -> str:
+        """The URL as it may be shown: the user name when there was a password, never the secret."""
+        if self.username is None:
+            return self.url
+        parts = urlsplit(self.url)
+        who = f"{self.username}:***" if self.password else "***"
+        return urlunsplit((parts.scheme, f"{who}@{parts.netloc}", parts.path, parts.query, parts.fragment))
+
+    def _env(self) -> dict[str, str]:
+        env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
+        if self.username is not None:
+            env.update({"GIT_CONFIG_COUNT": "2",
+                        "GIT_CONFIG_KEY_0": "credential.helper", "GIT_CONFIG_VALUE_0": "",
+                        "GIT_CONFIG_KEY_1": "credential.helper", "GIT_CONFIG_VALUE_1": _CREDENTIAL_HELPER,
+                        "HEARTLINE_GIT_USERNAME": self.username,
+                        "HEARTLINE_GIT_PASSWORD": self.password or ""})
+        return env
+
+    def _scrub(self, text: str) -> str:
+        """git's own message, with the secret blanked should a server ever echo it back."""
+        for secret in (self.password, self.username if not self.password else None):
+            if secret:
+                text = text.replace(secret, "***")
+        return text
 
     def _git(self, repo: Path | None, *args: str, input_: bytes | None = None) -> str:
         cmd = ["git"] + (["--git-dir", str(repo)] if repo else []) + [
             "-c", "user.name=heartline-backup", "-c", "user.email=backup@heartline.invalid",
             "-c", "protocol.file.allow=always", *args]
-        res = subprocess.run(cmd, capture_output=True, input=input_, check=False,
-                             env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})
+        res = subprocess.run(cmd, capture_output=True, input=input_, check=False, env=self._env())
         if res.returncode != 0:
-            raise BackupError(BackupErrorCode.REMOTE_FAILED,
-                              f"git {args[0]} failed for {self.url}: {res.stderr.decode(errors='replace').strip()}")
+            error = self._scrub(res.stderr.decode(errors="replace").strip())
+            raise BackupError(BackupErrorCode.REMOTE_FAILED, f"git {args[0]} failed for {self.shown}: {error}")
         return res.stdout.decode()
 
     @contextlib.contextmanager
@@ -467,7 +541,7 @@ class GitRemote:
                 if existing == self._blob_id(archive.path):
                     return
                 raise BackupError(BackupErrorCode.REMOTE_FAILED, f"{archive.path.name} is already in "
-                                  f"{self.url} with other content; remote backups are never replaced")
+                                  f"{self.shown} with other content; remote backups are never replaced")
             blob = self._git(repo, "hash-object", "-w", str(archive.path)).strip()
             lines = [f"100644 blob {oid}\t{path}" for path, oid in sorted(listing.items())]
             lines.append(f"100644 blob {blob}\t{archive.path.name}")
@@ -490,18 +564,19 @@ class GitRemote:
         with self._tip() as (repo, tip):
             blob = self._listing(repo, tip).get(f"{name}{SUFFIX}")
             if blob is None:
-                raise BackupError(BackupErrorCode.NOT_FOUND, f"{name} is not in {self.url}")
+                raise BackupError(BackupErrorCode.NOT_FOUND, f"{name} is not in {self.shown}")
             target = dest / f"{name}{SUFFIX}"
             tmp = dest / f".partial-{name}{SUFFIX}"
             with open(tmp, "wb") as out:
                 # a blob-less clone fetches the one blob on demand from its promisor remote
                 res = subprocess.run(["git", "--git-dir", str(repo), "-c", "protocol.file.allow=always",
                                       "cat-file", "blob", blob], stdout=out, stderr=subprocess.PIPE,
-                                     check=False)
+                                     check=False, env=self._env())
             if res.returncode != 0:
                 tmp.unlink(missing_ok=True)
+                error = self._scrub(res.stderr.decode(errors="replace").strip())
                 raise BackupError(BackupErrorCode.REMOTE_FAILED,
-                                  f"could not fetch {name} from {self.url}: {res.stderr.decode().strip()}")
+                                  f"could not fetch {name} from {self.shown}: {error}")
             _fsync_rename(tmp, target)
             return target
 
@@ -517,7 +592,7 @@ def remote_of(settings: Settings) -> Remote | None:
     path = Path(value)
     is_repo = path.is_dir() and ((path / "HEAD").is_file() or (path / ".git").exists())
     if _GIT_URL.search(value) or is_repo:
-        return GitRemote(value, settings.backup_dir)
+        return GitRemote.parse(value, settings.backup_dir)
     return FolderRemote(path)
 
 
@@ -533,7 +608,7 @@ def push_backup(settings: Settings, archive: Archive) -> None:
     """Upload a verified archive to the remote; a damaged archive is never uploaded."""
     archive.verify()
     _require_remote(settings).upload(archive)
-    log.info("backup.pushed name=%s remote=%s", archive.name, settings.backup_remote)
+    log.info("backup.pushed name=%s remote=%s", archive.name, mask_remote(settings.backup_remote))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -756,7 +831,7 @@ def _cmd_create(settings: Settings, args: argparse.Namespace) -> int:
           f"{len(manifest.tables)} tables)")
     if args.push:
         push_backup(settings, archive)
-        print(f"pushed   {archive.name} to {settings.backup_remote}")
+        print(f"pushed   {archive.name} to {mask_remote(settings.backup_remote)}")
         _print_prune(prune_backups(settings))
     return 0
 
@@ -772,7 +847,7 @@ def _cmd_list(settings: Settings, args: argparse.Namespace) -> int:
             print(f"remote not listed: {exc}", file=sys.stderr)
     local = {a.name: a for a in local_archives(settings)}
     if not local and not remote_names:
-        print(f"no backups in {settings.backup_dir}" + (f" or {settings.backup_remote}" if remote else ""))
+        print(f"no backups in {settings.backup_dir}" + (f" or {mask_remote(settings.backup_remote)}" if remote else ""))
         return 0
     print(f"{'NAME':<30} {'WHERE':<13} {'BYTES':>12}  {'SCHEMA':<28} STATE")
     for name in sorted(set(local) | remote_names):
@@ -857,5 +932,5 @@ def main(settings: Settings, argv: Sequence[str]) -> int:
 
 
 __all__ = ["Archive", "BackupError", "BackupErrorCode", "Manifest", "PruneResult", "create_backup",
-           "find_archive", "local_archives", "main", "prune_backups", "push_backup", "remote_of",
+           "find_archive", "local_archives", "main", "mask_remote", "prune_backups", "push_backup", "remote_of",
            "restore_backup"]

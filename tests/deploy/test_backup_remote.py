@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
 import pytest
+from git_http import git_http_server
 
 from heartline import backup
 from heartline.backup import BackupError, BackupErrorCode, FolderRemote, GitRemote
@@ -215,3 +217,61 @@ def test_list_shows_local_backups_when_the_remote_is_unreachable(backup_settings
     assert backup.main(settings.replace(backup_keep_local=0), ["prune"]) == 1
     assert "REMOTE_FAILED" in capsys.readouterr().err
     assert archive.path.exists() and newer.path.exists()
+
+
+def test_mask_remote_hides_passwords_and_tokens() -> None:
+    assert backup.mask_remote("https://ops:tok%40en@git.example.com/b.git") == "https://ops:***@git.example.com/b.git"
+    assert backup.mask_remote("https://ghp_token@github.com/acme/b.git") == "https://***@github.com/acme/b.git"
+    assert backup.mask_remote("ssh://git@host:2222/srv/b.git") == "ssh://git@host:2222/srv/b.git"
+    assert backup.mask_remote("ssh://git:pw@host/srv/b.git") == "ssh://git:***@host/srv/b.git"
+    assert backup.mask_remote("git@github.com:acme/b.git") == "git@github.com:acme/b.git"
+    assert backup.mask_remote("/mnt/share/backups") == "/mnt/share/backups"
+    remote = backup.remote_of(Settings(backup_remote="https://ops:tok@git.example.com/b.git"))
+    assert isinstance(remote, GitRemote)
+    assert remote.url == "https://git.example.com/b.git" and "tok" not in repr(remote)
+
+
+def test_git_remote_credentials_never_shown_logged_or_on_gits_command_line(
+        backup_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    token, wrong = "s3cret-Tok3n-Zq9", "wr0ng-Tok3n-Xy7"
+    root = tmp_path / "srv"
+    _bare_repo(root / "backups.git", allow_filter=True)
+    # every git command line is recorded by a shim in front of the real git
+    bin_dir, argv_log = tmp_path / "bin", tmp_path / "git-argv.log"
+    bin_dir.mkdir()
+    real_git = subprocess.run(["sh", "-c", "command -v git"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    (bin_dir / "git").write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {argv_log}\nexec {real_git} "$@"\n')
+    (bin_dir / "git").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    # a user whose git stores every credential it is given: ours must never end up there
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".gitconfig").write_text("[credential]\n\thelper = store\n")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    caplog.set_level("INFO")
+
+    with git_http_server(root, "backup", token) as server:
+        settings = backup_settings.replace(backup_remote=server.url("backups.git", credentials=f"backup:{token}"),
+                                           backup_keep_local=0)
+        assert backup.main(settings, ["create", "--push"]) == 0
+        assert backup.main(settings, ["list"]) == 0
+        name = backup.remote_of(settings).names()[0]  # type: ignore[union-attr]
+        backup.local_archives(settings)[0].path.unlink()  # only the remote holds it now
+        fetched = backup.find_archive(settings, name)  # a blob-less clone fetches the blob with credentials
+        assert fetched.verify().name == name
+        fetched.path.unlink()
+        refused = settings.replace(backup_remote=server.url("backups.git", credentials=f"backup:{wrong}"))
+        assert backup.main(refused, ["list"]) == 0
+        assert backup.main(refused, ["push"]) == 1
+        assert server.authorizations                  # the credentials did reach the server
+
+    captured = capsys.readouterr()
+    assert "backup:***@127.0.0.1" in captured.out
+    assert "REMOTE_FAILED" in captured.err and "backup:***@127.0.0.1" in captured.err
+    shown = captured.out + captured.err + caplog.text + argv_log.read_text()
+    assert token not in shown and wrong not in shown
+    assert "backups.git" in argv_log.read_text()
+    assert not (home / ".git-credentials").exists()
