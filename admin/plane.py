@@ -58,6 +58,11 @@ class AdminPlane:
     def end_license_sessions(self, license_id: int, reason: EndReason) -> int:
         return self._run(lambda p: p.end_license_sessions(license_id, reason))
 
+    def suspend_license(self, license_id: int, status: str, version: int) -> int:
+        """Switch the cached license to `status` and end its live sessions, atomically (see
+        SessionPlane.suspend_license); -1 when a newer version is already cached."""
+        return self._run(lambda p: p.suspend_license(license_id, status, version))
+
     def end_device_sessions(self, license_id: int, fingerprint: str, reason: EndReason) -> int:
         return self._run(lambda p: p.end_device_sessions(license_id, fingerprint, reason))
 

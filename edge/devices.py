@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
+import asyncpg
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -19,6 +21,7 @@ from edge.schemas import ActivateRequest, ActivateResponse, DeactivateResponse, 
 from edge.state import EdgeState, edge_state
 from heartline.licenses import ACTIVE_DEVICES, LICENSE_COLUMNS, to_cached
 from heartline.plane.events import EndReason
+from heartline.plane.sessions import StartOutcome
 
 log = logging.getLogger("heartline.edge.devices")
 
@@ -57,35 +60,77 @@ class Activation:
     device_limit: int
 
 
+async def _activate_locked(conn: asyncpg.Connection, license_id: int, fingerprint: str,
+                           device_name: str | None, device_type: str | None) -> tuple[Any, dict[str, int], int, bool]:
+    """Inside the caller's transaction: lock the license row, refuse a license that does not serve or a
+    full device limit, activate the device.  Returns the license row, the active devices (this one
+    included), its id and whether it was activated now."""
+    lic = await conn.fetchrow(LOCK_LICENSE, license_id)
+    if lic is None:
+        raise LicenseNotFound()
+    if lic["refusal"] is not None:
+        raise LICENSE_REFUSALS[lic["refusal"]]()
+    found = await conn.fetchrow(FIND_DEVICE, license_id, fingerprint)
+    devices = {r["hardware_fingerprint"]: r["id"] for r in await conn.fetch(ACTIVE_DEVICES, license_id)}
+    if found is not None and found["is_active"]:
+        return lic, devices, found["id"], False
+    if len(devices) >= lic["device_limit"]:
+        log.info("device.activation.refused license_id=%s code=DEVICE_LIMIT_REACHED", license_id)
+        raise DeviceLimitReached()
+    if found is None:
+        device_id = await conn.fetchval(INSERT_DEVICE, license_id, fingerprint, device_name, device_type)
+    else:
+        device_id = found["id"]
+        await conn.execute(REACTIVATE_DEVICE, device_id, device_name, device_type)
+    devices[fingerprint] = device_id
+    return lic, devices, device_id, True
+
+
 async def activate_device(state: EdgeState, license_id: int, fingerprint: str, device_name: str | None,
                           device_type: str | None) -> Activation:
     """Activate a device (idempotent for an active one); raises the license or device-limit refusal."""
     async with state.pool.acquire() as conn, conn.transaction():
-        lic = await conn.fetchrow(LOCK_LICENSE, license_id)
-        if lic is None:
-            raise LicenseNotFound()
-        if lic["refusal"] is not None:
-            raise LICENSE_REFUSALS[lic["refusal"]]()
-        found = await conn.fetchrow(FIND_DEVICE, license_id, fingerprint)
-        devices = {r["hardware_fingerprint"]: r["id"] for r in await conn.fetch(ACTIVE_DEVICES, license_id)}
-        if found is not None and found["is_active"]:
-            device_id, created = found["id"], False
-        else:
-            if len(devices) >= lic["device_limit"]:
-                log.info("device.activation.refused license_id=%s code=DEVICE_LIMIT_REACHED", license_id)
-                raise DeviceLimitReached()
-            if found is None:
-                device_id = await conn.fetchval(INSERT_DEVICE, license_id, fingerprint, device_name, device_type)
-            else:
-                device_id = found["id"]
-                await conn.execute(REACTIVATE_DEVICE, device_id, device_name, device_type)
-            devices[fingerprint] = device_id
-            created = True
+        lic, devices, device_id, created = await _activate_locked(conn, license_id, fingerprint, device_name,
+                                                                  device_type)
+        if created:
             log.info("device.activated license_id=%s device_id=%s", license_id, device_id)
         # Still under the row lock: the plane sees this device list before any later change.
         await state.plane.cache_license(to_cached(lic, state.settings), devices)
     return Activation(device_id=device_id, newly_activated=created, active_devices=len(devices),
                       device_limit=lic["device_limit"])
+
+
+async def start_on_new_device(state: EdgeState, license_id: int, fingerprint: str, device_name: str | None,
+                              device_type: str | None, *, client_version: str, client_ip: str) -> StartOutcome:
+    """Start a session on a device the plane does not know, activating it on the fly: the activation
+    is committed only if the plane grants the session, so a refused start takes no device slot.
+
+    The activation stays uncommitted (its license row locked) while the plane's start script decides;
+    the script adds the device to the plane's cache only together with the session it grants.  Should
+    the commit fail after a grant, the session is ended and the device dropped from the cache again.
+    """
+    async with state.pool.acquire() as conn:
+        transaction = conn.transaction()
+        await transaction.start()
+        try:
+            _lic, _devices, device_id, created = await _activate_locked(conn, license_id, fingerprint,
+                                                                        device_name, device_type)
+            outcome = await state.plane.start_session(license_id, fingerprint, client_version=client_version,
+                                                      client_ip=client_ip, device_id=device_id)
+        except BaseException:
+            await transaction.rollback()
+            raise
+        if not outcome.granted:
+            await transaction.rollback()
+            return outcome
+        try:
+            await transaction.commit()
+        except BaseException:
+            await state.plane.end_device_sessions(license_id, fingerprint, EndReason.DEVICE_DEACTIVATED)
+            raise
+    if created:
+        log.info("device.activated license_id=%s device_id=%s", license_id, device_id)
+    return outcome
 
 
 async def deactivate_device(state: EdgeState, license_id: int, fingerprint: str) -> int:

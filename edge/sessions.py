@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from edge.bodies import read_struct, session_token
-from edge.devices import activate_device, license_id_or_404
+from edge.devices import license_id_or_404, start_on_new_device
 from edge.errors import (
     LICENSE_REFUSALS,
     EdgeError,
@@ -44,9 +44,15 @@ async def start_or_resume(state: EdgeState, license_id: int, body: StartSessionR
             if await state.licenses.load(license_id) is None:
                 raise LicenseNotFound()
         elif outcome.code is PlaneCode.DEVICE_NOT_ACTIVATED:
-            # Unknown device: activate it on the fly when the device limit allows (raises otherwise).
-            await activate_device(state, license_id, body.hardware_fingerprint, body.device_name,
-                                  body.device_type)
+            # Unknown device: activated on the fly when the device limit allows (raises otherwise), and
+            # kept only if the session is granted.
+            outcome = await start_on_new_device(state, license_id, body.hardware_fingerprint,
+                                                body.device_name, body.device_type,
+                                                client_version=body.client_version or "", client_ip=ip)
+            if outcome.code is not PlaneCode.LICENSE_NOT_CACHED:
+                return outcome
+            if await state.licenses.load(license_id) is None:
+                raise LicenseNotFound()
         else:
             return outcome
     raise PlaneUnavailable("The session could not be started; retry.")

@@ -144,8 +144,10 @@ class LicenseCache:
                 del self._ids[key]
             cached = await self.load(license_id)
             if cached is not None and cached.status != "active":
-                ended = await self.plane.end_license_sessions(license_id, EndReason.LICENSE_SUSPENDED)
-                if ended:
+                # the license was written suspended above; the sessions end in the same script that
+                # (again) switches the status, as the admin's suspension does
+                ended = await self.plane.suspend_license(license_id, cached.status, cached.version)
+                if ended > 0:
                     log.info("license.sessions.ended license_id=%s status=%s count=%s", license_id,
                              cached.status, ended)
         self._unknown.clear()

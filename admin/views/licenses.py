@@ -25,7 +25,6 @@ from admin.views.base import ReadableInterface, plane, timestamps, when
 from admin.views.devices import DeviceView
 from admin.views.sessions import LiveSessionView, SessionHistoryView
 from heartline.demo import new_license_key
-from heartline.plane.events import EndReason
 
 log = logging.getLogger("admin.licenses")
 
@@ -189,10 +188,11 @@ class LicenseView(ModelView):
         for item in _as_list(items):
             if item.status == status:
                 continue
-            self._set_status(item, status)
+            version = self._set_status(item, status)
             try:
-                # end_reason has no 'revoked': a revoked license's sessions end as a suspension does
-                ended = plane().end_license_sessions(item.id, EndReason.LICENSE_SUSPENDED)
+                # one plane script switches the cached status and ends the sessions, so no start slips
+                # in between; end_reason has no 'revoked': a revoked license's sessions end as suspended
+                ended = max(0, plane().suspend_license(item.id, status, version))
             except PlaneError as exc:
                 flash(f"{item.license_key} {verb}, but its sessions could not be ended: {exc}", "danger")
                 continue
@@ -225,11 +225,14 @@ class LicenseView(ModelView):
             flash(f"{item.license_key} valid until {new_end:%Y-%m-%d}.", "success")
         return redirect(self.get_redirect())
 
-    def _set_status(self, item: License, status: str) -> None:
+    def _set_status(self, item: License, status: str) -> int:
+        """Set the status; returns the row's new version."""
         session = self.datamodel.session
-        session.execute(text("UPDATE licenses SET status = :s WHERE id = :id"), {"s": status, "id": item.id})
+        version = session.execute(text("UPDATE licenses SET status = :s WHERE id = :id RETURNING version"),
+                                  {"s": status, "id": item.id}).scalar_one()
         session.commit()
         log.info("license.status license_id=%s status=%s actor=%s", item.id, status, g.get("heartline_actor"))
+        return int(version)
 
 
 def refresh_edge_cache(license_id: int) -> None:

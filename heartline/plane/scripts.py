@@ -48,7 +48,8 @@ class Script:
 # Bound on the heartbeat key sets kept (one per license seen); beyond it the cache starts over.
 MAX_CACHED_KEY_SETS = 200_000
 
-SCRIPT_NAMES = ("start", "heartbeat", "end", "end_license", "reap", "cache_license", "forget_license")
+SCRIPT_NAMES = ("start", "heartbeat", "end", "end_license", "reap", "cache_license", "forget_license",
+                "suspend_license")
 # Read once per process: the files do not change while it runs.
 SCRIPTS = {name: Script.read(name) for name in SCRIPT_NAMES}
 
@@ -74,7 +75,7 @@ class PlaneScripts:
             await self.redis.script_load(script.source)
 
     async def start(self, license_id: int, fingerprint: str, token: str, client_version: str,
-                    client_ip: str) -> list[Any]:
+                    client_ip: str, device_id: int | None = None) -> list[Any]:
         s = self.shards
         shard = keys.shard_of(license_id, s)
         return await SCRIPTS["start"](  # type: ignore[no-any-return]
@@ -83,7 +84,7 @@ class PlaneScripts:
              keys.fingerprints(license_id, s), keys.deadlines(shard), keys.event_stream(shard),
              keys.live_count(shard)],
             [license_id, keys.license_base(license_id, s), fingerprint, token, client_version, client_ip,
-             self.max_len, self.grace_ms])
+             self.max_len, self.grace_ms, "" if device_id is None else device_id])
 
     async def heartbeat(self, license_id: int, token: str, min_gap_ms: int) -> list[Any]:
         found = self._heartbeat_keys.get(license_id)
@@ -140,3 +141,13 @@ class PlaneScripts:
         return int(await SCRIPTS["forget_license"](
             self.redis, [keys.license_hash(license_id, self.shards), keys.devices(license_id, self.shards)],
             []))
+
+    async def suspend_license(self, license_id: int, status: str, version: int, reason: str) -> int:
+        s = self.shards
+        shard = keys.shard_of(license_id, s)
+        return int(await SCRIPTS["suspend_license"](
+            self.redis,
+            [keys.license_hash(license_id, s), keys.live_sessions(license_id, s), keys.fingerprints(license_id, s),
+             keys.sessions(license_id, s), keys.deadlines(shard), keys.event_stream(shard),
+             keys.live_count(shard)],
+            [license_id, keys.license_base(license_id, s), status, version, reason, self.max_len]))

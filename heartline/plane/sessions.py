@@ -85,10 +85,15 @@ class SessionPlane:
     # -- sessions -------------------------------------------------------------------------------------
 
     async def start_session(self, license_id: int, fingerprint: str, *, client_version: str = "",
-                            client_ip: str = "", token: str | None = None) -> StartOutcome:
-        """Start a session for an activated device, or resume the device's live one (same token)."""
+                            client_ip: str = "", token: str | None = None,
+                            device_id: int | None = None) -> StartOutcome:
+        """Start a session for an activated device, or resume the device's live one (same token).
+
+        `device_id`: an activation of `fingerprint` not yet committed in PostgreSQL; the device enters
+        the plane's devices cache only if the session is granted (the caller commits then, and rolls
+        back otherwise)."""
         reply = await self.scripts.start(license_id, fingerprint, token or new_session_token(),
-                                         client_version, client_ip)
+                                         client_version, client_ip, device_id)
         code = PlaneCode(_text(reply[0]))
         if code in (PlaneCode.STARTED, PlaneCode.RESUMED):
             return StartOutcome(code=code, token=_text(reply[1]), deadline_ms=int(reply[2]),
@@ -111,6 +116,13 @@ class SessionPlane:
 
     async def end_license_sessions(self, license_id: int, reason: EndReason) -> int:
         return await self.scripts.end_license(license_id, str(reason))
+
+    async def suspend_license(self, license_id: int, status: str, version: int,
+                              reason: EndReason = EndReason.LICENSE_SUSPENDED) -> int:
+        """Switch the cached license to `status` (suspended, revoked) and end its live sessions with
+        `reason`, in one atomic step; `version` is the licenses row's version carrying the status.
+        Returns the sessions ended, or -1 when a newer version is already cached (nothing changed)."""
+        return await self.scripts.suspend_license(license_id, status, version, str(reason))
 
     async def end_device_sessions(self, license_id: int, fingerprint: str, reason: EndReason) -> int:
         """End the device's sessions and drop it from the devices cache (PostgreSQL decides again)."""

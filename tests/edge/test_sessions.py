@@ -94,17 +94,49 @@ async def test_race_ten_devices_fifty_starts_each_three_sessions(
 async def test_race_five_hundred_unknown_devices(client: httpx.AsyncClient, make_license: Callable[..., Any],
                                                  db: asyncpg.Connection, redis: aioredis.Redis,
                                                  edge_settings: Settings) -> None:
+    """Three sessions granted; every other start refused for the session limit, and only the three
+    devices that got a session were activated (a refused start takes no device slot)."""
     lic = await make_license(device_limit=10, concurrent_sessions_limit=3)
     replies = await asyncio.gather(*(start(client, lic["license_key"], f"box-{i}") for i in range(500)))
     outcomes = Counter((r.status_code, r.json().get("error", {}).get("code")) for r in replies)
-    assert outcomes[(201, None)] == 3
-    assert outcomes[(409, "SESSION_LIMIT_REACHED")] == 7
-    assert outcomes[(409, "DEVICE_LIMIT_REACHED")] == 490
-    assert sum(outcomes.values()) == 500
-    active = await db.fetchval("SELECT count(*) FROM device_registrations WHERE license_id = $1 AND is_active",
-                               lic["id"])
-    assert active == 10
+    assert outcomes == {(201, None): 3, (409, "SESSION_LIMIT_REACHED"): 497}
+    active = await db.fetch("SELECT hardware_fingerprint FROM device_registrations "
+                            "WHERE license_id = $1 AND is_active", lic["id"])
+    winners = {f"box-{i}" for i, r in enumerate(replies) if r.status_code == 201}
+    assert {r["hardware_fingerprint"] for r in active} == winners
+    assert await db.fetchval("SELECT count(*) FROM device_registrations WHERE license_id = $1", lic["id"]) == 3
     assert await live_count(redis, edge_settings, lic["id"]) == 3
+
+
+async def test_race_five_hundred_unknown_devices_with_the_device_limit_binding(
+        client: httpx.AsyncClient, make_license: Callable[..., Any], db: asyncpg.Connection,
+        redis: aioredis.Redis, edge_settings: Settings) -> None:
+    lic = await make_license(device_limit=3, concurrent_sessions_limit=3)
+    replies = await asyncio.gather(*(start(client, lic["license_key"], f"box-{i}") for i in range(500)))
+    outcomes = Counter((r.status_code, r.json().get("error", {}).get("code")) for r in replies)
+    assert outcomes == {(201, None): 3, (409, "DEVICE_LIMIT_REACHED"): 497}
+    assert await db.fetchval("SELECT count(*) FROM device_registrations WHERE license_id = $1", lic["id"]) == 3
+    assert await live_count(redis, edge_settings, lic["id"]) == 3
+
+
+async def test_a_start_refused_for_the_session_limit_takes_no_device_slot(
+        client: httpx.AsyncClient, license_with_devices: Callable[..., Any], db: asyncpg.Connection) -> None:
+    lic, _ = await license_with_devices(devices=1, device_limit=3, concurrent_sessions_limit=1)
+    first = await start(client, lic["license_key"], "fp0")
+    assert first.status_code == 201
+    for i in range(5):
+        refused = await start(client, lic["license_key"], f"stranger-{i}")
+        assert refused.status_code == 409 and refused.json()["error"]["code"] == "SESSION_LIMIT_REACHED"
+    assert await db.fetchval("SELECT count(*) FROM device_registrations WHERE license_id = $1", lic["id"]) == 1
+    ended = await client.post(f"/v1/sessions/{first.json()['session_token']}/end",
+                              json={"license_key": lic["license_key"]})
+    assert ended.status_code == 200
+    late = await start(client, lic["license_key"], "stranger-0", device_name="Late PC")
+    assert late.status_code == 201
+    assert await db.fetchval("SELECT device_name FROM device_registrations WHERE license_id = $1 AND "
+                             "hardware_fingerprint = 'stranger-0' AND is_active", lic["id"]) == "Late PC"
+    again = await start(client, lic["license_key"], "stranger-0")
+    assert again.status_code == 200 and again.json()["session_token"] == late.json()["session_token"]
 
 
 async def test_missed_heartbeats_free_the_slot_after_timeout(

@@ -83,6 +83,62 @@ async def test_start_refuses_unknown_device_and_uncached_license(plane: SessionP
     assert (await plane.start_session(LICENSE_ID + 1, "fp1")).code is PlaneCode.LICENSE_NOT_CACHED
 
 
+async def test_start_caches_an_offered_device_only_with_the_session_it_grants(plane: SessionPlane) -> None:
+    for i in range(3):
+        assert (await plane.start_session(LICENSE_ID, f"fp{i}")).granted
+    refused = await plane.start_session(LICENSE_ID, "newcomer", device_id=555)
+    assert refused.code is PlaneCode.SESSION_LIMIT_REACHED
+    assert await plane.cached_device(LICENSE_ID, "newcomer") is None
+    assert await plane.end_session(LICENSE_ID, (await plane.start_session(LICENSE_ID, "fp0")).token or "",
+                                   EndReason.CLIENT_END)
+    granted = await plane.start_session(LICENSE_ID, "newcomer", device_id=555)
+    assert granted.code is PlaneCode.STARTED
+    assert await plane.cached_device(LICENSE_ID, "newcomer") == 555
+    started = [e for e in await events(plane) if e.session_token == granted.token]
+    assert [(e.kind, e.device_id) for e in started] == [(SessionEventKind.STARTED, 555)]
+
+
+async def test_suspend_license_switches_the_cache_and_ends_sessions_with_no_start_in_between(
+        plane: SessionPlane) -> None:
+    """Starts racing a suspension: once it returns nothing is live, and every session granted was ended
+    as license_suspended (ending sessions and switching the cache in two steps lets starts slip in)."""
+    devices = {f"fp{i}": 100 + i for i in range(10)}
+
+    async def hammer(fingerprint: str) -> set[PlaneCode]:
+        seen = set()
+        while True:
+            out = await plane.start_session(LICENSE_ID, fingerprint)
+            seen.add(out.code)
+            if not out.granted:
+                return seen
+
+    for version in range(2, 42, 2):
+        await plane.cache_license(cached(version=version, sessions_limit=10), devices)
+        racers = [asyncio.ensure_future(hammer(fp)) for fp in devices]
+        await asyncio.sleep(0.005)
+        assert await plane.suspend_license(LICENSE_ID, "suspended", version + 1) >= 0
+        codes = set().union(*await asyncio.gather(*racers))
+        assert await plane.live_tokens(LICENSE_ID) == set()
+        assert codes <= {PlaneCode.STARTED, PlaneCode.RESUMED, PlaneCode.LICENSE_SUSPENDED}
+        assert (await plane.cached_license(LICENSE_ID)).status == "suspended"  # type: ignore[union-attr]
+    started = {e.session_token for e in await events(plane) if e.kind is SessionEventKind.STARTED}
+    ended_events = [e for e in await events(plane) if e.kind is SessionEventKind.ENDED]
+    assert sorted(e.session_token for e in ended_events) == sorted(started)
+    assert {e.reason for e in ended_events} <= {EndReason.LICENSE_SUSPENDED}
+
+
+async def test_suspend_license_leaves_a_newer_cached_version_alone(plane: SessionPlane) -> None:
+    await plane.cache_license(cached(version=9), {"fp1": 101})
+    token = (await plane.start_session(LICENSE_ID, "fp1")).token
+    assert await plane.suspend_license(LICENSE_ID, "suspended", 8) == -1
+    assert (await plane.cached_license(LICENSE_ID)).status == "active"  # type: ignore[union-attr]
+    assert await plane.live_tokens(LICENSE_ID) == {token}
+    assert await plane.suspend_license(LICENSE_ID, "revoked", 10) == 1
+    lic = await plane.cached_license(LICENSE_ID)
+    assert lic is not None and (lic.status, lic.version) == ("revoked", 10)
+    assert (await plane.start_session(LICENSE_ID, "fp1")).code is PlaneCode.LICENSE_REVOKED
+
+
 async def test_start_refuses_inactive_licenses(plane: SessionPlane) -> None:
     now = await plane.now_ms()
     cases = {

@@ -3,12 +3,16 @@
 --       5 shard deadline index, 6 shard event stream, 7 shard live count
 -- ARGV: 1 license id, 2 license base 'hl:{sN}:L<id>:', 3 fingerprint, 4 token for a new session
 --       (uuid4 made by the caller), 5 client version, 6 client ip, 7 stream max length,
---       8 grace ms the session keys outlive the last write (memory bound if no reaper runs)
+--       8 grace ms the session keys outlive the last write (memory bound if no reaper runs),
+--       9 device id offered for a fingerprint missing from the devices hash ('' = none): the id of an
+--         activation the caller holds uncommitted in PostgreSQL
 -- Reply: {'STARTED' | 'RESUMED', token, deadline ms, heartbeat interval s, heartbeat timeout s}
 --        or {code}: LICENSE_NOT_CACHED (caller reloads the license and retries), LICENSE_SUSPENDED,
 --        LICENSE_REVOKED, LICENSE_EXPIRED, LICENSE_NOT_YET_VALID, DEVICE_NOT_ACTIVATED (caller activates
---        in PostgreSQL and retries), SESSION_LIMIT_REACHED.
+--        in PostgreSQL without committing and retries offering the device id), SESSION_LIMIT_REACHED.
 -- Atomic, so parallel starts can never exceed the limit; no live session is ever ended to make room.
+-- An offered device enters the devices hash only together with the session it starts: a refused start
+-- leaves no trace here, and the caller rolls its activation back, so refusals never take device slots.
 local license_id, base, fp = ARGV[1], ARGV[2], ARGV[3]
 local shard = {deadlines = KEYS[5], events = KEYS[6], count = KEYS[7], maxlen = ARGV[7]}
 local lic = redis.call('HMGET', KEYS[1], 'status', 'valid_from_ms', 'valid_until_ms', 'sessions_limit',
@@ -22,8 +26,21 @@ if refusal then
   return {refusal}
 end
 local device = redis.call('HGET', KEYS[2], fp)
+local offered = nil
 if not device then
-  return {'DEVICE_NOT_ACTIVATED'}
+  if ARGV[9] == '' then
+    return {'DEVICE_NOT_ACTIVATED'}
+  end
+  offered = ARGV[9]
+end
+-- The offered device joins the cache with the session it gets, and expires with the license hash.
+local function cache_offered_device()
+  redis.call('HSET', KEYS[2], fp, offered)
+  local ttl = redis.call('PTTL', KEYS[1])
+  if ttl > 0 then
+    redis.call('PEXPIRE', KEYS[2], ttl)
+  end
+  device = offered
 end
 
 -- Sessions past their deadline stop counting now, not when the reaper comes by; each still gets its
@@ -37,6 +54,9 @@ local deadline = now + timeout_ms
 local current = redis.call('HGET', KEYS[4], fp)
 if current and redis.call('ZSCORE', KEYS[3], current) then
   -- A start is a sign of life: the resumed session gets a full timeout again.
+  if offered then
+    cache_offered_device()
+  end
   redis.call('ZADD', KEYS[3], deadline, current)
   index_license(base, license_id, shard)
   keep_session_keys(base, timeout_ms + tonumber(ARGV[8]))
@@ -46,6 +66,9 @@ if redis.call('ZCARD', KEYS[3]) >= tonumber(lic[4]) then
   return {'SESSION_LIMIT_REACHED'}
 end
 
+if offered then
+  cache_offered_device()
+end
 local token = ARGV[4]
 redis.call('ZADD', KEYS[3], deadline, token)
 index_license(base, license_id, shard)
