@@ -1,1 +1,1 @@
-"""The HTTP edge: Starlette on uvicorn, stateless, serving the client API of DESIGN.md §4."""
+"""The HTTP edge: Starlette on uvicorn, stateless, serving the client API (docs/api.md)."""

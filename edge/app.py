@@ -54,7 +54,7 @@ def create_app(settings: Settings) -> Starlette:
                                     command_timeout=DATABASE_COMMAND_TIMEOUT_S)
         # The plane's scripts (heartbeats above all) go through one multiplexed connection that writes the
         # commands of every request in flight once per loop tick: ~2x the heartbeats of one redis-py call
-        # per request (see the README's performance section).  TLS and unix-socket URLs stay on redis-py.
+        # per request (docs/performance.md).  TLS and unix-socket URLs stay on redis-py.
         scripts_client = (MultiplexedRedis.from_url(settings.redis_url or "", connect_timeout=REDIS_TIMEOUT_S,
                                                     command_timeout=REDIS_TIMEOUT_S)
                           if MultiplexedRedis.supports_url(settings.redis_url or "") else None)

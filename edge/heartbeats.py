@@ -5,7 +5,7 @@ records in one EVALSHA.  Only a license missing from the plane's cache costs a r
 retry.
 
 The route is a plain ASGI app rather than a Request handler: it reads its few bytes of body and the one
-header it needs straight from the ASGI scope and receive channel (DESIGN §6 measured Starlette's Request
+header it needs straight from the ASGI scope and receive channel (docs/architecture.md, performance notes, measured Starlette's Request
 body plumbing at ~40 % of a bare endpoint's throughput).  Errors are raised as EdgeErrors all the same;
 the app's one handler renders them.
 """

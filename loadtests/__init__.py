@@ -1,1 +1,1 @@
-"""Load tests and the benchmark harness: how many clients one box holds (see the README's performance section)."""
+"""Load tests and the benchmark harness: how many clients one box holds (docs/performance.md)."""

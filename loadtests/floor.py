@@ -1,4 +1,5 @@
-"""The floor: a bare Starlette endpoint that every heartbeat figure is compared with (DESIGN §6).
+"""The floor: a bare Starlette endpoint that every heartbeat figure is compared with (docs/architecture.md,
+performance notes).
 
 It takes the heartbeat's POST body at the heartbeat's path, decodes it with msgspec and answers with a
 body of the same shape and size as the edge's heartbeat reply, and it does nothing else: no API key, no

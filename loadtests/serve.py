@@ -15,9 +15,9 @@ the plane's Lua scripts (heartbeat, start, end, ...) go through `heartline.plane
 MultiplexedRedis — one socket write per event-loop tick for all requests in flight — instead of a pooled
 redis-py connection per call.  Everything else (auth, license cache, other Redis calls) is unchanged.
 
-uvloop, httptools, one worker process, no access log: the settings DESIGN §6 measured with.  The bench
-starts both through this module rather than through `heartline edge`, so that a server option added to
-one of them cannot make the ratio lie.
+uvloop, httptools, one worker process, no access log: the settings the architecture's performance notes
+(docs/architecture.md) measured with.  The bench starts both through this module rather than through
+`heartline edge`, so that a server option added to one of them cannot make the ratio lie.
 """
 
 from __future__ import annotations

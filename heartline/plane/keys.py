@@ -4,8 +4,9 @@ Every key that a decision about license L touches carries the hash tag of L's *s
 (N = L mod stream_shards), and so do that shard's deadline index and streams.  One Lua script can then
 check a session, extend it, index its deadline and append the heartbeat event atomically on one cluster
 slot: an accepted heartbeat is always recorded, a refused one never is, in one round trip.
-(DESIGN.md tagged keys per license, `{L<id>}`, which puts the streams on other slots than the license
-and forces the stream write out of the script into a separate, non-atomic command.)
+(The first design tagged keys per license, `{L<id>}`, which puts the streams on other slots than the
+license and forces the stream write out of the script into a separate, non-atomic command; see
+docs/architecture.md.)
 
 The shard count is fixed for a deployment: changing it moves licenses to other keys, so drain the
 streams and restart everything together when changing HEARTLINE_STREAM_SHARDS.

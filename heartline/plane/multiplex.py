@@ -1,6 +1,6 @@
 """A multiplexing Redis client for the hot path: concurrent requests share one connection and its writes.
 
-redis-py spends ~60 µs of client CPU per call (DESIGN §6) — a pooled connection checked out and back,
+redis-py spends ~60 µs of client CPU per call (docs/architecture.md, performance notes) — a pooled connection checked out and back,
 a command object, a parser round — and that, not Redis, is what caps the heartbeat.  Here every command
 is packed by hiredis, appended to one buffer with a future, and the buffer goes out in ONE socket write
 per event-loop tick; replies come back in order on the same connection, so they are matched to the

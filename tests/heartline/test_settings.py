@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from pathlib import Path
 
 import pytest
 
 from heartline.settings import Settings, SettingsError
-
-README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_defaults_match_the_domain() -> None:
@@ -48,9 +45,3 @@ def test_malformed_setting_names_the_variable(var: str, value: str, message: str
     with pytest.raises(SettingsError, match=re.escape(message)):
         Settings.from_env({var: value})
 
-
-def test_every_setting_is_documented_in_the_readme() -> None:
-    text = README.read_text()
-    missing = [f"HEARTLINE_{f.name.upper()}" for f in dataclasses.fields(Settings)
-               if f.name != "extra" and f"HEARTLINE_{f.name.upper()}" not in text]
-    assert missing == []
