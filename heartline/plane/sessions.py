@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from heartline.plane import keys
 from heartline.plane.events import EndReason
 from heartline.plane.licenses import CachedLicense
-from heartline.plane.scripts import PlaneScripts
+from heartline.plane.scripts import REAP_BATCH, PlaneScripts
 from heartline.settings import Settings
 
 
@@ -131,8 +131,17 @@ class SessionPlane:
         return await self.scripts.end_license(license_id, str(reason), fingerprint)
 
     async def reap_expired(self, shard: int, limit: int = 1000) -> int:
-        """End up to `limit` sessions of one shard past their deadline, as timeout."""
-        return await self.scripts.reap(shard, limit)
+        """End the sessions of one shard past their deadline, as timeout; returns how many.
+
+        Stops once `limit` are ended (the licenses being visited are finished, so a few more may end):
+        less than `limit` means the shard has no expired session left."""
+        ended = 0
+        while ended < limit:
+            due = await self.scripts.due(shard, REAP_BATCH)
+            if not due:
+                break
+            ended += await self.scripts.reap(shard, due)
+        return ended
 
     async def live_tokens(self, license_id: int) -> set[str]:
         """Tokens of the license's live sessions (those past their deadline excluded)."""

@@ -1,9 +1,23 @@
 -- Prelude shared by every plane script: scripts.py prepends this file to each one before loading it
 -- (Redis scripts cannot include files).  It only defines local functions; it touches no key.
 --
--- A license's keys are reached from its base `hl:{sN}:L<id>:` plus the suffixes fixed in keys.py:
--- 'lic', 'dev', 'live', 'fp', 'ss'.  All of them share the shard's hash tag with the shard's deadline
--- index and streams, so every script runs on one cluster slot.
+-- Every key a script touches is declared in its KEYS (Redis Cluster routes a script by its keys, and
+-- only declared keys are known to be on the node): a license's five keys come as one block
+-- (license_keys), a shard's deadline index, event stream and live count as another (shard_keys).
+-- They all share the shard's hash tag, so every script runs on one cluster slot
+-- (tests/heartline/test_plane_keys.py holds every script to both).
+
+-- The license's keys from KEYS[first .. first+4], in the order keys.license_keys() gives them.
+local function license_keys(first)
+  return {lic = KEYS[first], dev = KEYS[first + 1], live = KEYS[first + 2], fp = KEYS[first + 3],
+          ss = KEYS[first + 4]}
+end
+
+-- The shard's keys from KEYS[first .. first+2], in the order keys.shard_keys() gives them, and the
+-- stream length cap that appending events to it uses.
+local function shard_keys(first, maxlen)
+  return {deadlines = KEYS[first], events = KEYS[first + 1], count = KEYS[first + 2], maxlen = maxlen}
+end
 
 -- Redis server time in ms: the one clock every deadline is measured with (callers' clocks drift).
 local function now_ms()
@@ -13,8 +27,8 @@ end
 
 -- Session records are fields of the license's 'ss' hash, packed as
 -- 'device id|started ms|last heartbeat ms|count|ip|client version' (the version last: it may hold '|').
-local function read_session(base, token)
-  local raw = redis.call('HGET', base .. 'ss', token)
+local function read_session(lk, token)
+  local raw = redis.call('HGET', lk.ss, token)
   if not raw then
     return nil
   end
@@ -31,14 +45,14 @@ local function read_session(base, token)
   return {d = parts[1], s = parts[2], lh = parts[3], n = parts[4], ip = parts[5], v = string.sub(raw, from)}
 end
 
-local function write_session(base, token, rec)
-  redis.call('HSET', base .. 'ss', token,
+local function write_session(lk, token, rec)
+  redis.call('HSET', lk.ss, token,
     rec.d .. '|' .. rec.s .. '|' .. rec.lh .. '|' .. rec.n .. '|' .. rec.ip .. '|' .. rec.v)
 end
 
 -- The fingerprint whose live session `token` is (the fp hash maps each device to its one live token).
-local function fingerprint_of(base, token)
-  local entries = redis.call('HGETALL', base .. 'fp')
+local function fingerprint_of(lk, token)
+  local entries = redis.call('HGETALL', lk.fp)
   for i = 1, #entries, 2 do
     if entries[i + 1] == token then
       return entries[i]
@@ -51,10 +65,9 @@ end
 -- Redis even if no reaper ever runs; the reaper ends sessions long before.  The expiry is only pushed
 -- out once it has run down by a minute (a quarter for short TTLs), not on every heartbeat, and never
 -- shortened.
-local function keep_session_keys(base, ttl_ms)
+local function keep_session_keys(lk, ttl_ms)
   local refresh_below = ttl_ms - math.min(60000, math.floor(ttl_ms / 4))
-  for _, suffix in ipairs({'live', 'fp', 'ss'}) do
-    local key = base .. suffix
+  for _, key in ipairs({lk.live, lk.fp, lk.ss}) do
     if redis.call('PTTL', key) < refresh_below then
       redis.call('PEXPIRE', key, ttl_ms)
     end
@@ -63,8 +76,8 @@ end
 
 -- The shard's deadline index holds one entry per license with live sessions: the license id, scored
 -- with its earliest session deadline (one entry per license, not per session, keeps the index small).
-local function index_license(base, license_id, shard)
-  local first = redis.call('ZRANGE', base .. 'live', 0, 0, 'WITHSCORES')
+local function index_license(lk, license_id, shard)
+  local first = redis.call('ZRANGE', lk.live, 0, 0, 'WITHSCORES')
   if first[1] then
     redis.call('ZADD', shard.deadlines, first[2], license_id)
   else
@@ -85,29 +98,29 @@ end
 
 -- Ends one session of a license: removes it from the live set, the fingerprint map and the session
 -- records, re-indexes the license, counts it off the shard's live count and appends exactly one `ended`
--- event (fields: heartline/plane/events.py).  `shard` = {deadlines=, events=, count=, maxlen=}.
+-- event (fields: heartline/plane/events.py).  `lk` from license_keys(), `shard` from shard_keys().
 -- A session already past its deadline is ended as 'timeout' whatever the caller asked, so history
 -- keeps the true reason.  Returns 0 when the token was not live (nothing emitted: an end racing
 -- another end or the reaper is harmless), 1 when ended with `reason`, 2 when ended as timeout.
-local function end_session(base, license_id, token, reason, now, shard)
-  local score = redis.call('ZSCORE', base .. 'live', token)
+local function end_session(lk, license_id, token, reason, now, shard)
+  local score = redis.call('ZSCORE', lk.live, token)
   if not score then
-    redis.call('HDEL', base .. 'ss', token)
+    redis.call('HDEL', lk.ss, token)
     return 0
   end
-  redis.call('ZREM', base .. 'live', token)
-  index_license(base, license_id, shard)
+  redis.call('ZREM', lk.live, token)
+  index_license(lk, license_id, shard)
   redis.call('DECR', shard.count)
   local result = 1
   if tonumber(score) <= now then
     reason = 'timeout'
     result = 2
   end
-  local rec = read_session(base, token) or {d = '', s = '', lh = '', n = '0', ip = '', v = ''}
-  redis.call('HDEL', base .. 'ss', token)
-  local fp = fingerprint_of(base, token)
+  local rec = read_session(lk, token) or {d = '', s = '', lh = '', n = '0', ip = '', v = ''}
+  redis.call('HDEL', lk.ss, token)
+  local fp = fingerprint_of(lk, token)
   if fp then
-    redis.call('HDEL', base .. 'fp', fp)
+    redis.call('HDEL', lk.fp, fp)
   end
   append_event(shard.events, shard.maxlen,
     'k', 'ended', 'l', license_id, 't', token, 'd', rec.d, 'f', fp or '', 's', rec.s,

@@ -1,8 +1,8 @@
 -- heartbeat: keep one session alive and record the heartbeat, in one round trip.
--- KEYS: 1 license hash, 2 live zset, 3 shard deadline index, 4 shard heartbeat stream,
---       5 shard event stream, 6 shard live count
--- ARGV: 1 license id, 2 license base 'hl:{sN}:L<id>:', 3 token, 4 minimum gap ms,
---       5 stream max length, 6 grace ms the session keys outlive the last write
+-- KEYS: 1-5 the license's keys (lic, dev, live, fp, ss), 6-8 the shard's keys (deadlines, events, count),
+--       9 the shard's heartbeat stream
+-- ARGV: 1 license id, 2 token, 3 minimum gap ms, 4 stream max length,
+--       5 grace ms the session keys outlive the last write
 -- Reply: {'OK', deadline ms, heartbeat interval s}
 --        or {'HEARTBEAT_TOO_FREQUENT', retry after ms} (nothing recorded)
 --        or {code}: LICENSE_NOT_CACHED (caller reloads the license and retries), SESSION_NOT_FOUND,
@@ -10,20 +10,21 @@
 --        license_suspended), LICENSE_EXPIRED (session ended as license_expired).
 -- The heartbeat event goes to the stream in the same script, so an accepted heartbeat is always
 -- recorded and a refused one never is.
-local license_id, base, token = ARGV[1], ARGV[2], ARGV[3]
-local shard = {deadlines = KEYS[3], events = KEYS[5], count = KEYS[6], maxlen = ARGV[5]}
-local lic = redis.call('HMGET', KEYS[1], 'status', 'valid_from_ms', 'valid_until_ms', 'interval_s',
+local license_id, token = ARGV[1], ARGV[2]
+local lk = license_keys(1)
+local shard = shard_keys(6, ARGV[4])
+local lic = redis.call('HMGET', lk.lic, 'status', 'valid_from_ms', 'valid_until_ms', 'interval_s',
   'timeout_s')
 if not lic[1] then
   return {'LICENSE_NOT_CACHED'}
 end
 local now = now_ms()
-local score = redis.call('ZSCORE', KEYS[2], token)
+local score = redis.call('ZSCORE', lk.live, token)
 if not score then
   return {'SESSION_NOT_FOUND'}
 end
 if tonumber(score) <= now then
-  end_session(base, license_id, token, 'timeout', now, shard)
+  end_session(lk, license_id, token, 'timeout', now, shard)
   return {'SESSION_NOT_FOUND'}
 end
 local refusal = license_refusal(lic[1], lic[2], lic[3], now)
@@ -32,24 +33,24 @@ if refusal then
   if refusal == 'LICENSE_EXPIRED' then
     reason = 'license_expired'
   end
-  end_session(base, license_id, token, reason, now, shard)
+  end_session(lk, license_id, token, reason, now, shard)
   return {refusal}
 end
 
-local rec = read_session(base, token) or {d = '', s = now, lh = '', n = '0', ip = '', v = ''}
+local rec = read_session(lk, token) or {d = '', s = now, lh = '', n = '0', ip = '', v = ''}
 local last = tonumber(rec.lh) or tonumber(rec.s)
-local gap = tonumber(ARGV[4])
+local gap = tonumber(ARGV[3])
 if gap > 0 and last and now - last < gap then
   return {'HEARTBEAT_TOO_FREQUENT', gap - (now - last)}
 end
 
 local timeout_ms = tonumber(lic[5]) * 1000
 local deadline = now + timeout_ms
-redis.call('ZADD', KEYS[2], deadline, token)
-index_license(base, license_id, shard)
+redis.call('ZADD', lk.live, deadline, token)
+index_license(lk, license_id, shard)
 rec.lh = now
 rec.n = (tonumber(rec.n) or 0) + 1
-write_session(base, token, rec)
-keep_session_keys(base, timeout_ms + tonumber(ARGV[6]))
-append_event(KEYS[4], ARGV[5], 'l', license_id, 't', token, 'd', rec.d)
+write_session(lk, token, rec)
+keep_session_keys(lk, timeout_ms + tonumber(ARGV[5]))
+append_event(KEYS[9], ARGV[4], 'l', license_id, 't', token, 'd', rec.d)
 return {'OK', deadline, lic[4]}
