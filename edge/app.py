@@ -97,5 +97,8 @@ def create_app(settings: Settings) -> Starlette:
         },
         lifespan=lifespan,
     )
+    # Starlette answers a path with a stray trailing slash with a 307 whose Location it builds from the
+    # Host header (any host a client names); clients call the documented paths, so a 404 it is.
+    app.router.redirect_slashes = False
     app.state.metrics = metrics
     return app

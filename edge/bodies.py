@@ -39,6 +39,10 @@ def decode(body: bytes, struct: type[T]) -> T:
         return decoder.decode(body)  # type: ignore[no-any-return]
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise InvalidBody(f"Invalid body: {exc}") from None
+    except RecursionError:
+        # msgspec walks nested arrays and objects recursively, unknown fields included: a small body
+        # nested a thousand deep exhausts the stack.  That is bad input like any other.
+        raise InvalidBody("Invalid body: nested too deeply.") from None
 
 
 async def read_struct(request: Request, struct: type[T], limit: int) -> T:

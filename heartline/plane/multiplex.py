@@ -28,8 +28,8 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import hiredis
+from redis.exceptions import BusyLoadingError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
@@ -37,10 +37,14 @@ class _ReplyError(Exception):
     """What hiredis builds for an error reply; turned into redis-py's exception before it is raised."""
 
 
-def _as_exception(error: _ReplyError) -> ResponseError:
+def _as_exception(error: _ReplyError) -> ResponseError | BusyLoadingError:
     message = str(error)
     if message.startswith("NOSCRIPT"):
         return NoScriptError(message)
+    if message.startswith("LOADING"):
+        # a restarted server still reading its data: redis-py's BusyLoadingError, a ConnectionError,
+        # so callers treat it as the plane being unavailable for a moment (the edge's 503)
+        return BusyLoadingError(message)
     return ResponseError(message)
 
 

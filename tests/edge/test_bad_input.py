@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +40,21 @@ async def test_malformed_bodies_get_422_invalid_body(client: httpx.AsyncClient, 
         assert r.json()["error"]["code"] == "INVALID_BODY"
 
 
+@pytest.mark.parametrize("path", CALLS)
+async def test_deeply_nested_bodies_get_422_invalid_body_without_a_traceback(
+        client: httpx.AsyncClient, path: str, caplog: pytest.LogCaptureFixture) -> None:
+    """~2 KB nested a thousand deep in an unknown field (and in a known one): 422, nothing logged as an
+    error.  The heartbeat's fast path decodes on its own, so it is among the calls."""
+    for depth in (1000, 1950):
+        for body in (b'{"license_key": "HL-AAAAA-BBBBB", "x": ' + b"[" * depth + b"]" * depth + b"}",
+                     b'{"license_key": ' + b"[" * depth + b"]" * depth + b"}",
+                     b'{"x": ' + b'{"a":' * (depth // 3) + b"1" + b"}" * (depth // 3) + b"}"):
+            r = await client.post(path, content=body, headers={"Content-Type": "application/json"})
+            assert r.status_code == 422, (path, depth, r.text)
+            assert r.json()["error"]["code"] == "INVALID_BODY"
+    assert [rec for rec in caplog.records if rec.levelno >= logging.ERROR] == []
+
+
 async def test_oversized_body_gets_413(client: httpx.AsyncClient, make_license: Callable[..., Any]) -> None:
     lic = await make_license()
     big = b'{"license_key": "' + lic["license_key"].encode() + b'", "hardware_fingerprint": "' + b"f" * 5000 + b'"}'
@@ -57,6 +73,14 @@ async def test_unknown_path_and_wrong_method_use_the_error_shape(client: httpx.A
     assert r.status_code == 404 and r.json()["error"]["code"] == "NOT_FOUND"
     r = await client.get("/v1/sessions")
     assert r.status_code == 405 and r.json()["error"]["code"] == "METHOD_NOT_ALLOWED"
+
+
+async def test_a_trailing_slash_is_not_found_not_redirected(client: httpx.AsyncClient) -> None:
+    for path in ("/v1/sessions/", "/v1/licenses/validate/", "/healthz/"):
+        r = await client.post(path, json={}, headers={"Host": "attacker.example"})
+        assert r.status_code in (404, 405), (path, r.status_code, r.headers)
+        assert "location" not in r.headers
+        assert r.json()["error"]["code"] in ("NOT_FOUND", "METHOD_NOT_ALLOWED")
 
 
 async def test_unknown_fields_are_ignored(client: httpx.AsyncClient, make_license: Callable[..., Any]) -> None:
