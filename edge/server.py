@@ -7,6 +7,7 @@ client address in session events is the real one behind nginx and cannot be forg
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 from typing import Any
 
@@ -14,13 +15,23 @@ import uvicorn
 from starlette.applications import Starlette
 
 from edge.app import create_app
-from heartline import services
+from heartline import db, services
+from heartline.licenses import check_heartbeat_defaults
 from heartline.settings import Settings
 
 
 def app_from_env() -> Starlette:
     """Factory for uvicorn's worker processes: each builds its settings from the environment."""
     return create_app(services.resolve(Settings.from_env()))
+
+
+async def _check_settings(settings: Settings) -> None:
+    """Refuse to start with heartbeat defaults that contradict a license (SettingsError, one line)."""
+    conn = await db.connect(settings.database_url or "", actor="edge")
+    try:
+        await check_heartbeat_defaults(conn, settings)
+    finally:
+        await conn.close()
 
 
 def main(settings: Settings, argv: list[str]) -> int:
@@ -30,6 +41,7 @@ def main(settings: Settings, argv: list[str]) -> int:
     parser.add_argument("--workers", type=int, default=settings.edge_workers)
     args = parser.parse_args(argv)
     settings = services.resolve(settings)
+    asyncio.run(_check_settings(settings))
     common: dict[str, Any] = {
         "host": args.host, "port": args.port, "loop": "uvloop", "http": "httptools", "lifespan": "on",
         "proxy_headers": True, "forwarded_allow_ips": list(settings.trusted_proxies), "access_log": False,

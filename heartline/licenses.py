@@ -16,10 +16,11 @@ from typing import Any
 
 import asyncpg
 
+from heartline.errors import HeartlineError
 from heartline.plane.events import EndReason
 from heartline.plane.licenses import CachedLicense
 from heartline.plane.sessions import SessionPlane
-from heartline.settings import Settings
+from heartline.settings import Settings, SettingsError
 
 log = logging.getLogger("heartline.licenses")
 
@@ -53,16 +54,57 @@ def epoch_ms(value: dt.datetime) -> int:
     return int(value.timestamp() * 1000)
 
 
+class LicenseMisconfigured(HeartlineError):
+    """A license whose heartbeat interval, once blanks are filled from the settings, is not below its
+    timeout: sessions would time out between heartbeats.  The database's CHECK fills blanks with 30/60,
+    not with the settings, so it cannot catch this."""
+
+    status, code = 409, "LICENSE_MISCONFIGURED"
+    message = ("The license's heartbeat interval is not below its heartbeat timeout with this server's "
+               "defaults; an administrator must set both on the license.")
+
+
+def resolve_heartbeat(interval_s: int | None, timeout_s: int | None, settings: Settings) -> tuple[int, int]:
+    """A license's heartbeat (interval, timeout) with NULLs filled from the settings; raises
+    LicenseMisconfigured when the interval is not below the timeout."""
+    interval = interval_s or settings.heartbeat_interval_s
+    timeout = timeout_s or settings.heartbeat_timeout_s
+    if timeout <= interval:
+        raise LicenseMisconfigured()
+    return interval, timeout
+
+
 def to_cached(row: asyncpg.Record | dict[str, Any], settings: Settings) -> CachedLicense:
-    """The plane's view of a licenses row; NULL heartbeat settings fall back to the settings."""
+    """The plane's view of a licenses row; NULL heartbeat settings fall back to the settings (raises
+    LicenseMisconfigured when the resolved pair contradicts itself)."""
+    interval_s, timeout_s = resolve_heartbeat(row["heartbeat_interval_s"], row["heartbeat_timeout_s"], settings)
     return CachedLicense(
         license_id=row["id"], version=row["version"], status=row["status"],
         valid_from_ms=epoch_ms(row["valid_from"]),
         valid_until_ms=epoch_ms(row["valid_until"]) if row["valid_until"] is not None else None,
         device_limit=row["device_limit"], sessions_limit=row["concurrent_sessions_limit"],
-        interval_s=row["heartbeat_interval_s"] or settings.heartbeat_interval_s,
-        timeout_s=row["heartbeat_timeout_s"] or settings.heartbeat_timeout_s,
+        interval_s=interval_s, timeout_s=timeout_s,
     )
+
+
+# Licenses that these settings would give a heartbeat timeout not above the interval.
+CONTRADICTED_LICENSES = """
+SELECT id FROM licenses
+ WHERE coalesce(heartbeat_timeout_s, $2) <= coalesce(heartbeat_interval_s, $1)
+ ORDER BY id LIMIT 20
+"""
+
+
+async def check_heartbeat_defaults(conn: asyncpg.Connection, settings: Settings) -> None:
+    """Refuse settings whose heartbeat defaults contradict a license (run when the edge starts)."""
+    ids = [r["id"] for r in await conn.fetch(CONTRADICTED_LICENSES, settings.heartbeat_interval_s,
+                                             settings.heartbeat_timeout_s)]
+    if ids:
+        raise SettingsError(
+            f"HEARTLINE_HEARTBEAT_INTERVAL_S={settings.heartbeat_interval_s} and HEARTLINE_HEARTBEAT_TIMEOUT_S="
+            f"{settings.heartbeat_timeout_s} leave licenses {', '.join(map(str, ids))} with a heartbeat timeout "
+            "not above their interval (they set one of the two); set both on those licenses or change the "
+            "settings")
 
 
 class LicenseCache:
@@ -76,6 +118,9 @@ class LicenseCache:
         self._unknown: dict[str, float] = {}
         self._loading: dict[int, asyncio.Task[CachedLicense | None]] = {}
         self._since: dt.datetime | None = None
+        # Licenses a poll found changed and not yet written to the plane (retried at every poll).
+        self._pending: set[int] = set()
+        self.poll_overlap = POLL_OVERLAP
 
     async def license_id(self, license_key: str) -> int | None:
         """The id of a license key; no I/O once known."""
@@ -116,7 +161,14 @@ class LicenseCache:
                 await self._forget_deleted(license_id)
                 return None
             devices = {r["hardware_fingerprint"]: r["id"] for r in await conn.fetch(ACTIVE_DEVICES, license_id)}
-            cached = to_cached(row, self.settings)
+            try:
+                cached = to_cached(row, self.settings)
+            except LicenseMisconfigured:
+                # an older, consistent copy must not keep serving: the license is refused until fixed
+                await self.plane.invalidate_license(license_id)
+                log.warning("license.misconfigured license_id=%s interval_s=%s timeout_s=%s", license_id,
+                            row["heartbeat_interval_s"], row["heartbeat_timeout_s"])
+                raise
             await self.plane.cache_license(cached, devices)
             self._ids[row["license_key"]] = license_id
         log.debug("license.cache.loaded license_id=%s version=%s devices=%s", license_id, cached.version,
@@ -131,18 +183,28 @@ class LicenseCache:
         log.info("license.cache.deleted license_id=%s sessions_ended=%s", license_id, ended)
 
     async def refresh_changed(self) -> int:
-        """Write every license changed since the previous poll into the plane again; returns how many."""
+        """Write every license changed since the previous poll into the plane again; returns how many.
+
+        The licenses a poll finds wait in a retry set until they are written: the poll marker moves on
+        at once, and a license whose reload failed (Redis unreachable) is written at the next poll that
+        can, however long the outage lasted."""
         async with self.pool.acquire() as conn:
             db_now: dt.datetime = await conn.fetchval("SELECT now()")
-            since = (self._since or db_now) - POLL_OVERLAP
+            since = (self._since or db_now) - self.poll_overlap
             changed = [r["license_id"] for r in await conn.fetch(CHANGED_LICENSES, since)
                        if r["license_id"] is not None]
+        self._pending.update(changed)
         self._since = db_now
-        for license_id in changed:
+        written = 0
+        for license_id in sorted(self._pending):
             # The key may have been edited: forget the in-process mapping, the next use looks it up again.
             for key in [k for k, v in self._ids.items() if v == license_id]:
                 del self._ids[key]
-            cached = await self.load(license_id)
+            try:
+                cached = await self.load(license_id)
+            except LicenseMisconfigured:
+                self._pending.discard(license_id)  # refused on every use until an edit fixes it
+                continue
             if cached is not None and cached.status != "active":
                 # the license was written suspended above; the sessions end in the same script that
                 # (again) switches the status, as the admin's suspension does
@@ -150,8 +212,10 @@ class LicenseCache:
                 if ended > 0:
                     log.info("license.sessions.ended license_id=%s status=%s count=%s", license_id,
                              cached.status, ended)
+            self._pending.discard(license_id)
+            written += 1
         self._unknown.clear()
-        return len(changed)
+        return written
 
     async def run_refresher(self) -> None:
         """Background task of the edge: poll for edits every `license_cache_s` until cancelled."""

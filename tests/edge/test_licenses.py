@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
+
+from edge.app import create_app
+from heartline.devstack import free_port
+from heartline.settings import Settings
 
 
 async def validate(client: httpx.AsyncClient, license_key: str, fingerprint: str) -> dict[str, Any]:
@@ -81,3 +88,39 @@ async def test_resources_lists_what_the_license_holds(client: httpx.AsyncClient,
     assert r.json() == {"domains": ["example.org"], "ipv4": ["203.0.113.7"], "phones": []}
     missing = await client.post("/v1/licenses/resources", json={"license_key": "HL-NOT-THERE"})
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "LICENSE_NOT_FOUND"
+
+
+async def test_a_license_the_heartbeat_defaults_contradict_is_refused_not_served(
+        edge_settings: Settings, api_key: str, make_license: Callable[..., Any]) -> None:
+    """interval 40 without a timeout passes the database's CHECK (which fills in 60), but with defaults
+    of 10/25 it resolves to interval 40, timeout 25: sessions would time out between heartbeats."""
+    lic = await make_license(heartbeat_interval_s=40)
+    app = create_app(edge_settings.replace(heartbeat_interval_s=10, heartbeat_timeout_s=25))
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://edge", headers={"X-API-Key": api_key}) as http:
+        body = {"license_key": lic["license_key"], "hardware_fingerprint": "box"}
+        for path in ("/v1/sessions", "/v1/devices/activate", "/v1/licenses/validate"):
+            r = await http.post(path, json=body)
+            assert (r.status_code, r.json()["error"]["code"]) == (409, "LICENSE_MISCONFIGURED"), (path, r.text)
+
+
+async def test_the_edge_refuses_to_start_with_heartbeat_defaults_that_contradict_a_license(
+        database_url: str, redis_url: str, make_license: Callable[..., Any], tmp_path: Path) -> None:
+    lic = await make_license(heartbeat_interval_s=40)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("HEARTLINE_")},
+           "HEARTLINE_DATABASE_URL": database_url, "HEARTLINE_REDIS_URL": redis_url,
+           "HEARTLINE_DATA_DIR": str(tmp_path), "HEARTLINE_EDGE_PORT": str(free_port()),
+           "HEARTLINE_HEARTBEAT_INTERVAL_S": "10", "HEARTLINE_HEARTBEAT_TIMEOUT_S": "25"}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "heartline", "edge", env=env,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        _out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    except TimeoutError:
+        proc.kill()
+        await proc.communicate()
+        raise AssertionError("the edge started serving with contradicting heartbeat defaults") from None
+    assert proc.returncode == 2, err
+    assert err.decode().strip().splitlines() == [
+        ("heartline edge: HEARTLINE_HEARTBEAT_INTERVAL_S=10 and HEARTLINE_HEARTBEAT_TIMEOUT_S=25 leave licenses "
+         f"{lic['id']} with a heartbeat timeout not above their interval (they set one of the two); set both "
+         "on those licenses or change the settings")]
