@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from arq.worker import create_worker
+from arq.worker import get_kwargs
 
 from heartline import services
 from heartline.settings import Settings
+from worker.arq_worker import Worker
 from worker.settings import worker_settings
 
 
@@ -22,6 +23,6 @@ def main(settings: Settings, argv: list[str]) -> int:
     settings = services.resolve(settings)
     # arq's Worker takes the current event loop; give it a fresh one of its own.
     asyncio.set_event_loop(asyncio.new_event_loop())
-    worker = create_worker(worker_settings(settings))
+    worker = Worker(**get_kwargs(worker_settings(settings)))
     worker.run()
     return 0

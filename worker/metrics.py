@@ -56,6 +56,9 @@ class WorkerMetrics:
                                     registry=r)
         self.stream_oldest_age = Gauge("heartline_worker_stream_oldest_age_seconds",
                                        "Age of the oldest entry still in the stream", ["stream"], registry=r)
+        self.redis_up = Gauge("heartline_worker_redis_up",
+                              "1 when this scrape read the backlog from Redis; 0 while Redis is unreachable "
+                              "(the stream series then keep their last values)", registry=r)
 
     def heartbeats_flushed(self, result: FlushResult) -> None:
         self.heartbeats_stored.inc(result.stored)
@@ -115,12 +118,15 @@ async def serve_metrics(ctx: dict[str, Any], host: str, port: int) -> asyncio.Se
                 status, body, ctype = "405 Method Not Allowed", b"GET only\n", "text/plain"
             elif path == b"/metrics":
                 started = time.monotonic()
+                # Redis down must still answer the scrape, and with 200: a failed scrape would drop
+                # every series of the worker exactly when the backlog matters; redis_up says it instead.
                 try:
                     await metrics.read_backlog(ctx["redis"], ctx["settings"].stream_shards)
-                    status = "200 OK"
-                except Exception as exc:  # noqa: BLE001 - Redis down must still answer the scrape
+                    metrics.redis_up.set(1)
+                except Exception as exc:  # noqa: BLE001
                     log.warning("worker.metrics.backlog_unavailable error=%s", exc)
-                    status = "503 Service Unavailable"
+                    metrics.redis_up.set(0)
+                status = "200 OK"
                 body = metrics.render()
                 body += f"# backlog read in {time.monotonic() - started:.3f}s\n".encode()
                 ctype = CONTENT_TYPE

@@ -9,6 +9,7 @@ import httpx
 import redis.asyncio as aioredis
 from worker_support import add_heartbeat
 
+from heartline.devstack import free_port
 from heartline.plane import keys
 from worker.flush import flush_heartbeats
 from worker.metrics import serve_metrics
@@ -63,3 +64,33 @@ def test_worker_settings_register_the_partition_job_and_the_backup_cron(worker_s
     assert [f.__name__ for f in cls.functions] == ["maintain_heartbeat_partitions"]
     assert [c.name for c in cls.cron_jobs] == ["cron:create_scheduled_backup"]
     assert cls.ctx["settings"] is worker_settings
+
+
+async def test_metrics_answer_200_with_redis_up_0_while_redis_is_unreachable(
+        worker_ctx: dict[str, Any], redis: aioredis.Redis, make_license: Any) -> None:
+    shards = worker_ctx["settings"].stream_shards
+    lic = await make_license()
+    stream = keys.heartbeat_stream(keys.shard_of(lic["id"], shards))
+    for _ in range(3):
+        await add_heartbeat(redis, shards, lic["id"], str(uuid.uuid4()), None)
+    ctx = dict(worker_ctx)
+    server = await serve_metrics(ctx, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    unreachable = aioredis.Redis(port=free_port(), socket_connect_timeout=1)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            up = await http.get("/metrics")
+            assert up.status_code == 200 and "heartline_worker_redis_up 1.0" in up.text
+            ctx["redis"] = unreachable
+            down = await http.get("/metrics")
+            assert down.status_code == 200
+            assert "heartline_worker_redis_up 0.0" in down.text
+            # the backlog series stay, with the last values read
+            assert sample(down.text, "heartline_worker_stream_length", stream) == 3
+            ctx["redis"] = worker_ctx["redis"]
+            back = await http.get("/metrics")
+            assert back.status_code == 200 and "heartline_worker_redis_up 1.0" in back.text
+    finally:
+        await unreachable.aclose()
+        server.close()
+        await server.wait_closed()
