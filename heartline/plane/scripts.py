@@ -60,7 +60,7 @@ MAX_CACHED_KEY_SETS = 200_000
 REAP_BATCH = 100
 
 SCRIPT_NAMES = ("start", "heartbeat", "end", "end_license", "due", "reap", "cache_license", "forget_license",
-                "suspend_license")
+                "suspend_license", "recount")
 # Read once per process: the files do not change while it runs.
 SCRIPTS = {name: Script.read(name) for name in SCRIPT_NAMES}
 
@@ -139,6 +139,12 @@ class PlaneScripts:
     async def end_license(self, license_id: int, reason: str, fingerprint: str = "") -> int:
         return int(await self._run("end_license", self._license(license_id),
                                    [license_id, reason, self.max_len, fingerprint]))
+
+    async def recount(self, shard: int, license_ids: list[int]) -> tuple[int, bool]:
+        """Set the shard's live counter from its licenses' live sets; (drift repaired, retry needed)."""
+        script_keys = keys.shard_keys(shard) + [keys.live_sessions(i, self.shards) for i in license_ids]
+        drift, retry = await self._run("recount", script_keys, license_ids)
+        return int(drift), bool(int(retry))
 
     async def due(self, shard: int, limit: int) -> list[int]:
         """Ids of the shard's licenses with a session past its deadline, at most `limit`."""

@@ -143,6 +143,15 @@ class SessionPlane:
             ended += await self.scripts.reap(shard, due)
         return ended
 
+    async def recount_live(self, shard: int) -> int:
+        """Set the shard's live counter to the sessions its licenses hold (it drifts when session keys
+        expire with no reaper running); returns the drift repaired (counted minus held)."""
+        while True:
+            members = await self.redis.zrange(keys.deadlines(shard), 0, -1)
+            drift, retry = await self.scripts.recount(shard, [int(m) for m in members])
+            if not retry:
+                return drift
+
     async def live_tokens(self, license_id: int) -> set[str]:
         """Tokens of the license's live sessions (those past their deadline excluded)."""
         now = await self.now_ms()

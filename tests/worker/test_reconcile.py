@@ -3,17 +3,26 @@ those: a session whose end is still on its way keeps its true end reason."""
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
 import redis.asyncio as aioredis
+import redis.exceptions
+from redis_process import RedisProcess
 from worker_support import LiveLicense
 
+from heartline.plane import keys
 from heartline.plane.events import EndReason
 from heartline.plane.sessions import SessionPlane
+from heartline.settings import Settings
 from worker.history import record_session_events
-from worker.reconcile import close_lost_sessions
+from worker.reconcile import LostSessions, close_lost_sessions
+from worker.settings import open_resources, shutdown
 
 
 async def test_sessions_lost_with_a_redis_restart_are_closed_as_plane_lost(
@@ -54,3 +63,73 @@ async def test_session_whose_end_is_still_in_the_stream_keeps_its_true_reason(
     assert [(r["t"], r["end_reason"]) for r in rows] == [(ending.token, "admin_terminated")]
     live = await db.fetch("SELECT session_token::text AS t FROM license_sessions")
     assert [r["t"] for r in live] == [staying.token]
+
+
+async def _round(ctx: dict[str, Any]) -> int:
+    """One reconciliation round; a first call after Redis restarted may meet a dead pooled connection."""
+    for _ in range(5):
+        try:
+            return await close_lost_sessions(ctx)
+        except redis.exceptions.ConnectionError:
+            await asyncio.sleep(0.1)
+    return await close_lost_sessions(ctx)
+
+
+@pytest.mark.slow
+async def test_rounds_check_one_page_and_sweep_every_row_only_after_a_redis_restart(
+        worker_settings: Settings, db: asyncpg.Connection, make_license: Callable[..., Any],
+        tmp_path: Path) -> None:
+    own = RedisProcess(tmp_path / "redis")
+    own.start()
+    ctx: dict[str, Any] = {"settings": worker_settings.replace(redis_url=own.url), "consumer_name": "recon"}
+    await open_resources(ctx)
+    try:
+        shards = worker_settings.stream_shards
+        lic = await make_license()
+        tokens = sorted(str(uuid.uuid4()) for _ in range(25))
+        for token in tokens:
+            await db.execute("INSERT INTO license_sessions (session_token, license_id, started_at) "
+                             "VALUES ($1, $2, now())", uuid.UUID(token), lic["id"])
+            await ctx["redis"].zadd(keys.live_sessions(lic["id"], shards), {token: 2**50})
+        state: LostSessions = ctx["lost_sessions"]
+        state.page = 10
+
+        checked = []
+        for _ in range(5):
+            assert await _round(ctx) == 0
+            checked.append(state.checked)
+        assert checked == [25, 10, 10, 5, 10]   # the first round sweeps all, then page after page
+        assert state.full_sweeps == 1
+
+        own.kill()
+        own.start()   # empty, with a new run id
+        assert await _round(ctx) == 0
+        assert (state.checked, state.full_sweeps) == (25, 2)
+        assert await _round(ctx) == 25       # every session Redis lost, closed as plane_lost
+        assert state.checked == 0
+        reasons = await db.fetch("SELECT end_reason, count(*) FROM session_history GROUP BY 1")
+        assert [tuple(r) for r in reasons] == [("plane_lost", 25)]
+    finally:
+        await shutdown(ctx)
+        own.kill()
+
+
+async def test_a_round_repairs_a_live_counter_that_drifted_while_no_reaper_ran(
+        worker_ctx: dict[str, Any], redis: aioredis.Redis, plane: SessionPlane,
+        live_license: Callable[..., Awaitable[LiveLicense]]) -> None:
+    lic = await live_license(devices=3)
+    for n in range(3):
+        assert (await plane.start_session(lic.license_id, f"fp-{lic.license_id}-{n}")).granted
+    assert await plane.live_count() == 3
+    # the session keys expire (no reaper ended the sessions): the counter still says 3
+    live_key = keys.live_sessions(lic.license_id, plane.shards)
+    await redis.pexpire(live_key, 1)
+    while await redis.exists(live_key):
+        await asyncio.sleep(0.01)
+    assert await plane.live_count() == 3
+    shards = worker_ctx["settings"].stream_shards
+    for _ in range(shards):   # an incremental round recounts one shard; every shard within `shards` rounds
+        await close_lost_sessions(worker_ctx)
+    assert await plane.live_count() == 0
+    assert await redis.zcard(keys.deadlines(keys.shard_of(lic.license_id, plane.shards))) == 0
+    assert await plane.recount_live(keys.shard_of(lic.license_id, plane.shards)) == 0
