@@ -158,6 +158,30 @@ class Settings:
     backup_cron_hour: int = 3
     """UTC hour of the worker's daily scheduled backup."""
 
+    # Webhooks (docs/webhooks.md)
+    webhook_secret_key: str | None = None
+    """Encrypts webhook signing secrets at rest; the admin and the worker must share it. Unset: generated
+    once and kept in the data dir (development only).
+    """
+    webhook_allow_private_targets: bool = False
+    """SSRF guard off: allow webhook endpoints on loopback, private, link-local or reserved addresses."""
+    webhook_timeout_s: float = 10.0
+    """Time a webhook endpoint gets to answer one attempt."""
+    webhook_retry_first_s: float = 5.0
+    """Delay before the first webhook retry; each next one waits 4 times longer, up to the cap below."""
+    webhook_retry_max_delay_s: float = 36_000.0
+    """Longest wait between two attempts of a webhook delivery (10 h)."""
+    webhook_max_attempts: int = 10
+    """Attempts before a webhook delivery is marked failed (about 28 h with the defaults)."""
+    webhook_disable_after_s: int = 432_000
+    """An endpoint without a successful attempt for this long (5 days) is disabled and shown on the
+    dashboard.
+    """
+    webhook_send_interval_s: float = 1.0
+    """How often the worker looks for due webhook deliveries and new change events."""
+    webhook_retention_days: int = 30
+    """Finished webhook messages, their deliveries and attempt log are kept this many days."""
+
     log_level: str = "INFO"
     """Log level of every process (`DEBUG`, `INFO`, `WARNING`, `ERROR`)."""
 
@@ -173,6 +197,10 @@ class Settings:
             )
         if not 1 <= self.stream_shards <= 1024:
             raise SettingsError(f"{PREFIX}STREAM_SHARDS must be between 1 and 1024")
+        if self.webhook_max_attempts < 1:
+            raise SettingsError(f"{PREFIX}WEBHOOK_MAX_ATTEMPTS must be at least 1")
+        if self.webhook_timeout_s <= 0 or self.webhook_retry_first_s <= 0:
+            raise SettingsError(f"{PREFIX}WEBHOOK_TIMEOUT_S and {PREFIX}WEBHOOK_RETRY_FIRST_S must be positive")
         if self.retention_months < 1:
             raise SettingsError(f"{PREFIX}RETENTION_MONTHS must be at least 1")
         for name in ("database_url", "redis_url"):

@@ -9,10 +9,13 @@ import asyncio
 import logging
 from typing import Any
 
+import asyncpg
 from arq.cron import CronJob, cron
 
 from heartline import backup
 from heartline.settings import Settings
+from heartline.webhooks import store
+from heartline.webhooks.catalogue import EventType
 
 log = logging.getLogger("worker.backups")
 
@@ -28,6 +31,7 @@ async def create_scheduled_backup(ctx: dict[str, Any]) -> str | None:
             log.info("backup.scheduled.skipped reason=another_backup_running")
             return None
         log.error("backup.scheduled.failed code=%s error=%s", exc.code, exc)
+        await announce_failure(ctx, "create", exc)
         raise
     if backup.remote_of(settings) is None:
         log.warning("backup.scheduled.not_pushed name=%s reason=no_remote_configured", archive.name)
@@ -37,11 +41,25 @@ async def create_scheduled_backup(ctx: dict[str, Any]) -> str | None:
     except backup.BackupError as exc:
         # the local copy stays, and nothing is pruned: the next run pushes again (see `backup push`)
         log.error("backup.scheduled.push_failed name=%s code=%s error=%s", archive.name, exc.code, exc)
+        await announce_failure(ctx, "push", exc)
         raise
     result = await asyncio.to_thread(backup.prune_backups, settings)
     log.info("backup.scheduled.done name=%s pruned=%d kept_not_uploaded=%d", archive.name,
              len(result.deleted), len(result.kept_not_uploaded))
     return archive.name
+
+
+async def announce_failure(ctx: dict[str, Any], stage: str, exc: backup.BackupError) -> None:
+    """The backup.failed webhook event (docs/webhooks.md); a database that is down loses only this event."""
+    pool = ctx.get("pool")
+    if pool is None:
+        return
+    try:
+        async with pool.acquire() as conn:
+            await store.add_to_outbox(conn, str(EventType.BACKUP_FAILED),
+                                      {"stage": stage, "code": str(exc.code), "error": str(exc)[:500]})
+    except (OSError, asyncpg.PostgresError) as err:
+        log.warning("backup.failed.not_announced error=%s", type(err).__name__)
 
 
 def backup_cron(settings: Settings) -> CronJob:

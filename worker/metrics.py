@@ -47,6 +47,9 @@ class WorkerMetrics:
         self.reaped = Counter("heartline_worker_sessions_reaped", "Sessions ended by the reaper (timeout)",
                               registry=r)
         self.lost = Counter("heartline_worker_sessions_lost", "Sessions closed as plane_lost", registry=r)
+        self.webhook_attempts = Counter("heartline_worker_webhook_attempts",
+                                        "Webhook delivery attempts by outcome (delivered, pending = will retry, "
+                                        "failed = gave up)", ["outcome"], registry=r)
         self.loop_up = Gauge("heartline_worker_loop_up", "1 while the loop's last attempt succeeded",
                              ["loop"], registry=r)
         self.stream_length = Gauge("heartline_worker_stream_length",
@@ -74,6 +77,9 @@ class WorkerMetrics:
 
     def sessions_reaped(self, n: int) -> None:
         self.reaped.inc(n)
+
+    def webhook_attempted(self, outcome: str) -> None:
+        self.webhook_attempts.labels(outcome).inc()
 
     def sessions_lost(self, n: int) -> None:
         self.lost.inc(n)

@@ -1,8 +1,9 @@
 """arq wiring: `worker_settings(settings)` builds the WorkerSettings class, and `startup` / `shutdown`
 own the process's long-lived resources in arq's ctx.
 
-ctx holds: settings, pool (asyncpg, audit actor 'worker'), redis, plane (SessionPlane), the two stream
-consumers, metrics, lost_sessions (reconciliation state), and the loop tasks.
+ctx holds: settings, pool (asyncpg, audit actor 'worker'), redis, plane (SessionPlane), the three stream
+consumers (flush, history, webhooks), the webhook HTTP client and secret box, metrics, lost_sessions
+(reconciliation state), and the loop tasks.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from heartline import db
 from heartline.plane import keys
 from heartline.plane.sessions import SessionPlane
 from heartline.settings import Settings
+from heartline.webhooks.secrets import SecretBox
 from worker.flush import flush_heartbeats, prepare_connection
 from worker.history import record_session_events
 from worker.loops import run_loop
@@ -33,6 +35,13 @@ from worker.partitions import maintain_heartbeat_partitions
 from worker.reaper import reap_expired_sessions
 from worker.reconcile import LostSessions, close_lost_sessions
 from worker.streams import StreamConsumer
+from worker.webhooks import (
+    http_client,
+    prune_webhook_messages,
+    queue_change_webhooks,
+    queue_session_webhooks,
+    send_webhooks,
+)
 
 log = logging.getLogger("worker.settings")
 
@@ -45,6 +54,8 @@ PARTITIONS_CHECK_S = 60.0
 # Time a loop gets on shutdown to finish the batch it holds before it is cancelled.
 SHUTDOWN_GRACE_S = 10.0
 POOL_MAX_SIZE = 4
+# Finished webhook messages past their retention are deleted this often.
+WEBHOOK_PRUNE_INTERVAL_S = 3600.0
 
 
 def consumer_name() -> str:
@@ -72,8 +83,15 @@ async def open_resources(ctx: dict[str, Any]) -> None:
         ctx["redis"], group=keys.EVENT_GROUP, stream_key=keys.event_stream,
         shards=settings.stream_shards, consumer=ctx["consumer_name"], batch_size=settings.flush_batch_size,
         claim_idle_ms=claim_idle_ms)
+    ctx["webhook_consumer"] = StreamConsumer(
+        ctx["redis"], group=keys.WEBHOOK_GROUP, stream_key=keys.event_stream,
+        shards=settings.stream_shards, consumer=ctx["consumer_name"], batch_size=settings.flush_batch_size,
+        claim_idle_ms=claim_idle_ms)
     await ctx["heartbeat_consumer"].ensure_groups()
     await ctx["event_consumer"].ensure_groups()
+    await ctx["webhook_consumer"].ensure_groups()
+    ctx["webhook_http"] = http_client(settings)
+    ctx["webhook_secrets"] = SecretBox(settings)
     ctx["metrics"] = WorkerMetrics()
     ctx["lost_sessions"] = LostSessions()
 
@@ -124,9 +142,22 @@ def _loops(ctx: dict[str, Any]) -> list[tuple[str, Callable[[], Awaitable[bool]]
         return False
 
     async def tidy() -> bool:
-        for consumer in (ctx["heartbeat_consumer"], ctx["event_consumer"]):
+        for consumer in (ctx["heartbeat_consumer"], ctx["event_consumer"], ctx["webhook_consumer"]):
             await consumer.trim()
             await consumer.forget_idle_consumers(DEAD_CONSUMER_IDLE_MS)
+        return False
+
+    async def webhook_events() -> bool:
+        return await queue_session_webhooks(ctx) >= batch
+
+    async def webhook_changes() -> bool:
+        return await queue_change_webhooks(ctx) > 0
+
+    async def webhook_sends() -> bool:
+        return await send_webhooks(ctx) > 0
+
+    async def webhook_prune() -> bool:
+        await prune_webhook_messages(ctx)
         return False
 
     done: dict[str, date] = {}
@@ -146,6 +177,10 @@ def _loops(ctx: dict[str, Any]) -> list[tuple[str, Callable[[], Awaitable[bool]]
         ("reconcile", reconcile, settings.reconcile_interval_s),
         ("streams", tidy, TIDY_INTERVAL_S),
         ("partitions", partitions, PARTITIONS_CHECK_S),
+        ("webhook_events", webhook_events, settings.flush_interval_s),
+        ("webhook_changes", webhook_changes, settings.webhook_send_interval_s),
+        ("webhook_sends", webhook_sends, settings.webhook_send_interval_s),
+        ("webhook_prune", webhook_prune, WEBHOOK_PRUNE_INTERVAL_S),
     ]
 
 
@@ -170,6 +205,8 @@ async def shutdown(ctx: dict[str, Any]) -> None:
         await ctx["pool"].close()
     if ctx.get("redis") is not None:
         await ctx["redis"].aclose()
+    if ctx.get("webhook_http") is not None:
+        await ctx["webhook_http"].aclose()
     log.info("worker.stopped")
 
 

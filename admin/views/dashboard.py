@@ -35,6 +35,11 @@ HEARTBEATS_PER_MINUTE = text("""
     WHERE received_at >= date_trunc('minute', now()) - interval '59 minutes'
     GROUP BY 1
 """)
+# Webhook endpoints the worker disabled (or that are failing now): the admin must hear of them.
+WEBHOOK_TROUBLE = text("""
+SELECT id, url, enabled, disabled_reason, failing_since FROM webhook_endpoints
+ WHERE NOT enabled OR failing_since IS NOT NULL ORDER BY enabled, failing_since LIMIT 20
+""")
 EXPIRING = text("""
     SELECT l.id, l.license_key, c.name AS customer, l.valid_until,
            ceil(extract(epoch FROM l.valid_until - now()) / 86400)::int AS days_left
@@ -118,6 +123,7 @@ class DashboardView(BaseView):
         expiring = session.execute(EXPIRING, {"days": EXPIRY_HORIZON_DAYS}).all()
         near = session.execute(NEAR_LIMIT, {"ratio": NEAR_LIMIT_RATIO}).all()
         refusals, unreachable = edge_refusals(edge_metrics_urls())
+        webhook_trouble = session.execute(WEBHOOK_TROUBLE).all()
         session.commit()
         return self.render_template(
             "heartline/dashboard.html",
@@ -134,7 +140,7 @@ class DashboardView(BaseView):
                 title="Devices per license near the limit", maximum=1, color_by_ratio=True),
             refusal_chart=charts.bar_list([(code, n, str(n)) for code, n in refusals.most_common(8)],
                                           title="Top refusal codes"),
-            unreachable=unreachable, user=g.user)
+            unreachable=unreachable, webhook_trouble=webhook_trouble, user=g.user)
 
 
 class DashboardIndexView(IndexView):

@@ -27,6 +27,8 @@ LICENSE_CACHE_TTL_S = 3600
 # Stream consumer groups (created by the worker with MKSTREAM).
 HEARTBEAT_GROUP = "flush"
 EVENT_GROUP = "history"
+# The worker's webhook sender reads the same session events in a group of its own (docs/webhooks.md).
+WEBHOOK_GROUP = "webhooks"
 
 
 def shard_of(license_id: int, shards: int) -> int:

@@ -7,7 +7,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from admin.config import sqlalchemy_url
-from admin.models import core  # noqa: F401 - registers the models on Base
+from admin.models import core, webhooks  # noqa: F401 - registers the models on Base
 from admin.models.base import Base
 
 
