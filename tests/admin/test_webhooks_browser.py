@@ -11,11 +11,11 @@ from typing import Any
 import psycopg
 import pytest
 from flask import Flask
-from webhook_receiver import Receiver
-from werkzeug.serving import make_server
 
 # Chromium and the signed-in tab live with the resources browser test; live_admin is overridden here.
 from test_resources_browser import chromium, signed_in_page  # noqa: F401
+from webhook_receiver import Receiver
+from werkzeug.serving import make_server
 
 from admin.app import create_app
 from heartline.settings import Settings
