@@ -1,0 +1,3 @@
+from loadtests.chaos.soak import main
+
+raise SystemExit(main())
