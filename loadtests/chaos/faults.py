@@ -7,9 +7,12 @@ each kind once), with a few quiet seconds between them.
 | `worker_kill` | SIGKILL to one worker process | restarted after 0.5–3 s |
 | `redis_crash` | SIGKILL to Redis | restarted after 0.5–3 s with its append-only file: nothing is lost |
 | `redis_wipe` | SIGKILL to Redis, its data deleted | restarted empty, as Redis without persistence does |
-| `redis_slow` | every byte to and from Redis delayed 50–400 ms (the proxy) | after 8–25 s |
+| `redis_slow` | every byte to and from Redis delayed 50–400 ms (the proxy) | after 8–25 s (6–12 s) |
 | `redis_stall` | `DEBUG SLEEP` 2–7 s: Redis answers nobody, then everything queued at once | by itself |
-| `pg_outage` | PostgreSQL's proxy refuses connections, or black-holes them (open connections freeze) | after 10–40 s (10–20 s in runs under 5 minutes) |
+| `pg_outage` | PostgreSQL's proxy refuses connections, or black-holes them (open connections freeze) | after 10–40 s (10–15 s) |
+
+(In brackets: runs shorter than 5 minutes, which also pause 2–5 s between faults instead of 3–8 s, so that
+a 2-minute run sees every kind.)
 
 The supervisor beside them restarts a process that exits without being killed, and records that.
 """
@@ -88,7 +91,7 @@ class Injector:
                 self.rng.shuffle(cycle)
             kind = cycle.pop()
             await self.inject(kind, stop, until)
-            await _sleep(stop, self.rng.uniform(3, 8))
+            await _sleep(stop, self.rng.uniform(2, 5) if self.short else self.rng.uniform(3, 8))
 
     async def inject(self, kind: FaultKind, stop: asyncio.Event, until: float) -> Fault:
         rng = self.rng
@@ -113,7 +116,8 @@ class Injector:
             delay = rng.uniform(0.05, 0.4)
             fault.target, fault.detail = "redis proxy", f"delay {delay * 1000:.0f} ms"
             await self.t.redis_proxy.set_delay(delay)
-            await _sleep(stop, min(rng.uniform(8, 25), max(1.0, until - time.time())))
+            seconds = rng.uniform(6, 12) if self.short else rng.uniform(8, 25)
+            await _sleep(stop, min(seconds, max(1.0, until - time.time())))
             await self.t.redis_proxy.set_delay(0.0)
         elif kind is FaultKind.REDIS_STALL:
             seconds = rng.uniform(2, 7)
@@ -127,7 +131,7 @@ class Injector:
                 await client.aclose()
         elif kind is FaultKind.PG_OUTAGE:
             blackhole = rng.random() < 0.5
-            seconds = rng.uniform(10, 20) if self.short else rng.uniform(10, 40)
+            seconds = rng.uniform(10, 15) if self.short else rng.uniform(10, 40)
             seconds = min(seconds, max(1.0, until - time.time()))
             fault.target = "postgres proxy"
             fault.detail = f"{'black-holed' if blackhole else 'refused'} for {seconds:.0f} s"

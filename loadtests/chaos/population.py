@@ -21,7 +21,6 @@ import httpx
 
 from admin.plane import AdminPlane, PlaneError
 from heartline import db
-from heartline.plane.events import EndReason
 from heartline.settings import Settings
 from loadtests.chaos.ledger import NO_ANSWER, AdminAction, Attempt, Ledger, Route, Session
 from loadtests.seed import SeededLicense
@@ -75,23 +74,33 @@ class Population:
             await self.http.aclose()
 
     async def post(self, route: Route, path: str, body: dict[str, Any]) -> tuple[Attempt, Any]:
-        url = self.rng.choice(self.edges) + path
+        """POST to an edge; a refused connection (nothing was sent) goes on to the next edge, as a load
+        balancer in front of them would."""
+        edges = self.rng.sample(self.edges, len(self.edges))
         sent = time.time()
         data: Any = None
         text = ""
-        try:
-            response = await self.http.post(url, json=body)
-            status, text = response.status_code, response.text
+        for n, edge in enumerate(edges):
             try:
-                data = response.json()
-            except ValueError:
-                data = None
-            code = ""
-            if status >= 400:
-                code = (data.get("error", {}).get("code", "?") if isinstance(data, dict)
-                        else "(not JSON)")
-        except httpx.HTTPError as exc:
-            status, code = NO_ANSWER, type(exc).__name__
+                response = await self.http.post(edge + path, json=body)
+            except httpx.ConnectError as exc:
+                if n + 1 < len(edges):
+                    self.ledger.answers[(str(route), NO_ANSWER, "refused, tried the next edge")] += 1
+                    continue
+                status, code = NO_ANSWER, type(exc).__name__
+            except httpx.HTTPError as exc:
+                status, code = NO_ANSWER, type(exc).__name__
+            else:
+                status, text = response.status_code, response.text
+                try:
+                    data = response.json()
+                except ValueError:
+                    data = None
+                code = ""
+                if status >= 400:
+                    code = (data.get("error", {}).get("code", "?") if isinstance(data, dict)
+                            else "(not JSON)")
+            break
         attempt = Attempt(route, sent, time.time(), status, code)
         self.ledger.answered(attempt)
         if not self._expected(route, status, code):
@@ -261,30 +270,31 @@ class Admin:
                     break
                 await asyncio.sleep(1.0)
 
-    async def _set_status(self, license_id: int, status: str) -> None:
+    async def _set_status(self, license_id: int, status: str) -> int:
+        """admin/views/licenses.py `_set_status`: the new status; returns the row's new version."""
         conn = await db.connect(self.settings.database_url or "", actor="admin:chaos", timeout=5,
                                 command_timeout=10)
         try:
-            await conn.execute("UPDATE licenses SET status = $1 WHERE id = $2", status, license_id)
+            return int(await conn.fetchval("UPDATE licenses SET status = $1 WHERE id = $2 RETURNING version",
+                                           status, license_id))
         finally:
             await conn.close()
 
     async def suspend(self, license_id: int) -> bool:
-        """admin/views/licenses.py `_stop_licenses`: status in PostgreSQL, end the live sessions, drop the
-        cached license."""
+        """admin/views/licenses.py `_stop_licenses`: status in PostgreSQL, then one plane script switches
+        the cached status and ends the live sessions, then the cached license is dropped."""
         sent = time.time()
         try:
-            await self._set_status(license_id, "suspended")
+            version = await self._set_status(license_id, "suspended")
         except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
             self.ledger.admin.append(AdminAction("suspend", license_id, sent, time.time(), False,
                                                  detail=f"database: {type(exc).__name__}"))
             return False
         committed = time.time()
         try:
-            ended = await asyncio.to_thread(self.plane.end_license_sessions, license_id,
-                                            EndReason.LICENSE_SUSPENDED)
+            ended = await asyncio.to_thread(self.plane.suspend_license, license_id, "suspended", version)
             await asyncio.to_thread(self.plane.invalidate_license, license_id)
-            detail = f"sessions ended: {ended}"
+            detail = f"sessions ended: {max(0, ended)}"
         except PlaneError as exc:
             detail = f"plane: {exc}"
         self.ledger.admin.append(AdminAction("suspend", license_id, sent, committed, True, detail=detail))

@@ -45,8 +45,8 @@ REPORTS = Path(__file__).resolve().parents[1] / "reports"
 
 # The soak's server settings: short heartbeat times so sessions come and go, and worker intervals short
 # enough that a killed worker's entries are claimed and lost sessions closed within seconds.
-INTERVAL_S = 1
-TIMEOUT_S = 10
+INTERVAL_S = 2
+TIMEOUT_S = 15
 SERVER_SETTINGS = {
     "HEARTLINE_STREAM_SHARDS": "4",
     "HEARTLINE_HEARTBEAT_MIN_GAP_MS": "300",
@@ -100,26 +100,35 @@ async def _wait_ready(url: str, part: Part, timeout: float = 90) -> None:
     raise RuntimeError(f"{part.name} was not ready within {timeout:.0f} s:\n{part.log_tail()}")
 
 
-async def bring_up(workdir: Path, args: argparse.Namespace) -> Stack:
+async def _redis_answers(url: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        probe = aioredis.Redis.from_url(url)
+        try:
+            await probe.ping()
+            return
+        except (OSError, aioredis.RedisError):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"our Redis did not answer within {timeout:.0f} s") from None
+            await asyncio.sleep(0.1)
+        finally:
+            await probe.aclose()
+
+
+async def bring_up(workdir: Path, args: argparse.Namespace, started: list[Any]) -> Stack:
+    """Start everything; each thing started is appended to `started` (stopped in reverse on failure)."""
     pg = await Postgres.start(workdir, args.database_url)
+    started.append(pg)
     redis = RedisServer(workdir / "redis")
     redis.start()
-    pg_port = urlsplit(pg.url).port or 5432
-    pg_proxy = ProxyProcess("127.0.0.1", pg_port, name="postgres")
+    started.append(redis)
+    await _redis_answers(redis.url)
+    pg_proxy = ProxyProcess("127.0.0.1", urlsplit(pg.url).port or 5432, name="postgres")
     await pg_proxy.start()
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            probe = aioredis.Redis.from_url(redis.url)
-            await probe.ping()
-            await probe.aclose()
-            break
-        except (OSError, aioredis.ConnectionError):
-            if time.monotonic() > deadline:
-                raise RuntimeError("our Redis did not start") from None
-            await asyncio.sleep(0.1)
+    started.append(pg_proxy)
     redis_proxy = ProxyProcess("127.0.0.1", redis.port, name="redis")
     await redis_proxy.start()
+    started.append(redis_proxy)
     direct_env = part_env(workdir, pg.url, redis.url, SERVER_SETTINGS)
     migrated = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "heartline", "migrate"],
                                        env=direct_env, capture_output=True, text=True, check=False)
@@ -135,10 +144,18 @@ async def bring_up(workdir: Path, args: argparse.Namespace) -> Stack:
     workers = [worker_part(n, workdir, env) for n in range(1, args.workers + 1)]
     for part in [*edges, *workers]:
         part.start()
+        started.append(part)
     for part, url in zip(edges, urls, strict=True):
         await _wait_ready(url, part)
-    settings = Settings.from_env(env)
-    return Stack(workdir, pg, redis, pg_proxy, redis_proxy, edges, urls, workers, settings)
+    return Stack(workdir, pg, redis, pg_proxy, redis_proxy, edges, urls, workers, Settings.from_env(env))
+
+
+async def _stop_started(started: list[Any]) -> None:
+    for thing in reversed(started):
+        with contextlib.suppress(Exception):
+            result = thing.stop() if not isinstance(thing, ProxyProcess) else thing.close()
+            if asyncio.iscoroutine(result):
+                await result
 
 
 async def seed_licenses(database_url: str, count: int) -> Seed:
@@ -180,7 +197,12 @@ async def drained(stack: Stack, license_ids: list[int]) -> str:
 
 async def run_soak(args: argparse.Namespace, workdir: Path) -> tuple[Verdict, dict[str, Any]]:
     rng = random.Random(args.seed)
-    stack = await bring_up(workdir, args)
+    started: list[Any] = []
+    try:
+        stack = await bring_up(workdir, args, started)
+    except BaseException:
+        await _stop_started(started)
+        raise
     try:
         seed_data = await seed_licenses(stack.pg.url, args.licenses)
         ledger = Ledger()
@@ -337,8 +359,10 @@ def render(verdict: Verdict, meta: dict[str, Any]) -> str:
                  f"{hb.get('lost_outside_windows', 0)}; duplicates: {hb.get('duplicates', 0)}; stored without a 200 "
                  f"(answer lost or 503): {hb.get('stored_without_200', 0)}")
     for w in f.get("loss_windows", []):
-        lines.append(f"  {w['kind']} at +{w['at_s']} s: {w['heartbeats_lost']} heartbeats lost (oldest answered "
-                     f"{w['oldest_lost_s']:.3f} s before the kill), {w['sessions_lost']} sessions without history")
+        oldest = ("" if w["oldest_lost_s"] is None
+                  else f" (the oldest answered {w['oldest_lost_s']:.3f} s before the kill)")
+        lines.append(f"  {w['kind']} at +{w['at_s']} s: {w['heartbeats_lost']} heartbeats lost{oldest}, "
+                     f"{w['sessions_lost']} sessions without history")
     s = f.get("sessions", {})
     lines.append(f"sessions: {s.get('known', 0)} known to clients, {s.get('in_history', 0)} in history; reasons "
                  f"{s.get('reasons', {})}; lost in windows: {s.get('lost_in_windows_without_history', 0)}; "
@@ -357,7 +381,7 @@ def render(verdict: Verdict, meta: dict[str, Any]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m loadtests.chaos", description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, required=True, help="how long faults are injected")
-    parser.add_argument("--licenses", type=int, default=40, help="licenses, 3 programs each (default 40)")
+    parser.add_argument("--licenses", type=int, default=30, help="licenses, 3 programs each (default 30)")
     parser.add_argument("--edges", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--database-url", default=None,
