@@ -79,7 +79,8 @@ class Window:
 
     fault: Fault
     heartbeats: int = 0
-    oldest_s: float | None = None   # how long before the kill the oldest lost heartbeat was answered
+    # at most how long before the kill the oldest lost heartbeat was accepted (from its send time)
+    oldest_s: float | None = None
     sessions_without_history: int = 0
     ends_recorded_as_lost: int = 0
 
@@ -193,7 +194,7 @@ class Judge:
                                     f"not stored, and {why}")
                     self.story(session)
                 else:
-                    self.windows[id(crash)].add(crash.started - attempt.answered)
+                    self.windows[id(crash)].add(crash.started - attempt.sent)
                     lost_allowed += 1
             # rows no 200 matched: each needs its own request that got no answer or a 503
             leftovers = [t for t, u in zip(times, used, strict=True) if not u]

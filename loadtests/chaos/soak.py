@@ -360,7 +360,7 @@ def render(verdict: Verdict, meta: dict[str, Any]) -> str:
                  f"(answer lost or 503): {hb.get('stored_without_200', 0)}")
     for w in f.get("loss_windows", []):
         oldest = ("" if w["oldest_lost_s"] is None
-                  else f" (the oldest answered {w['oldest_lost_s']:.3f} s before the kill)")
+                  else f" (the oldest sent {w['oldest_lost_s']:.3f} s before the kill)")
         lines.append(f"  {w['kind']} at +{w['at_s']} s: {w['heartbeats_lost']} heartbeats lost{oldest}, "
                      f"{w['sessions_lost']} sessions without history")
     s = f.get("sessions", {})
