@@ -109,16 +109,20 @@ class Judge:
         """Everything the client did with a session, in order, for the post-mortem."""
         if len(self.verdict.stories) >= 50:
             return
-        events = [(a.sent, f"{a.route} sent {self.at(a.sent)} answered {self.at(a.answered)}: {a.status} {a.code}")
+        events = [(a.sent, (f"{a.route} sent {self.at(a.sent)} answered {self.at(a.answered)}: "
+                           f"{a.status} {a.code}"))
                   for a in [*session.starts, *session.heartbeats, *session.ends]]
-        events += [(a.sent, f"admin {a.kind} sent {self.at(a.sent)} done {self.at(a.done)} ok={a.ok} {a.detail}")
+        events += [(a.sent, (f"admin {a.kind} sent {self.at(a.sent)} done {self.at(a.done)} ok={a.ok} "
+                            f"{a.detail}"))
                    for a in self.ledger.admin if a.license_id == session.license_id]
-        events += [(f.started, f"fault {f.kind} {f.target} {self.at(f.started)}..{self.at(f.ended)} {f.detail}")
+        events += [(f.started, (f"fault {f.kind} {f.target} {self.at(f.started)}..{self.at(f.ended)} "
+                               f"{f.detail}"))
                    for f in self.ledger.faults]
         lo = session.earliest_start - 15
         hi = (session.gone_at or max((a.answered for a in session.heartbeats), default=lo)) + 15
-        lines = [f"session {session.token} license {session.license_id} device {session.fingerprint}: earliest "
-                 f"start {self.at(session.earliest_start)}, gone {self.at(session.gone_at) if session.gone_at else '-'}"
+        gone = self.at(session.gone_at) if session.gone_at else "-"
+        lines = [f"session {session.token} license {session.license_id} device {session.fingerprint}: "
+                 f"earliest start {self.at(session.earliest_start)}, gone {gone}"
                  + (f", abandoned {self.at(session.abandoned_at)}" if session.abandoned_at else "")]
         if row is not None:
             lines.append(f"  history: {dict(row)}")
@@ -165,8 +169,8 @@ class Judge:
         answered_200 = matched = explained = lost_allowed = 0
         unknown = [t for t in stored if t not in self.ledger.sessions]
         if unknown:
-            v.fail(f"{sum(len(stored[t]) for t in unknown)} heartbeat rows belong to {len(unknown)} sessions no "
-                   f"client ever held (e.g. {unknown[0]})")
+            v.fail(f"{sum(len(stored[t]) for t in unknown)} heartbeat rows belong to {len(unknown)} sessions "
+                   f"no client ever held (e.g. {unknown[0]})")
         if duplicate_events:
             v.fail(f"{duplicate_events} heartbeat rows share an event id with another row")
         bad_lost: list[str] = []
@@ -203,7 +207,8 @@ class Judge:
                 if bisect.bisect_right(uncertain, t + EPS) > n:
                     explained += 1
                 else:
-                    duplicates.append(f"session {token}: a heartbeat row at {self.at(t)} that no request explains")
+                    duplicates.append(f"session {token}: a heartbeat row at {self.at(t)} that no request "
+                                      "explains")
                     self.story(session)
         for line in bad_lost[:20]:
             v.fail(line)
@@ -253,7 +258,8 @@ class Judge:
                 problems.append(f"session {token} (license {session.license_id}) ended as "
                                 f"{row['end_reason']} at {self.at(row['ended_at'])}, but {problem}")
                 self.story(session, row)
-            elif row["heartbeat_count"] != rows_per_token.get(token, 0) and not self._touched_by_crash(session):
+            elif (row["heartbeat_count"] != rows_per_token.get(token, 0)
+                  and not self._touched_by_crash(session)):
                 problems.append(f"session {token}: history counts {row['heartbeat_count']} heartbeats, "
                                 f"license_heartbeats holds {rows_per_token.get(token, 0)}")
                 self.story(session, row)
@@ -373,7 +379,8 @@ class Judge:
                                   f"{self.at(late[0].sent)} until its reactivation at {self.at(until)}")
         for line in served[:20]:
             self.verdict.fail(line)
-        self.verdict.figures["suspensions"] = sum(1 for a in self.ledger.admin if a.kind == "suspend" and a.ok)
+        self.verdict.figures["suspensions"] = sum(1 for a in self.ledger.admin
+                                                  if a.kind == "suspend" and a.ok)
 
     # -- 5/6. answers, processes ----------------------------------------------------------------------
 
@@ -416,7 +423,8 @@ async def judge(conn: asyncpg.Connection, ledger: Ledger, license_ids: list[int]
     rows = await conn.fetch(HEARTBEAT_ROWS, license_ids)
     duplicate_events = int(await conn.fetchval(DUPLICATE_EVENTS, license_ids))
     per_token = j.heartbeats(rows, duplicate_events)
-    j.sessions(await conn.fetch(HISTORY_ROWS, license_ids), await conn.fetch(OPEN_ROWS, license_ids), per_token)
+    j.sessions(await conn.fetch(HISTORY_ROWS, license_ids), await conn.fetch(OPEN_ROWS, license_ids),
+               per_token)
     j.suspensions_enforced()
     j.answers()
     j.processes()

@@ -9,7 +9,7 @@ each kind once), with a few quiet seconds between them.
 | `redis_wipe` | SIGKILL to Redis, its data deleted | restarted empty, as Redis without persistence does |
 | `redis_slow` | every byte to and from Redis delayed 50–400 ms (the proxy) | after 8–25 s (6–12 s) |
 | `redis_stall` | `DEBUG SLEEP` 2–7 s: Redis answers nobody, then everything queued at once | by itself |
-| `pg_outage` | PostgreSQL's proxy refuses connections, or black-holes them (open connections freeze) | after 10–40 s (10–15 s) |
+| `pg_outage` | PostgreSQL refused, or black-holed (open connections freeze) | after 10–40 s (10–15 s) |
 
 (In brackets: runs shorter than 5 minutes, which also pause 2–5 s between faults instead of 3–8 s, so that
 a 2-minute run sees every kind.)

@@ -121,7 +121,8 @@ class Ledger:
 
     def answered(self, attempt: Attempt) -> None:
         self.answers[(str(attempt.route), attempt.status, attempt.code)] += 1
-        self.timeline.append((attempt.sent, str(attempt.route), attempt.status, attempt.answered - attempt.sent))
+        self.timeline.append((attempt.sent, str(attempt.route), attempt.status,
+                              attempt.answered - attempt.sent))
 
     def redis_kills(self) -> list[Fault]:
         return [f for f in self.faults if f.kind in ("redis_crash", "redis_wipe")]

@@ -28,7 +28,8 @@ from loadtests.seed import SeededLicense
 # Answers a well-behaved client may get besides 200/201 (and 503 or no answer during faults).
 EXPECTED_REFUSALS: dict[Route, set[tuple[int, str]]] = {
     Route.START: {(409, "SESSION_LIMIT_REACHED"), (409, "DEVICE_LIMIT_REACHED"), (403, "LICENSE_SUSPENDED")},
-    Route.HEARTBEAT: {(404, "SESSION_NOT_FOUND"), (403, "LICENSE_SUSPENDED"), (429, "HEARTBEAT_TOO_FREQUENT")},
+    Route.HEARTBEAT: {(404, "SESSION_NOT_FOUND"), (403, "LICENSE_SUSPENDED"),
+                      (429, "HEARTBEAT_TOO_FREQUENT")},
     Route.END: {(404, "SESSION_NOT_FOUND")},
     Route.DEACTIVATE: {(404, "DEVICE_NOT_FOUND"), (403, "LICENSE_SUSPENDED")},
 }
@@ -61,8 +62,9 @@ class Population:
         self.run_id = run_id
         self.rng = rng
         self.behaviour = behaviour
-        self.http = httpx.AsyncClient(headers={"X-API-Key": api_key}, timeout=behaviour.request_timeout_s,
-                                      limits=httpx.Limits(max_connections=None, max_keepalive_connections=400))
+        self.http = httpx.AsyncClient(
+            headers={"X-API-Key": api_key}, timeout=behaviour.request_timeout_s,
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=400))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run every program until `stop`; then each ends the session it holds."""
@@ -327,7 +329,8 @@ class Admin:
             session = self.rng.choice(live)
             sent = time.time()
             try:
-                ended = await asyncio.to_thread(self.plane.terminate_session, session.license_id, session.token)
+                ended = await asyncio.to_thread(self.plane.terminate_session, session.license_id,
+                                                session.token)
                 detail = "ended" if ended else "not live"
                 ok = True
             except PlaneError as exc:

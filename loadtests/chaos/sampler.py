@@ -52,7 +52,8 @@ def _stream_id(raw: Any) -> tuple[int, int]:
 async def backlog_drained(redis: aioredis.Redis, shards: int) -> tuple[bool, bool]:
     """(heartbeats drained, session events drained) across all shards."""
     results = []
-    for stream_key, group in ((keys.heartbeat_stream, keys.HEARTBEAT_GROUP), (keys.event_stream, keys.EVENT_GROUP)):
+    for stream_key, group in ((keys.heartbeat_stream, keys.HEARTBEAT_GROUP),
+                              (keys.event_stream, keys.EVENT_GROUP)):
         async with redis.pipeline(transaction=False) as pipe:
             for shard in keys.all_shards(shards):
                 pipe.xinfo_stream(stream_key(shard))
@@ -123,8 +124,8 @@ class Sampler:
                 self.ledger.over_limit.append(f"{now:.3f} redis: license {lic.id} has {live} live sessions, "
                                               f"limit {lic.sessions_limit}")
             if int(devices) > lic.device_limit:
-                self.ledger.over_limit.append(f"{now:.3f} redis: license {lic.id} has {devices} cached active "
-                                              f"devices, limit {lic.device_limit}")
+                self.ledger.over_limit.append(f"{now:.3f} redis: license {lic.id} has {devices} cached "
+                                              f"active devices, limit {lic.device_limit}")
         self.ledger.samples["redis limits"] += 1
 
     async def _backlog(self, redis: aioredis.Redis) -> None:

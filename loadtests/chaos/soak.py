@@ -18,7 +18,6 @@ import random
 import subprocess
 import sys
 import time
-from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,9 +31,10 @@ import uvloop
 from heartline import db
 from heartline.plane import keys
 from heartline.settings import Settings
+from loadtests.chaos import report
 from loadtests.chaos.checks import Verdict, judge
 from loadtests.chaos.faults import FaultKind, Injector, Targets, supervise
-from loadtests.chaos.ledger import NO_ANSWER, Ledger
+from loadtests.chaos.ledger import Ledger
 from loadtests.chaos.population import Admin, Behaviour, Population
 from loadtests.chaos.proxy import ProxyProcess
 from loadtests.chaos.sampler import Sampler, backlog_drained
@@ -161,8 +161,8 @@ async def _stop_started(started: list[Any]) -> None:
 async def seed_licenses(database_url: str, count: int) -> Seed:
     conn = await db.connect(database_url, actor="chaos")
     try:
-        return await seed(conn, [LicenseSpec(count=count, device_limit=3, sessions_limit=2, interval_s=INTERVAL_S,
-                                             timeout_s=TIMEOUT_S, product="chaos")])
+        return await seed(conn, [LicenseSpec(count=count, device_limit=3, sessions_limit=2,
+                                             interval_s=INTERVAL_S, timeout_s=TIMEOUT_S, product="chaos")])
     finally:
         await conn.close()
 
@@ -207,8 +207,8 @@ async def run_soak(args: argparse.Namespace, workdir: Path) -> tuple[Verdict, di
         seed_data = await seed_licenses(stack.pg.url, args.licenses)
         ledger = Ledger()
         behaviour = Behaviour()
-        population = Population(ledger, stack.edge_urls, seed_data.api_key, seed_data.licenses, seed_data.run_id,
-                                rng, behaviour, TIMEOUT_S)
+        population = Population(ledger, stack.edge_urls, seed_data.api_key, seed_data.licenses,
+                                seed_data.run_id, rng, behaviour, TIMEOUT_S)
         admin = Admin(ledger, stack.settings, seed_data.licenses, rng, behaviour)
         targets = Targets(stack.edges, stack.workers, stack.redis, stack.redis_proxy, stack.pg_proxy)
         kinds = [FaultKind(k) for k in args.faults.split(",") if k != "none"] if args.faults else None
@@ -223,7 +223,8 @@ async def run_soak(args: argparse.Namespace, workdir: Path) -> tuple[Verdict, di
         print(f"soak running for {args.minutes:g} min: {len(seed_data.licenses) * 3} programs on "
               f"{len(seed_data.licenses)} licenses, {args.edges} edges, {args.workers} workers "
               f"(seed {args.seed})", flush=True)
-        clients = [asyncio.create_task(population.run(stop_clients)), asyncio.create_task(admin.run(stop_clients))]
+        clients = [asyncio.create_task(population.run(stop_clients)),
+                   asyncio.create_task(admin.run(stop_clients))]
         watchers = [asyncio.create_task(sampler.run(stop_watch)),
                     asyncio.create_task(supervise(targets, ledger, stop_watch))]
         faults = asyncio.create_task(injector.run(stop_faults, until))
@@ -261,15 +262,13 @@ async def run_soak(args: argparse.Namespace, workdir: Path) -> tuple[Verdict, di
             await conn.close()
         if waiting:
             verdict.fail(f"the backlog did not drain within {args.drain_timeout:.0f} s: {waiting}")
-        meta = {"minutes": args.minutes, "seed": args.seed, "started": dt.datetime.fromtimestamp(t0, dt.UTC).isoformat(),
-                "t0": t0, "licenses": len(seed_data.licenses),
-                "programs": len(seed_data.licenses) * 3, "edges": args.edges, "workers": args.workers,
+        meta = {"minutes": args.minutes, "seed": args.seed,
+                "started": dt.datetime.fromtimestamp(t0, dt.UTC).isoformat(), "t0": t0,
+                "licenses": len(seed_data.licenses), "programs": len(seed_data.licenses) * 3,
+                "edges": args.edges, "workers": args.workers,
                 "redis": f"{stack.redis.version}, appendonly yes, appendfsync everysec",
                 "postgres": "embedded" if stack.pg.embedded else "fresh database on the given server",
-                "drain_s": round(drain_s, 1), "drained": not waiting,
-                "faults": _fault_figures(ledger, t0), "answers": _answer_figures(ledger),
-                "answers_during_faults": _answers_during_faults(ledger), "latency_s": _latencies(ledger),
-                "harness_loop_lag_max_s": round(ledger.loop_lag_max_s, 3)}
+                "drain_s": round(drain_s, 1), "drained": not waiting, **report.figures(ledger, t0)}
         return verdict, meta
     finally:
         await stack.stop(keep_database=args.keep_database)
@@ -278,25 +277,11 @@ async def run_soak(args: argparse.Namespace, workdir: Path) -> tuple[Verdict, di
 async def _progress(ledger: Ledger, t0: float, until: float) -> None:
     while True:
         await asyncio.sleep(30)
-        ok = sum(1 for _, route, status, _took in ledger.timeline if route == "heartbeat" and status == 200)
+        ok = sum(1 for _, route, status, _ in ledger.timeline if route == "heartbeat" and status == 200)
         last = ledger.faults[-1] if ledger.faults else None
         print(f"  +{time.time() - t0:.0f} s of {until - t0:.0f}: {len(ledger.timeline)} requests, {ok} "
               f"heartbeats answered 200, {len(ledger.faults)} faults"
               + (f" (last: {last.kind} {last.target})" if last else ""), flush=True)
-
-
-def _latencies(ledger: Ledger) -> dict[str, dict[str, float]]:
-    """Seconds from send to answer per route (answered requests only): p50, p95, p99, max."""
-    by_route: dict[str, list[float]] = defaultdict(list)
-    for _, route, status, took in ledger.timeline:
-        if status != NO_ANSWER:
-            by_route[route].append(took)
-    out = {}
-    for route, took in sorted(by_route.items()):
-        took.sort()
-        out[route] = {f"p{q}": round(took[min(len(took) - 1, int(len(took) * q / 100))], 3) for q in (50, 95, 99)}
-        out[route]["max"] = round(took[-1], 3)
-    return out
 
 
 async def _watch_loop(ledger: Ledger) -> None:
@@ -308,76 +293,6 @@ async def _watch_loop(ledger: Ledger) -> None:
         ledger.loop_lag_max_s = max(ledger.loop_lag_max_s, loop.time() - before - 0.1)
 
 
-def _fault_figures(ledger: Ledger, t0: float) -> list[dict[str, Any]]:
-    return [{"kind": f.kind, "target": f.target, "at_s": round(f.started - t0, 1),
-             "lasted_s": round(f.ended - f.started, 1), "detail": f.detail} for f in ledger.faults]
-
-
-def _answer_figures(ledger: Ledger) -> dict[str, dict[str, int]]:
-    out: dict[str, Counter[str]] = defaultdict(Counter)
-    for (route, status, code), count in ledger.answers.items():
-        label = f"no answer ({code})" if status == NO_ANSWER else f"{status} {code}".strip()
-        out[route][label] += count
-    return {route: dict(sorted(c.items())) for route, c in sorted(out.items())}
-
-
-def _answers_during_faults(ledger: Ledger) -> dict[str, dict[str, int]]:
-    """Per fault kind: how the requests sent while it lasted were answered."""
-    out: dict[str, Counter[str]] = defaultdict(Counter)
-    timeline = sorted(ledger.timeline)
-    import bisect
-    for fault in ledger.faults:
-        lo = bisect.bisect_left(timeline, (fault.started,))
-        hi = bisect.bisect_right(timeline, (fault.ended, "\uffff"))
-        for _, _route, status, _took in timeline[lo:hi]:
-            out[fault.kind]["no answer" if status == NO_ANSWER else str(status)] += 1
-    return {kind: dict(sorted(c.items())) for kind, c in sorted(out.items())}
-
-
-def render(verdict: Verdict, meta: dict[str, Any]) -> str:
-    f = verdict.figures
-    lines = [(f"chaos soak: {meta['minutes']:g} min, {meta['programs']} programs on {meta['licenses']} "
-              f"licenses, {meta['edges']} edges, {meta['workers']} workers; Redis {meta['redis']}; "
-              f"PostgreSQL {meta['postgres']}; seed {meta['seed']}")]
-    kinds = Counter(x["kind"] for x in meta["faults"])
-    lines.append(f"faults injected: {len(meta['faults'])} (" + ", ".join(f"{k} x{n}" for k, n in sorted(kinds.items()))
-                 + ")")
-    for x in meta["faults"]:
-        lines.append(f"  +{x['at_s']:>7.1f} s  {x['kind']:<12} {x['target']:<15} {x['lasted_s']:>5.1f} s  {x['detail']}")
-    lines.append("answers:")
-    for route, counts in meta["answers"].items():
-        lines.append(f"  {route:<10} " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
-    lines.append("latency (s, answered requests): " + "; ".join(
-        f"{route} " + " ".join(f"{k} {v}" for k, v in q.items()) for route, q in meta["latency_s"].items()))
-    lines.append(f"the soak's own event loop was at most {meta['harness_loop_lag_max_s']} s late")
-    lines.append("answers to requests sent during each kind of fault:")
-    for kind, counts in meta["answers_during_faults"].items():
-        lines.append(f"  {kind:<12} " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
-    hb = f.get("heartbeats", {})
-    lines.append(f"heartbeats answered 200: {hb.get('answered_200', 0)}; stored exactly once: {hb.get('stored_once', 0)}; "
-                 f"lost in Redis crash windows: {hb.get('lost_in_windows', 0)}; lost otherwise: "
-                 f"{hb.get('lost_outside_windows', 0)}; duplicates: {hb.get('duplicates', 0)}; stored without a 200 "
-                 f"(answer lost or 503): {hb.get('stored_without_200', 0)}")
-    for w in f.get("loss_windows", []):
-        oldest = ("" if w["oldest_lost_s"] is None
-                  else f" (the oldest sent {w['oldest_lost_s']:.3f} s before the kill)")
-        lines.append(f"  {w['kind']} at +{w['at_s']} s: {w['heartbeats_lost']} heartbeats lost{oldest}, "
-                     f"{w['sessions_lost']} sessions without history")
-    s = f.get("sessions", {})
-    lines.append(f"sessions: {s.get('known', 0)} known to clients, {s.get('in_history', 0)} in history; reasons "
-                 f"{s.get('reasons', {})}; lost in windows: {s.get('lost_in_windows_without_history', 0)}; "
-                 f"unknown to clients: {s.get('unknown_to_clients', {})}")
-    lines.append(f"suspensions: {f.get('suspensions', 0)}; samples: {f.get('samples', {})}")
-    lines.append(f"backlog {'drained' if meta['drained'] else 'NOT drained'} {meta['drain_s']} s after the wind-down")
-    lines.extend(verdict.lines)
-    if verdict.ok:
-        lines.append("VERDICT: PASS - no violation")
-    else:
-        lines.append(f"VERDICT: FAIL - {len(verdict.violations)} violation(s):")
-        lines.extend(f"  - {v}" for v in verdict.violations)
-    return "\n".join(lines)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m loadtests.chaos", description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, required=True, help="how long faults are injected")
@@ -385,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--edges", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--database-url", default=None,
-                        help="a PostgreSQL server to create a fresh database on (default: embedded PostgreSQL)")
+                        help="a PostgreSQL server to create a fresh database on (default: embedded)")
     parser.add_argument("--faults", default="", help=f"comma-separated kinds, or none (default all: "
                                                      f"{','.join(k.value for k in FaultKind)})")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: a new one, printed)")
@@ -400,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.minutes <= 0 or args.licenses < 1 or args.edges < 1 or args.workers < 1:
-        print("loadtests.chaos: --minutes, --licenses, --edges and --workers must be positive", file=sys.stderr)
+        print("loadtests.chaos: --minutes, --licenses, --edges and --workers must be positive",
+              file=sys.stderr)
         return 2
     args.seed = args.seed if args.seed is not None else random.randrange(1_000_000)
     out = args.out or REPORTS / f"chaos-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}"
@@ -411,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeError, OSError, TimeoutError) as exc:
         print(f"loadtests.chaos: the soak could not run: {exc}", file=sys.stderr)
         return 2
-    text = render(verdict, meta)
+    text = report.render(verdict, meta)
     print(text)
     (out / "report.json").write_text(json.dumps({**meta, "figures": verdict.figures,
                                                  "violations": verdict.violations}, indent=2))
