@@ -1,8 +1,9 @@
 """The `heartline` console script.
 
 Subcommands of the kernel (migrate, dev, api-key) live here; those of the processes are found by import
-string, so the kernel never imports edge, worker or admin, and a part that is not built is said to be
-missing rather than faked.  Each delegated entry point is `main(settings, argv) -> int`.
+string, so the kernel never imports edge, worker or admin.  Each delegated entry point is
+`main(settings, argv) -> int`, and each names the extra it needs: started without it, the command says
+which extra to install in one line.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import importlib.util
 import logging
 import os
 import signal
@@ -21,32 +21,30 @@ from collections.abc import Callable
 
 from heartline import migrations, services
 from heartline.devstack import DevStackError
+from heartline.extras import MissingExtra, require_extra
 from heartline.settings import Settings, SettingsError
 
 log = logging.getLogger("heartline.cli")
 
-DELEGATED: dict[str, tuple[str, str]] = {
-    "edge": ("edge.server:main", "run the HTTP edge (uvicorn)"),
-    "worker": ("worker.main:main", "run the arq worker (flush, history, reaper, partitions, backups)"),
-    "admin": ("admin.app:main", "run the admin web interface"),
-    "create-admin": ("admin.users:create_admin_main", "create an admin user"),
-    "backup": ("heartline.backup:main", "create, list and restore backups"),
+# command -> (entry point, the extra it needs or None for the kernel alone, help)
+DELEGATED: dict[str, tuple[str, str | None, str]] = {
+    "edge": ("edge.server:main", "edge", "run the HTTP edge (uvicorn)"),
+    "worker": ("worker.main:main", "worker", "run the arq worker (flush, history, reaper, partitions, backups)"),
+    "admin": ("admin.app:main", "admin", "run the admin web interface"),
+    "create-admin": ("admin.users:create_admin_main", "admin", "create an admin user"),
+    "backup": ("heartline.backup:main", None, "create, list and restore backups"),
 }
 
 # Processes `heartline dev` runs side by side, in this order.
 DEV_PARTS = ("edge", "worker", "admin")
 
 
-def _entry(name: str) -> Callable[[Settings, list[str]], int] | None:
-    target = DELEGATED[name][0]
+def _entry(name: str) -> Callable[[Settings, list[str]], int]:
+    """The entry point of a delegated command; MissingExtra when its extra is not installed."""
+    target, extra, _help = DELEGATED[name]
+    if extra is not None:
+        require_extra(name, extra)
     module_name, func = target.split(":")
-    if importlib.util.find_spec(module_name.split(".")[0]) is None:
-        return None
-    try:
-        if importlib.util.find_spec(module_name) is None:
-            return None
-    except ModuleNotFoundError:
-        return None
     return getattr(importlib.import_module(module_name), func)  # type: ignore[no-any-return]
 
 
@@ -98,6 +96,7 @@ def cmd_api_key(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     from heartline.devstack import embedded_services
 
+    require_extra("dev", "dev")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     want_pg = settings.database_url is None
     want_redis = settings.redis_url is None
@@ -133,9 +132,7 @@ def _print_demo(settings: Settings) -> None:
             print("Demo API key:     created at the first run; `heartline api-key create NAME` makes a new one")
 
     asyncio.run(seed())
-    admin = _entry("create-admin")
-    if admin is not None:
-        admin(settings, ["--demo"])
+    _entry("create-admin")(settings, ["--demo"])
 
 
 def _run_parts(settings: Settings, parts: list[str]) -> int:
@@ -144,9 +141,6 @@ def _run_parts(settings: Settings, parts: list[str]) -> int:
     env["HEARTLINE_REDIS_URL"] = settings.redis_url or ""
     procs: dict[str, subprocess.Popen[str]] = {}
     for part in parts:
-        if _entry(part) is None:
-            print(f"{part}: not built yet, not started")
-            continue
         procs[part] = subprocess.Popen([sys.executable, "-m", "heartline", part], env=env,
                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                        start_new_session=True)
@@ -201,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = key_sub.add_parser("revoke", help="revoke a key by id")
     revoke.add_argument("id", type=int)
     key_sub.add_parser("list", help="list keys (prefixes only)")
-    for name, (_target, help_text) in DELEGATED.items():
+    for name, (_target, _extra, help_text) in DELEGATED.items():
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
@@ -220,13 +214,12 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(settings)
     try:
         if delegated:
-            entry = _entry(command)
-            if entry is None:
-                print(f"heartline {command}: this part is not built yet", file=sys.stderr)
-                return 2
-            return entry(settings, argv[1:])
+            return _entry(command)(settings, argv[1:])
         handlers = {"migrate": cmd_migrate, "api-key": cmd_api_key, "dev": cmd_dev}
         return handlers[command](settings, args)  # type: ignore[arg-type]
+    except MissingExtra as exc:
+        print(exc, file=sys.stderr)
+        return 2
     except SettingsError as exc:
         print(f"heartline {command}: {exc}", file=sys.stderr)
         return 2

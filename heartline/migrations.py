@@ -10,13 +10,15 @@ import hashlib
 import logging
 import re
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import asyncpg
 
 log = logging.getLogger("heartline.migrations")
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+# sql/ at the top of the repository, installed as the package heartline.sql (setup.py maps it).
+SQL_DIR = Path(str(resources.files("heartline.sql")))
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 # Any fixed number: serialises concurrent `heartline migrate` runs (several containers starting at once).
 _LOCK_ID = 0x4845_4152  # "HEAR"

@@ -7,6 +7,11 @@
   as plain Markdown; the JSON itself is written beside the page as `openapi.json`. Nothing is loaded
   from a CDN when the page is viewed.
 
+- screenshots: a `<!-- screenshot: NAME.png "caption" -->` marker becomes that image when the browser
+  tests have left `artifacts/NAME.png` (they take them: tests/admin/test_browser.py), and a sentence
+  saying how to get it otherwise. Generated images are never committed; CI builds the site after the
+  tests, so its build has them.
+
 `tests/docs/test_reference.py` imports this file to check that the docs and the code agree.
 """
 
@@ -14,8 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+from pathlib import Path
 from typing import Any
 
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "artifacts"
+SCREENSHOT = re.compile(r'<!-- screenshot: ([a-z0-9-]+\.png) "([^"]+)" -->')
 SETTINGS_MARKER = "<!-- settings-reference -->"
 OPENAPI_MARKER = "<!-- openapi-reference -->"
 OPENAPI_PATH = "/v1/openapi.json"
@@ -151,6 +161,15 @@ def openapi_markdown(document: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+# ---- screenshots ---------------------------------------------------------------------------------------
+
+def screenshot_markdown(name: str, caption: str, available: bool) -> str:
+    if available:
+        return f"![{caption}](screenshots/{name})\n\n*{caption}.*"
+    return (f"*Screenshot: {caption} — taken by the browser tests (`pytest tests/admin -m browser` writes "
+            f"`artifacts/{name}`); build the site after them to see it here.*")
+
+
 # ---- MkDocs events -------------------------------------------------------------------------------------
 
 _openapi_cache: dict[str, Any] = {}
@@ -167,11 +186,13 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
         markdown = markdown.replace(SETTINGS_MARKER, settings_markdown())
     if OPENAPI_MARKER in markdown:
         markdown = markdown.replace(OPENAPI_MARKER, openapi_markdown(_document()))
-    return markdown
+    return SCREENSHOT.sub(lambda m: screenshot_markdown(m[1], m[2], (ARTIFACTS / m[1]).is_file()), markdown)
 
 
 def on_files(files: Any, config: Any) -> Any:
     from mkdocs.structure.files import File
 
     files.append(File.generated(config, "openapi.json", content=json.dumps(_document(), indent=2) + "\n"))
+    for shot in sorted(ARTIFACTS.glob("*.png")) if ARTIFACTS.is_dir() else []:
+        files.append(File.generated(config, f"screenshots/{shot.name}", abs_src_path=str(shot)))
     return files

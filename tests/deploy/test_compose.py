@@ -161,6 +161,15 @@ def test_image_dumps_with_the_compose_servers_major_version(config: dict[str, An
 def test_build_context_keeps_what_the_image_needs() -> None:
     ignored = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
                if line.strip() and not line.startswith("#")]
-    for needed in ("sql", "heartline", "edge", "worker", "admin", "pyproject.toml", "README.md"):
+    for needed in ("sql", "heartline", "edge", "worker", "admin", "pyproject.toml", "setup.py", "README.md",
+                   "requirements"):
         assert needed not in ignored, needed
     assert ".env" in ignored and ".git" in ignored and ".venv" in ignored
+
+
+def test_image_installs_the_wheel_with_the_locked_dependencies() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "pip install -e" not in dockerfile
+    assert "pip wheel --no-deps" in dockerfile
+    assert "--require-hashes -r /tmp/requirements.txt" in dockerfile
+    assert "COPY requirements/image.txt" in dockerfile

@@ -73,3 +73,13 @@ def test_every_page_is_in_the_nav() -> None:
     missing = [p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md")
                if p.relative_to(DOCS).as_posix() not in nav]
     assert missing == []
+
+
+def test_screenshots_in_the_docs_are_ones_the_browser_tests_take() -> None:
+    hooks = _hooks()
+    taken = "".join(p.read_text() for p in (ROOT / "tests" / "admin").glob("test_*browser*.py"))
+    named = [m[1] for page in DOCS.rglob("*.md") for m in hooks.SCREENSHOT.finditer(page.read_text())]
+    assert named, "the admin guide shows the browser tests' screenshots"
+    assert [name for name in named if name not in taken] == []
+    assert "screenshots/admin-dashboard.png" in hooks.screenshot_markdown("admin-dashboard.png", "x", True)
+    assert "pytest tests/admin -m browser" in hooks.screenshot_markdown("admin-dashboard.png", "x", False)

@@ -3,7 +3,6 @@ and a clean stop on Ctrl-C."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import queue
 import signal
@@ -20,13 +19,6 @@ from pathlib import Path
 import pytest
 
 from heartline.devstack import free_port
-
-
-def _built(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
 
 
 def _port_open(port: int) -> bool:
@@ -79,19 +71,16 @@ def test_dev_brings_up_everything_and_stops_cleanly_on_ctrl_c(dev_dir: Path) -> 
         migrate = subprocess.run([sys.executable, "-m", "heartline", "migrate"], env=env, cwd=tmp_path,
                                  capture_output=True, text=True, timeout=60, check=False)
         assert migrate.stdout.strip() == "schema is up to date", migrate.stderr
-        if _built("edge.server"):
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{edge_port}/healthz", timeout=2) as r:
-                        assert r.status == 200
-                        break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.5)
-        else:
-            assert "edge: not built yet, not started" in out
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{edge_port}/healthz", timeout=2) as r:
+                    assert r.status == 200
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
     finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(60)
