@@ -28,8 +28,10 @@ ACTIVE_KEY = "SELECT id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL
 TOUCH_KEYS = "UPDATE api_keys SET last_used_at = now() WHERE id = ANY($1::bigint[])"
 # Unknown keys are remembered for at most this long, so a key created a moment ago works soon.
 UNKNOWN_KEY_TTL_S = 5.0
-# Bound on remembered keys: random garbage keys must not grow memory without limit.
-MAX_CACHED_KEYS = 50_000
+# Bound on remembered unknown keys: random garbage keys must not grow memory without limit.  They are
+# kept apart from the valid keys (whose number is that of the keys in PostgreSQL), so a flood of garbage
+# evicts the oldest garbage, never a valid key (which keeps working while PostgreSQL is down).
+MAX_UNKNOWN_KEYS = 10_000
 LAST_USED_FLUSH_S = 30.0
 
 
@@ -39,18 +41,27 @@ class ApiKeyGuard:
     def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
         self.pool = pool
         self.ttl_s = settings.api_key_cache_s
+        self.max_unknown = MAX_UNKNOWN_KEYS
         # sha256 of the key -> (key id or None when unknown/revoked, monotonic time the entry expires).
         # Looking up the digest of the presented key leaks nothing about other keys' digests.
         self._cache: dict[bytes, tuple[int | None, float]] = {}
+        # the digests of _cache's unknown entries, oldest first (insertion order), for eviction
+        self._unknown: dict[bytes, None] = {}
         self._pending: dict[bytes, asyncio.Task[int | None]] = {}
         self._used: set[int] = set()
 
     async def authenticate(self, request: Request) -> int:
         """The id of the request's API key; raises ApiKeyMissing / ApiKeyInvalid."""
-        return await self.check(request.headers.get(HEADER))
+        return await self.check(request.headers.getlist(HEADER))
 
-    async def check(self, presented: str | None) -> int:
-        """The id of the key presented in an X-API-Key header; raises ApiKeyMissing / ApiKeyInvalid."""
+    async def check(self, headers: list[str]) -> int:
+        """The id of the key presented in the X-API-Key header(s); raises ApiKeyMissing / ApiKeyInvalid.
+
+        Two headers are refused: which one a server reads differs (Starlette's first, a loop's last), so
+        accepting either would let the router and the heartbeat's fast path disagree."""
+        if len(headers) > 1:
+            raise ApiKeyInvalid("Send exactly one X-API-Key header.")
+        presented = headers[0] if headers else None
         if not presented:
             raise ApiKeyMissing()
         if not is_well_formed(presented):
@@ -86,11 +97,18 @@ class ApiKeyGuard:
 
     async def _query(self, digest: bytes) -> int | None:
         key_id = await self.pool.fetchval(ACTIVE_KEY, digest)
-        if len(self._cache) >= MAX_CACHED_KEYS:
-            self._cache.clear()
-        ttl = self.ttl_s if key_id is not None else min(self.ttl_s, UNKNOWN_KEY_TTL_S)
-        self._cache[digest] = (key_id, time.monotonic() + ttl)
-        return None if key_id is None else int(key_id)
+        if key_id is None:
+            self._unknown.pop(digest, None)
+            while len(self._unknown) >= self.max_unknown:
+                oldest = next(iter(self._unknown))
+                del self._unknown[oldest]
+                self._cache.pop(oldest, None)
+            self._unknown[digest] = None
+            self._cache[digest] = (None, time.monotonic() + min(self.ttl_s, UNKNOWN_KEY_TTL_S))
+            return None
+        self._unknown.pop(digest, None)
+        self._cache[digest] = (key_id, time.monotonic() + self.ttl_s)
+        return int(key_id)
 
     async def flush_last_used(self) -> int:
         """Write last_used_at for the keys used since the previous flush."""

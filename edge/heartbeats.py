@@ -40,13 +40,13 @@ class HeartbeatEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state: EdgeState = scope["app"].state.edge
         limit = state.settings.max_body_bytes
-        api_key = None
+        api_keys = []
         for name, value in scope["headers"]:
             if name == b"x-api-key":
-                api_key = value.decode("latin-1")
+                api_keys.append(value.decode("latin-1"))
             elif name == b"content-length" and value.isdigit() and int(value) > limit:
                 raise BodyTooLarge(f"The body may be at most {limit} bytes.")
-        await state.api_keys.check(api_key)
+        await state.api_keys.check(api_keys)
         body = decode(await _read_body(receive, limit), LicenseRequest)
         try:
             token = str(uuid.UUID(scope["path_params"]["token"]))

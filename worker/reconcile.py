@@ -151,6 +151,8 @@ async def _pages(pool: asyncpg.Pool, state: LostSessions, full: bool) -> AsyncIt
             after = page[-1]["token"]
         return
     page = await _open_sessions(pool, state.cursor, state.page)
+    if not page and state.cursor != FIRST_TOKEN:  # the previous page ended exactly at the last row
+        page = await _open_sessions(pool, FIRST_TOKEN, state.page)
     state.cursor = page[-1]["token"] if len(page) == state.page else FIRST_TOKEN
     yield page
 

@@ -119,6 +119,51 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
+def start_nginx(tmp: Path, https_port: int, http_port: int, edge_port: int, admin_port: int,
+                **limits: str) -> tuple[subprocess.Popen[bytes], Path]:
+    """nginx with the repository's template rendered for loopback (certificate in tmp/tls), and the
+    edge's rate limit of compose unless `limits` (NGINX_EDGE_RATE, NGINX_EDGE_BURST) say otherwise."""
+    assert NGINX is not None
+    site = tmp / "heartline.conf"
+    site.write_text(render_template({
+        "NGINX_SERVER_NAME": "localhost",
+        "NGINX_HTTPS_PORT": f"127.0.0.1:{https_port}",
+        "NGINX_HTTP_PORT": f"127.0.0.1:{http_port}",
+        "NGINX_TLS_DIR": str(tmp / "tls"),
+        "NGINX_EDGE_UPSTREAM": f"127.0.0.1:{edge_port}",
+        "NGINX_ADMIN_UPSTREAM": f"127.0.0.1:{admin_port}",
+        "NGINX_EDGE_RATE": "50r/s", "NGINX_EDGE_BURST": "100", **limits,
+    }))
+    # The wrapper stands in for the image's /etc/nginx/nginx.conf: it includes the site inside http{}.
+    # Workers run as root here only because the test's temp folders belong to root.
+    main = tmp / "nginx.conf"
+    main.write_text(f"""
+{"user root;" if os.geteuid() == 0 else ""}
+daemon off;
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log info;
+events {{ worker_connections 512; }}
+http {{
+    access_log {tmp}/access.log;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    include {site};
+}}
+""")
+    check = subprocess.run([NGINX, "-t", "-p", str(tmp), "-c", str(main)], capture_output=True, text=True,
+                           check=False)
+    assert check.returncode == 0, check.stderr
+    nginx_log = tmp / "nginx.out"
+    nginx = subprocess.Popen([NGINX, "-p", str(tmp), "-c", str(main)], stdout=open(nginx_log, "wb"),  # noqa: SIM115
+                             stderr=subprocess.STDOUT, start_new_session=True)
+    _wait_port(https_port, nginx, tmp / "error.log")
+    return nginx, main
+
+
 @dataclass(frozen=True)
 class Stack:
     https_port: int
@@ -174,43 +219,8 @@ def stack(database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFa
         procs.append(admin)
 
         ca_file = make_certificate(tmp / "tls")
-        site = tmp / "heartline.conf"
-        site.write_text(render_template({
-            "NGINX_SERVER_NAME": "localhost",
-            "NGINX_HTTPS_PORT": f"127.0.0.1:{https_port}",
-            "NGINX_HTTP_PORT": f"127.0.0.1:{http_port}",
-            "NGINX_TLS_DIR": str(tmp / "tls"),
-            "NGINX_EDGE_UPSTREAM": f"127.0.0.1:{edge_port}",
-            "NGINX_ADMIN_UPSTREAM": f"127.0.0.1:{admin_port}",
-        }))
-        # The wrapper stands in for the image's /etc/nginx/nginx.conf: it includes the site inside http{}.
-        # Workers run as root here only because the test's temp folders belong to root.
-        main = tmp / "nginx.conf"
-        main.write_text(f"""
-{"user root;" if os.geteuid() == 0 else ""}
-daemon off;
-worker_processes 1;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log info;
-events {{ worker_connections 512; }}
-http {{
-    access_log {tmp}/access.log;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    include {site};
-}}
-""")
-        check = subprocess.run([NGINX, "-t", "-p", str(tmp), "-c", str(main)], capture_output=True, text=True,
-                               check=False)
-        assert check.returncode == 0, check.stderr
-        nginx_log = tmp / "nginx.out"
-        nginx = subprocess.Popen([NGINX, "-p", str(tmp), "-c", str(main)], stdout=open(nginx_log, "wb"),  # noqa: SIM115
-                                 stderr=subprocess.STDOUT, start_new_session=True)
+        nginx, main = start_nginx(tmp, https_port, http_port, edge_port, admin_port)
         procs.append(nginx)
-        _wait_port(https_port, nginx, tmp / "error.log")
         _wait_http(f"http://127.0.0.1:{edge_port}/healthz", edge, edge_log)
         # the admin is awaited only by the test that needs it (`admin_ready`): the edge's tests do not
         # depend on the admin starting
@@ -352,3 +362,35 @@ def test_bad_input_through_nginx_is_a_4xx_with_a_code(stack: Stack, licensed: di
         assert res.json()["error"]["code"]
         huge = client.post("/v1/sessions", headers=licensed["headers"], content=b"x" * 100_000)
         assert huge.status_code == 413
+
+
+def test_the_edge_calls_are_rate_limited_per_client_address(stack: Stack,
+                                                            tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The template's limit, set tight (1 request a minute, bursts of 5) in an nginx of this test's own
+    in front of the same edge: one address's sixth call within the minute is refused with 429
+    RATE_LIMITED in the edge's error shape; another address is not affected."""
+    tmp = tmp_path_factory.mktemp("nginx-limited")
+    shutil.copytree(stack.ca_file.parent, tmp / "tls")
+    https_port = free_port()
+    nginx, _ = start_nginx(tmp, https_port, free_port(), stack.edge_port, stack.admin_port,
+                           NGINX_EDGE_RATE="1r/m", NGINX_EDGE_BURST="5")
+    context = ssl.create_default_context(cafile=str(stack.ca_file))
+
+    def client(source: str) -> httpx.Client:
+        return httpx.Client(base_url=f"https://localhost:{https_port}", timeout=30,
+                            transport=httpx.HTTPTransport(local_address=source, verify=context))
+
+    try:
+        with client("127.0.0.4") as flood:
+            answers = [flood.post("/v1/licenses/validate", json={}) for _ in range(10)]
+        codes = [r.status_code for r in answers]
+        assert codes[:6].count(401) == 6 and set(codes) == {401, 429}, codes  # 401: API_KEY_MISSING
+        limited = answers[-1]
+        assert limited.status_code == 429
+        assert limited.json() == {"error": {"code": "RATE_LIMITED",
+                                            "message": "Too many requests from this address; retry shortly."}}
+        assert limited.headers["Retry-After"] == "1"
+        with client("127.0.0.5") as other:
+            assert other.post("/v1/licenses/validate", json={}).status_code == 401
+    finally:
+        _stop(nginx)

@@ -13,6 +13,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 
 from edge.auth import ApiKeyGuard
+from edge.errors import ApiKeyInvalid
 from heartline import db as hldb
 from heartline.apikeys import generate_key, revoke_api_key
 from heartline.settings import Settings
@@ -81,6 +82,38 @@ async def test_known_key_keeps_working_while_postgres_is_unreachable(
     assert await guard.authenticate(request) == known.id
     with pytest.raises(asyncpg.InterfaceError):
         await guard.authenticate(_request_with_key(generate_key()))
+
+
+async def test_a_flood_of_unknown_keys_stays_bounded_and_never_evicts_a_valid_key(
+        edge_settings: Settings, database_url: str, make_api_key: Callable[..., Any]) -> None:
+    known = await make_api_key("known")
+    pool = await hldb.create_pool(database_url, actor="edge", max_size=2)
+    guard = ApiKeyGuard(pool, edge_settings.replace(api_key_cache_s=60))
+    guard.max_unknown = 50
+    assert await guard.check([known.key]) == known.id
+    junk = [generate_key() for _ in range(200)]
+    for key in junk:
+        with pytest.raises(ApiKeyInvalid):
+            await guard.check([key])
+    assert len(guard._unknown) == 50 and len(guard._cache) == 51
+    await pool.close()  # PostgreSQL gone: what is cached must answer without a query
+    assert await guard.check([known.key]) == known.id
+    for key in junk[-50:]:  # the newest unknown keys are still remembered: refused with no query
+        with pytest.raises(ApiKeyInvalid):
+            await guard.check([key])
+    with pytest.raises(asyncpg.InterfaceError):  # the oldest were let go
+        await guard.check([junk[0]])
+
+
+@pytest.mark.parametrize("path", ["/v1/licenses/validate",
+                                  "/v1/sessions/6f1c3f52-8a43-4b8e-9d55-0b9c1f1f0a11/heartbeat"])
+async def test_two_api_key_headers_are_refused_by_the_router_and_the_fast_path_alike(
+        app: Starlette, api_key: str, path: str) -> None:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://edge") as http:
+        for pair in ([api_key, generate_key()], [generate_key(), api_key], [api_key, api_key]):
+            r = await http.post(path, json=BODY, headers=[("X-API-Key", pair[0]), ("X-API-Key", pair[1])])
+            assert (r.status_code, r.json()["error"]["code"]) == (401, "API_KEY_INVALID"), (pair, r.text)
+            assert r.json()["error"]["message"] == "Send exactly one X-API-Key header."
 
 
 def _request_with_key(key: str) -> Request:
