@@ -11,8 +11,9 @@ import concurrent.futures
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-import redis.asyncio as aioredis
+import redis.exceptions
 
+from heartline.plane import redis as plane_redis
 from heartline.plane.events import EndReason
 from heartline.settings import Settings
 
@@ -33,13 +34,14 @@ class AdminPlane:
         from heartline.plane.sessions import SessionPlane
 
         async def go() -> T:
-            client = aioredis.Redis.from_url(self.settings.redis_url or "", socket_timeout=5,
-                                             socket_connect_timeout=5)
+            client = plane_redis.connect(self.settings.redis_url or "", socket_timeout=5,
+                                         socket_connect_timeout=5)
             try:
                 plane = SessionPlane(client, self.settings)
                 await plane.load_scripts()
                 return await operation(plane)
-            except (aioredis.ConnectionError, aioredis.TimeoutError) as exc:
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                    redis.exceptions.RedisClusterException, redis.exceptions.ClusterDownError) as exc:
                 raise PlaneError(f"the session plane (Redis) is unreachable: {exc}") from None
             finally:
                 await client.aclose()

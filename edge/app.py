@@ -8,8 +8,6 @@ import logging
 from collections.abc import AsyncIterator
 
 import asyncpg
-import redis.asyncio as aioredis
-import redis.exceptions
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -25,7 +23,7 @@ from edge.state import EdgeState
 from heartline import db
 from heartline.errors import HeartlineError
 from heartline.licenses import LicenseCache
-from heartline.plane.multiplex import MultiplexedRedis
+from heartline.plane import redis as plane_redis
 from heartline.plane.sessions import SessionPlane
 from heartline.settings import Settings
 
@@ -46,22 +44,23 @@ def create_app(settings: Settings) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        # hiredis is used automatically when installed (redis[hiredis]).
-        redis_client = aioredis.Redis.from_url(settings.redis_url or "", max_connections=REDIS_MAX_CONNECTIONS,
-                                               socket_timeout=REDIS_TIMEOUT_S,
-                                               socket_connect_timeout=REDIS_TIMEOUT_S)
+        # redis-py (hiredis parser) for everything but the plane's scripts; RedisCluster in cluster mode.
+        redis_client = plane_redis.connect(settings.redis_url or "", max_connections=REDIS_MAX_CONNECTIONS,
+                                           socket_timeout=REDIS_TIMEOUT_S,
+                                           socket_connect_timeout=REDIS_TIMEOUT_S)
         pool = await db.create_pool(settings.database_url or "", actor="edge", max_size=DATABASE_POOL_SIZE,
                                     command_timeout=DATABASE_COMMAND_TIMEOUT_S)
-        # The plane's scripts (heartbeats above all) go through one multiplexed connection that writes the
-        # commands of every request in flight once per loop tick: ~2x the heartbeats of one redis-py call
-        # per request (docs/performance.md).  TLS and unix-socket URLs stay on redis-py.
-        scripts_client = (MultiplexedRedis.from_url(settings.redis_url or "", connect_timeout=REDIS_TIMEOUT_S,
-                                                    command_timeout=REDIS_TIMEOUT_S)
-                          if MultiplexedRedis.supports_url(settings.redis_url or "") else None)
+        # The plane's scripts (heartbeats above all) go through the multiplexing client, which writes the
+        # commands of every request in flight once per loop tick (one connection per cluster master):
+        # ~2x the heartbeats of one redis-py call per request (docs/performance.md).  TLS and unix-socket
+        # URLs stay on redis-py.
+        scripts_client = plane_redis.multiplexed(settings.redis_url or "", connect_timeout=REDIS_TIMEOUT_S,
+                                                 command_timeout=REDIS_TIMEOUT_S,
+                                                 min_replicas=settings.redis_min_replicas)
         plane = SessionPlane(redis_client, settings, scripts_client=scripts_client)
         try:
             await plane.load_scripts()
-        except redis.exceptions.ConnectionError:
+        except errors.PLANE_DOWN:
             log.warning("edge.plane.unavailable at start; scripts load on first use")
         api_keys = ApiKeyGuard(pool, settings)
         app.state.edge = EdgeState(settings=settings, redis=redis_client, pool=pool, plane=plane,
@@ -89,8 +88,7 @@ def create_app(settings: Settings) -> Starlette:
         exception_handlers={
             HeartlineError: errors.handle_edge_error,
             HTTPException: errors.handle_http_exception,
-            redis.exceptions.ConnectionError: errors.handle_redis_down,
-            redis.exceptions.TimeoutError: errors.handle_redis_down,
+            **{exc: errors.handle_redis_down for exc in errors.PLANE_DOWN},
             asyncpg.PostgresConnectionError: errors.handle_database_down,
             asyncpg.InterfaceError: errors.handle_database_down,
             OSError: errors.handle_database_down,  # includes TimeoutError (asyncpg's command timeout)

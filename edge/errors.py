@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 
+import redis.exceptions
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -128,6 +129,17 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
         error = EdgeError(str(exc.detail))
         error.status = exc.status_code
     return render(request, error)
+
+
+# Redis failures that mean "the plane is unreachable right now, retry shortly" (503 PLANE_UNAVAILABLE):
+# a lost or hung connection, back-pressure and replica acknowledgement (both ConnectionErrors), and what
+# Redis Cluster answers while a failover or a slot's migration is under way, once its retries ran out.
+PLANE_DOWN: tuple[type[Exception], ...] = (
+    redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError, redis.exceptions.MovedError, redis.exceptions.AskError,
+    redis.exceptions.ReadOnlyError, redis.exceptions.RedisClusterException,
+    redis.exceptions.MasterDownError, redis.exceptions.BusyLoadingError,
+)
 
 
 async def handle_redis_down(request: Request, exc: Exception) -> Response:

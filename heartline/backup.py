@@ -40,9 +40,9 @@ from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import psycopg
-import redis.asyncio as aioredis
 
 from heartline import services
+from heartline.plane import redis as plane_redis
 from heartline.plane.sessions import SessionPlane
 from heartline.settings import PREFIX, Settings
 
@@ -768,7 +768,7 @@ def drop_license_caches(settings: Settings, license_ids: set[int]) -> int:
     restored ids may be reused by new licenses.
     """
     async def run() -> None:
-        client = aioredis.Redis.from_url(settings.redis_url or "")
+        client = plane_redis.connect(settings.redis_url or "")
         try:
             plane = SessionPlane(client, settings)
             await plane.load_scripts()

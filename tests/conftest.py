@@ -22,8 +22,10 @@ import redis.asyncio as aioredis
 
 from heartline import db as hldb
 from heartline.demo import new_license_key
+from heartline.devcluster import EmbeddedRedisCluster, embedded_cluster
 from heartline.devstack import embedded_services
 from heartline.migrations import migrate
+from heartline.plane import redis as plane_redis
 from heartline.settings import Settings
 
 # One database per test run, so runs sharing a server do not truncate each other's tables.
@@ -103,10 +105,53 @@ def redis_url(service_urls: tuple[str, str]) -> str:
     return service_urls[1]
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedisCluster]:
+    """A real Redis Cluster, 3 masters + 3 replicas on loopback free ports, cluster-node-timeout 1 s, from
+    the redis-server the embedded stack runs; started once, for the first test that asks for it."""
+    with embedded_cluster(tmp_path_factory.mktemp("redis-cluster"), masters=3, replicas=1,
+                          node_timeout_ms=1000) as cluster:
+        yield cluster
+
+
 @pytest.fixture
-def settings(database_url: str, redis_url: str, tmp_path: Path) -> Settings:
+async def cluster_redis(redis_cluster: EmbeddedRedisCluster) -> AsyncIterator[Any]:
+    """redis-py's RedisCluster on the test cluster, every master flushed first."""
+    redis_cluster.wait_healthy()  # a test before may have failed a master over and restarted it
+    client = plane_redis.connect(redis_cluster.url())
+    await client.flushall()
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+def plane_mode(request: pytest.FixtureRequest) -> str:
+    """Where the session plane runs: "single" (one Redis) unless a test parametrizes it indirectly,
+    `@pytest.mark.parametrize("plane_mode", ["single", "cluster"], indirect=True)`, to run on both."""
+    return str(getattr(request, "param", "single"))
+
+
+@pytest.fixture
+def plane_url(request: pytest.FixtureRequest, plane_mode: str, redis_url: str) -> str:
+    """HEARTLINE_REDIS_URL for the test's plane: the single Redis, or the test cluster (flushed)."""
+    if plane_mode == "cluster":
+        request.getfixturevalue("cluster_redis")
+        return str(request.getfixturevalue("redis_cluster").url())
+    return redis_url
+
+
+@pytest.fixture
+def plane_client(request: pytest.FixtureRequest, plane_mode: str) -> Any:
+    """redis-py's client of the test's plane (Redis or RedisCluster), emptied before the test."""
+    return request.getfixturevalue("cluster_redis" if plane_mode == "cluster" else "redis")
+
+
+@pytest.fixture
+def settings(database_url: str, plane_url: str, tmp_path: Path) -> Settings:
     """Settings for one test: real servers, short intervals so timeouts can be seen in seconds."""
-    return Settings(database_url=database_url, redis_url=redis_url, data_dir=tmp_path / "data",
+    return Settings(database_url=database_url, redis_url=plane_url, data_dir=tmp_path / "data",
                     backup_dir=tmp_path / "backups", heartbeat_min_gap_ms=0, stream_shards=4)
 
 

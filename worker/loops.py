@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from enum import StrEnum
 
 import asyncpg
+from redis.exceptions import ClusterDownError, RedisClusterException, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -33,7 +34,9 @@ class LoopState(StrEnum):
 
 def classify(exc: BaseException) -> LoopState:
     """Which outage an exception means; anything unexpected is FAILING (and logged with a traceback)."""
-    if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
+    # a cluster failing over or migrating a slot is Redis being unavailable for a moment, too
+    if isinstance(exc, (RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError,
+                        RedisClusterException)):
         return LoopState.REDIS_UNAVAILABLE
     if isinstance(exc, (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionError,
                         asyncpg.InterfaceError, asyncpg.CannotConnectNowError,

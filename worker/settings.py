@@ -18,12 +18,12 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime
 from typing import Any, ClassVar
 
-import redis.asyncio as aioredis
 from arq.connections import RedisSettings
 from arq.cron import CronJob
 
 from heartline import db
 from heartline.plane import keys
+from heartline.plane import redis as plane_redis
 from heartline.plane.sessions import SessionPlane
 from heartline.settings import Settings
 from heartline.webhooks.secrets import SecretBox
@@ -70,7 +70,9 @@ async def open_resources(ctx: dict[str, Any]) -> None:
     # min_size=0: the worker starts (and the loops back off) even while PostgreSQL is down.
     ctx["pool"] = await db.create_pool(settings.database_url, actor="worker", min_size=0,
                                        max_size=POOL_MAX_SIZE, init=prepare_connection)
-    ctx["redis"] = aioredis.Redis.from_url(settings.redis_url)
+    # redis-py, or its RedisCluster for a redis+cluster:// URL: every command here names one key (each
+    # shard's stream is read on the node that owns it), so both serve the same code.
+    ctx["redis"] = plane_redis.connect(settings.redis_url)
     ctx["plane"] = SessionPlane(ctx["redis"], settings)
     await ctx["plane"].load_scripts()
     ctx.setdefault("consumer_name", consumer_name())

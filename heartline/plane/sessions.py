@@ -71,7 +71,7 @@ class SessionPlane:
 
     def __init__(self, redis: aioredis.Redis, settings: Settings, *, scripts_client: Any = None) -> None:
         """`scripts_client`, when given, runs the Lua scripts instead of `redis` — the edge's
-        `heartline.plane.multiplex.MultiplexedRedis`, so the scripts of all requests in flight share one
+        `heartline.plane.redis.single.MultiplexedRedis`, so the scripts of all requests in flight share one
         socket write (docs/performance.md); every other call stays on `redis`."""
         self.redis = redis
         self.settings = settings

@@ -36,7 +36,8 @@ async def api_key(make_api_key: Callable[..., Any]) -> str:
 
 
 @pytest.fixture
-async def app(edge_settings: Settings, db: asyncpg.Connection, redis: aioredis.Redis) -> AsyncIterator[Starlette]:
+async def app(edge_settings: Settings, db: asyncpg.Connection,
+              plane_client: aioredis.Redis) -> AsyncIterator[Starlette]:
     """The edge app inside its lifespan (after the db/redis fixtures emptied both stores)."""
     application = create_app(edge_settings)
     async with application.router.lifespan_context(application):

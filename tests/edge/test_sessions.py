@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 import redis.asyncio as aioredis
 
 from heartline.plane import keys
@@ -68,8 +69,9 @@ async def test_start_refuses_unknown_license(client: httpx.AsyncClient) -> None:
     assert r.status_code == 404 and r.json()["error"]["code"] == "LICENSE_NOT_FOUND"
 
 
+@pytest.mark.parametrize("plane_mode", ["single", "cluster"], indirect=True)
 async def test_race_ten_devices_fifty_starts_each_three_sessions(
-        client: httpx.AsyncClient, license_with_devices: Callable[..., Any], redis: aioredis.Redis,
+        client: httpx.AsyncClient, license_with_devices: Callable[..., Any], plane_client: aioredis.Redis,
         edge_settings: Settings) -> None:
     lic, _ = await license_with_devices(devices=10, device_limit=10, concurrent_sessions_limit=3)
     fingerprints = [f"fp{i}" for i in range(10) for _ in range(50)]
@@ -87,12 +89,13 @@ async def test_race_ten_devices_fifty_starts_each_three_sessions(
             assert all(r.json()["resumed"] for r in rs if r.status_code == 200)
         else:
             assert {(r.status_code, r.json()["error"]["code"]) for r in rs} == {(409, "SESSION_LIMIT_REACHED")}
-    assert await live_count(redis, edge_settings, lic["id"]) == 3
-    assert await ended_events(redis, edge_settings, lic["id"]) == []
+    assert await live_count(plane_client, edge_settings, lic["id"]) == 3
+    assert await ended_events(plane_client, edge_settings, lic["id"]) == []
 
 
+@pytest.mark.parametrize("plane_mode", ["single", "cluster"], indirect=True)
 async def test_race_five_hundred_unknown_devices(client: httpx.AsyncClient, make_license: Callable[..., Any],
-                                                 db: asyncpg.Connection, redis: aioredis.Redis,
+                                                 db: asyncpg.Connection, plane_client: aioredis.Redis,
                                                  edge_settings: Settings) -> None:
     """Three sessions granted; every other start refused for the session limit, and only the three
     devices that got a session were activated (a refused start takes no device slot)."""
@@ -105,7 +108,7 @@ async def test_race_five_hundred_unknown_devices(client: httpx.AsyncClient, make
     winners = {f"box-{i}" for i, r in enumerate(replies) if r.status_code == 201}
     assert {r["hardware_fingerprint"] for r in active} == winners
     assert await db.fetchval("SELECT count(*) FROM device_registrations WHERE license_id = $1", lic["id"]) == 3
-    assert await live_count(redis, edge_settings, lic["id"]) == 3
+    assert await live_count(plane_client, edge_settings, lic["id"]) == 3
 
 
 async def test_race_five_hundred_unknown_devices_with_the_device_limit_binding(

@@ -13,7 +13,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from heartline.devstack import free_port
 from heartline.plane.licenses import CachedLicense
-from heartline.plane.multiplex import MultiplexedRedis
+from heartline.plane.redis.protocol import PlaneBusy, ReplicationTimeout
+from heartline.plane.redis.single import MultiplexedRedis
 from heartline.plane.sessions import PlaneCode, SessionPlane
 from heartline.settings import Settings
 
@@ -181,3 +182,36 @@ def test_from_url_reads_credentials_and_database() -> None:
     assert MultiplexedRedis.supports_url("redis://example.org:6379/0")
     assert not MultiplexedRedis.supports_url("rediss://example.org")
     assert not MultiplexedRedis.supports_url("unix:///run/redis.sock")
+
+
+async def test_commands_beyond_the_pending_bound_are_refused_at_once(redis: aioredis.Redis,
+                                                                     redis_url: str) -> None:
+    client = MultiplexedRedis.from_url(redis_url, max_pending=50)
+    try:
+        await client.ping()
+        results = await asyncio.gather(*(_call(client, "INCR", "bounded") for _ in range(80)),
+                                       return_exceptions=True)
+        assert sum(isinstance(r, PlaneBusy) for r in results) == 30
+        assert isinstance(PlaneBusy("x"), RedisConnectionError)  # the edge answers it 503
+        assert await redis.get("bounded") == b"50"
+        assert await client.execute("GET", "bounded") == b"50"  # the bound frees as replies come back
+    finally:
+        await client.aclose()
+
+
+async def _call(client: MultiplexedRedis, *args: object) -> object:
+    return await client.execute(*args)
+
+
+async def test_min_replicas_fails_the_batch_when_no_replica_acknowledges(redis: aioredis.Redis,
+                                                                        redis_url: str) -> None:
+    assert int((await redis.info("replication"))["connected_slaves"]) == 0
+    client = MultiplexedRedis.from_url(redis_url, min_replicas=1)
+    try:
+        results = await asyncio.gather(*(client.execute("INCR", "unreplicated") for _ in range(5)),
+                                       return_exceptions=True)
+        assert all(isinstance(r, ReplicationTimeout) for r in results)
+        assert isinstance(results[0], RedisConnectionError)  # 503, retry
+        assert await redis.get("unreplicated") == b"5"  # applied on the master, unconfirmed
+    finally:
+        await client.aclose()

@@ -27,7 +27,7 @@ def worker_settings(settings: Settings) -> Settings:
 
 @pytest.fixture
 async def worker_ctx(worker_settings: Settings, db: asyncpg.Connection,
-                     redis: aioredis.Redis) -> AsyncIterator[dict[str, Any]]:
+                     plane_client: aioredis.Redis) -> AsyncIterator[dict[str, Any]]:
     """The worker's ctx with its resources open but no loop running (tests call the jobs)."""
     ctx: dict[str, Any] = {"settings": worker_settings, "consumer_name": f"test-{uuid.uuid4().hex[:8]}"}
     await open_resources(ctx)
@@ -44,8 +44,8 @@ def run_loops(worker_ctx: dict[str, Any]) -> Callable[[], None]:
 
 
 @pytest.fixture
-async def plane(redis: aioredis.Redis, worker_settings: Settings) -> SessionPlane:
-    plane = SessionPlane(redis, worker_settings)
+async def plane(plane_client: aioredis.Redis, worker_settings: Settings) -> SessionPlane:
+    plane = SessionPlane(plane_client, worker_settings)
     await plane.load_scripts()
     return plane
 

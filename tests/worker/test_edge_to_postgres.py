@@ -30,8 +30,11 @@ async def edge(worker_settings: Settings, worker_ctx: dict[str, Any], run_loops:
         yield client
 
 
+@pytest.mark.parametrize("plane_mode", ["single", "cluster"], indirect=True)
 async def test_heartbeats_sent_through_the_edge_are_stored_once_each(
-        edge: httpx.AsyncClient, db: asyncpg.Connection, make_license: Any) -> None:
+        edge: httpx.AsyncClient, db: asyncpg.Connection, make_license: Any, plane_mode: str,
+        worker_settings: Settings) -> None:
+    assert (worker_settings.redis_url or "").startswith("redis+cluster://") is (plane_mode == "cluster")
     lic = await make_license(device_limit=2, concurrent_sessions_limit=2)
     started = await edge.post("/v1/sessions", json={"license_key": lic["license_key"],
                                                     "hardware_fingerprint": "box-1", "client_version": "3.0"})

@@ -136,7 +136,10 @@ def _worker_process(settings: Settings, log_path: Path) -> subprocess.Popen[byte
            "HEARTLINE_REDIS_URL": settings.redis_url or "",
            "HEARTLINE_STREAM_SHARDS": str(settings.stream_shards), "HEARTLINE_FLUSH_BATCH_SIZE": "200",
            "HEARTLINE_FLUSH_INTERVAL_S": "0.05", "HEARTLINE_PENDING_CLAIM_IDLE_S": "1",
-           "HEARTLINE_WORKER_METRICS_PORT": "0", "HEARTLINE_DATA_DIR": str(settings.data_dir)}
+           "HEARTLINE_WORKER_METRICS_PORT": "0", "HEARTLINE_DATA_DIR": str(settings.data_dir),
+           # the tests' sessions exist in PostgreSQL only: reconciliation would close them as plane_lost
+           # once a slow (loaded) run outlasts its 15 s interval
+           "HEARTLINE_RECONCILE_INTERVAL_S": "3600"}
     with log_path.open("ab") as out:
         return subprocess.Popen([sys.executable, "-m", "heartline", "worker"], env=env, cwd=REPO,
                                 stdout=out, stderr=subprocess.STDOUT)

@@ -1,0 +1,83 @@
+"""Redis clients of the session plane, for one node or a Redis Cluster, chosen by the URL.
+
+- `redis://…` (and `rediss://`, `unix://`): one Redis.
+- `redis+cluster://[user:password@]host:port[,host:port…]`: a Redis Cluster; the hosts are seed nodes,
+  asked for the slot map (any one that answers will do).
+
+`connect(url)` gives redis-py's client for that URL — `redis.asyncio.Redis`, or `RedisCluster` in
+cluster mode — for everything whose speed does not matter (worker loops, admin, health).
+`multiplexed(url)` gives the hot path's multiplexing client (single.py, or cluster.py with one
+multiplexed connection per master), or None for URLs it does not speak (TLS, unix sockets), where the
+caller stays on redis-py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+from heartline.plane.redis.cluster import ClusterMultiplexedRedis
+from heartline.plane.redis.single import MultiplexedRedis
+
+CLUSTER_SCHEME = "redis+cluster"
+
+
+@dataclass(frozen=True)
+class ClusterURL:
+    seeds: list[tuple[str, int]]
+    username: str | None = None
+    password: str | None = None
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.split("://", 1)[0].lower() == CLUSTER_SCHEME
+
+
+def parse_cluster_url(url: str) -> ClusterURL:
+    """`redis+cluster://[user:password@]host:port[,host:port…]` (a path or query is not allowed)."""
+    scheme, _, rest = url.partition("://")
+    if scheme.lower() != CLUSTER_SCHEME or not rest:
+        raise ValueError(f"not a {CLUSTER_SCHEME}:// URL: {url!r}")
+    userinfo, _, hosts = rest.rpartition("@")
+    if "/" in hosts or "?" in hosts:
+        raise ValueError(f"a {CLUSTER_SCHEME}:// URL names seed nodes only (no database, no options)")
+    username = password = None
+    if userinfo:
+        user, has_password, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if has_password else None
+    seeds: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"seed node {item!r} is not host:port")
+        seeds.append((host.strip("[]"), int(port)))
+    return ClusterURL(seeds=seeds, username=username, password=password)
+
+
+def connect(url: str, **kwargs: Any) -> Any:
+    """redis-py's asyncio client for `url`: Redis, or RedisCluster for a cluster URL.
+
+    kwargs go to the client (socket_timeout, decode_responses, max_connections, …)."""
+    if not is_cluster_url(url):
+        return aioredis.Redis.from_url(url, **kwargs)
+    parsed = parse_cluster_url(url)
+    return RedisCluster(startup_nodes=[ClusterNode(host, port) for host, port in parsed.seeds],
+                        username=parsed.username, password=parsed.password, **kwargs)
+
+
+def multiplexed(url: str, **kwargs: Any) -> MultiplexedRedis | ClusterMultiplexedRedis | None:
+    """The multiplexing client for `url`, or None where it does not apply (TLS, unix sockets).
+
+    kwargs: connect_timeout, command_timeout, max_pending, min_replicas, decode_responses."""
+    if is_cluster_url(url):
+        parsed = parse_cluster_url(url)
+        return ClusterMultiplexedRedis(parsed.seeds, username=parsed.username, password=parsed.password,
+                                       **kwargs)
+    if MultiplexedRedis.supports_url(url):
+        return MultiplexedRedis.from_url(url, **kwargs)
+    return None

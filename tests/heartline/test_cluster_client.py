@@ -1,0 +1,137 @@
+"""The multiplexing client on a real Redis Cluster: routing by slot, redirections, scripts, replicas."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from redis.crc import key_slot
+
+from heartline.devcluster import EmbeddedRedisCluster
+from heartline.plane import keys
+from heartline.plane.licenses import CachedLicense
+from heartline.plane.redis import is_cluster_url, multiplexed, parse_cluster_url
+from heartline.plane.redis.cluster import ClusterMultiplexedRedis, command_slot
+from heartline.plane.sessions import PlaneCode, SessionPlane
+from heartline.settings import Settings
+
+
+@pytest.fixture
+async def mux(cluster_redis: Any, redis_cluster: EmbeddedRedisCluster) -> AsyncIterator[ClusterMultiplexedRedis]:
+    client = multiplexed(redis_cluster.url())
+    assert isinstance(client, ClusterMultiplexedRedis)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def test_cluster_urls_name_seed_nodes_and_credentials() -> None:
+    parsed = parse_cluster_url("redis+cluster://app:s%40cret@10.0.0.1:7000,10.0.0.2:7001")
+    assert parsed.seeds == [("10.0.0.1", 7000), ("10.0.0.2", 7001)]
+    assert (parsed.username, parsed.password) == ("app", "s@cret")
+    assert is_cluster_url("redis+cluster://h:1") and not is_cluster_url("redis://h:1/0")
+    for bad in ("redis+cluster://", "redis+cluster://host", "redis+cluster://h:1/0"):
+        with pytest.raises(ValueError):
+            parse_cluster_url(bad)
+
+
+def test_command_slot_is_the_hash_tag_of_the_key() -> None:
+    key = keys.heartbeat_stream(5)
+    assert command_slot(("EVALSHA", "sha", 2, key, "other", "arg")) == key_slot(b"s5")
+    assert command_slot(("SET", key, "v")) == key_slot(key.encode())
+    assert command_slot(("EVALSHA", "sha", 0)) is None and command_slot(("PING",)) is None
+
+
+async def test_commands_go_to_the_master_owning_their_slot(mux: ClusterMultiplexedRedis, cluster_redis: Any,
+                                                          redis_cluster: EmbeddedRedisCluster) -> None:
+    names = [f"k{i}" for i in range(300)]
+    assert await asyncio.gather(*(mux.execute("SET", n, n) for n in names)) == [b"OK"] * 300
+    assert len(mux.masters()) == 3
+    assert mux.redirects == 0
+    for name in names[:30]:
+        owner = redis_cluster.master_of_slot(key_slot(name.encode()))
+        assert owner.client().get(name) == name.encode()
+    assert await cluster_redis.get("k299") == b"k299"
+
+
+async def test_moved_slot_is_followed_and_the_map_refreshed(mux: ClusterMultiplexedRedis,
+                                                          redis_cluster: EmbeddedRedisCluster) -> None:
+    key = keys.live_count(3)
+    slot = key_slot(key.encode())
+    await mux.execute("SET", key, 1)
+    source = redis_cluster.master_of_slot(slot)
+    target = next(redis_cluster.node(p) for p in redis_cluster.master_ports() if p != source.port)
+    try:
+        assert redis_cluster.move_slot(slot, target) == 1
+        assert await mux.execute("INCR", key) == 2  # sent to the old owner, MOVED, resent
+        assert mux.redirects >= 1
+        await asyncio.sleep(0.3)
+        assert mux.node_for_slot(slot) == ("127.0.0.1", target.port)
+    finally:
+        redis_cluster.move_slot(slot, source)
+
+
+async def test_ask_during_a_migration_reaches_the_key_on_the_target(mux: ClusterMultiplexedRedis,
+                                                                    redis_cluster: EmbeddedRedisCluster) -> None:
+    key = keys.live_count(4)
+    slot = key_slot(key.encode())
+    await mux.execute("SET", key, 10)
+    source = redis_cluster.master_of_slot(slot)
+    target = next(redis_cluster.node(p) for p in redis_cluster.master_ports() if p != source.port)
+    src, dst = source.client(), target.client()
+    dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src.execute_command("CLUSTER", "MYID"))
+    src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst.execute_command("CLUSTER", "MYID"))
+    try:
+        src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", key)
+        assert await mux.execute("INCR", key) == 11  # ASK -> ASKING + INCR on the target
+        assert mux.node_for_slot(slot) == ("127.0.0.1", source.port)  # an ASK changes no map
+    finally:
+        redis_cluster.move_slot(slot, target)  # finishes the migration the test began
+        redis_cluster.move_slot(slot, source)
+
+
+async def test_plane_scripts_run_on_the_cluster_through_both_clients(
+        mux: ClusterMultiplexedRedis, cluster_redis: Any, settings: Settings) -> None:
+    settings = settings.replace(stream_shards=16)
+    plane = SessionPlane(cluster_redis, settings, scripts_client=mux)
+    await plane.load_scripts()
+    for license_id in range(1, 17):  # one license per shard: every master gets some
+        cached = CachedLicense(license_id=license_id, version=1, status="active", valid_from_ms=0,
+                               valid_until_ms=None, device_limit=3, sessions_limit=2, interval_s=1, timeout_s=5)
+        assert await plane.cache_license(cached, {"fp": 100 + license_id})
+        started = await plane.start_session(license_id, "fp")
+        assert started.code is PlaneCode.STARTED and started.token
+        assert (await plane.heartbeat(license_id, started.token)).code is PlaneCode.OK
+    admin = SessionPlane(cluster_redis, settings)  # redis-py's RedisCluster runs them just as well
+    assert await admin.end_license_sessions(3, "admin_terminated") == 1  # type: ignore[arg-type]
+    assert await admin.live_count() == 15
+    assert await cluster_redis.xlen(keys.heartbeat_stream(5)) == 1
+
+
+async def test_min_replicas_answers_after_the_replica_has_the_write(
+        cluster_redis: Any, redis_cluster: EmbeddedRedisCluster) -> None:
+    client = multiplexed(redis_cluster.url(), min_replicas=1)
+    assert isinstance(client, ClusterMultiplexedRedis)
+    try:
+        await asyncio.gather(*(client.execute("SET", f"r{i}", i) for i in range(200)))
+        writes = client.writes
+        replies = await asyncio.gather(*(client.execute("INCR", f"r{i}") for i in range(200)))
+        assert replies == [i + 1 for i in range(200)]
+        assert client.writes - writes <= 3  # one batch (and one WAIT) per master
+        # each reply came after WAIT: the replicas already hold every incremented value
+        for i in range(0, 200, 20):
+            owner = redis_cluster.master_of_slot(key_slot(f"r{i}".encode()))
+            replica_port = _replica_of(redis_cluster, owner.port)
+            replica = redis_cluster.node(replica_port).client()
+            replica.execute_command("READONLY")
+            assert replica.get(f"r{i}") == str(i + 1).encode()
+    finally:
+        await client.aclose()
+
+
+def _replica_of(cluster: EmbeddedRedisCluster, master_port: int) -> int:
+    info = cluster.node(master_port).client().info("replication")
+    return int(info["slave0"]["port"])
