@@ -137,6 +137,7 @@ async def test_every_script_declares_every_key_it_touches_and_they_share_one_slo
     await trace.step("start", lambda: plane.start_session(LICENSE_ID, "fp0"))
     await trace.step("suspend_license", lambda: plane.suspend_license(LICENSE_ID, "suspended", 3))
     await trace.step("forget_license", lambda: plane.invalidate_license(LICENSE_ID))
+    await trace.step("recount", lambda: scripts.recount(shard, [LICENSE_ID]))
     ran = await finish()
     assert len(ran) == len(trace.steps)
     assert set(trace.steps) == set(SCRIPT_NAMES)
