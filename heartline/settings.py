@@ -67,7 +67,8 @@ class Settings:
     """Default heartbeat interval in seconds, sent to clients at session start; a license may set its own."""
     heartbeat_timeout_s: int = 60
     """A session without a heartbeat for this many seconds is ended with reason `timeout`; must exceed the
-    interval. A license may set its own.
+    interval. A license may set its own. The edge refuses to start when these defaults would leave a
+    license that sets only one of the two with a timeout not above its interval (the message names them).
     """
     heartbeat_min_gap_ms: int = 1000
     """Heartbeats closer together than this are refused with 429 `HEARTBEAT_TOO_FREQUENT` and not stored."""
