@@ -37,6 +37,7 @@ VIEW_MODULES = [
     "admin.views.audit",
     "admin.views.resources",
     "admin.views.crm",
+    "admin.views.entitlements",
     "admin.views.webhooks",
 ]
 

@@ -10,10 +10,10 @@ from edge.devices import license_id_or_404
 from edge.errors import LicenseNotFound
 from edge.schemas import (
     DeviceInfo,
-    DeviceRequest,
     LicenseInfo,
     LicenseRequest,
     ResourcesResponse,
+    ValidateRequest,
     ValidateResponse,
     encode,
     utc_from_ms,
@@ -23,6 +23,7 @@ from heartline.plane.licenses import CachedLicense
 from heartline.resources import license_resources
 
 VALID = "VALID"
+ENTITLEMENT_MISSING = "ENTITLEMENT_MISSING"
 ACTIVE_DEVICE = ("SELECT id FROM device_registrations "
                  "WHERE license_id = $1 AND hardware_fingerprint = $2 AND is_active")
 
@@ -44,7 +45,7 @@ async def validate(request: Request) -> Response:
     """POST /v1/licenses/validate: 200 with valid=true/false and a code saying why."""
     state = edge_state(request)
     await state.api_keys.authenticate(request)
-    body = await read_struct(request, DeviceRequest, state.settings.max_body_bytes)
+    body = await read_struct(request, ValidateRequest, state.settings.max_body_bytes)
     license_id = await state.licenses.license_id(body.license_key)
     cached = await _cached(state, license_id) if license_id is not None else None
     if license_id is None or cached is None:
@@ -52,14 +53,19 @@ async def validate(request: Request) -> Response:
     else:
         refusal = cached.refusal(await state.plane.now_ms())
         device_id = await _device_id(state, license_id, body.hardware_fingerprint)
-        code = refusal or (VALID if device_id is not None else "DEVICE_NOT_ACTIVATED")
+        # The license's own refusal first, then what it lacks, then the device.
+        missing = sorted(set(body.entitlements or ()) - set(cached.entitlements))
+        code = refusal or (ENTITLEMENT_MISSING if missing else None) or \
+            (VALID if device_id is not None else "DEVICE_NOT_ACTIVATED")
         result = ValidateResponse(
+            missing_entitlements=missing or None,
             valid=code == VALID, code=code,
             license=LicenseInfo(
                 status=cached.status, valid_from=utc_from_ms(cached.valid_from_ms),
                 valid_until=utc_from_ms(cached.valid_until_ms) if cached.valid_until_ms is not None else None,
                 device_limit=cached.device_limit, concurrent_sessions_limit=cached.sessions_limit,
-                heartbeat_interval_s=cached.interval_s, heartbeat_timeout_s=cached.timeout_s),
+                heartbeat_interval_s=cached.interval_s, heartbeat_timeout_s=cached.timeout_s,
+                entitlements=list(cached.entitlements)),
             device=DeviceInfo(hardware_fingerprint=body.hardware_fingerprint, activated=device_id is not None,
                               device_id=device_id))
     return Response(encode(result), media_type="application/json")

@@ -24,6 +24,7 @@ from edge.schemas import (
     ResourcesResponse,
     SessionResponse,
     StartSessionRequest,
+    ValidateRequest,
     ValidateResponse,
 )
 
@@ -50,8 +51,9 @@ LICENSE_REFUSED = "LICENSE_SUSPENDED, LICENSE_REVOKED, LICENSE_EXPIRED or LICENS
 
 OPERATIONS: tuple[Operation, ...] = (
     Operation("POST", "/v1/licenses/validate", licenses.validate,
-              "Validate a license for a device", DeviceRequest,
-              {200: (ValidateResponse, "Whether the license serves this device, with a code saying why")}),
+              "Validate a license for a device (and optionally that it holds entitlements)", ValidateRequest,
+              {200: (ValidateResponse, ("Whether the license serves this device, with a code saying why "
+                                       "(ENTITLEMENT_MISSING when a requested entitlement is absent)"))}),
     Operation("POST", "/v1/devices/activate", devices.activate, "Activate a device on a license",
               ActivateRequest,
               {201: (ActivateResponse, "Device activated"), 200: (ActivateResponse, "Device was already active")},

@@ -21,6 +21,9 @@ Fingerprint = Annotated[str, Meta(min_length=1, max_length=256, pattern=NO_NUL,
 DeviceName = Annotated[str, Meta(max_length=200, pattern=NO_NUL)]
 DeviceType = Annotated[str, Meta(max_length=64, pattern=NO_NUL)]
 ClientVersion = Annotated[str, Meta(max_length=64, pattern=NO_NUL)]
+# The database's CHECK entitlements_code_format.
+EntitlementCode = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$",
+                                      description="An entitlement code, e.g. FEATURE_EXPORT")]
 
 
 class Struct(msgspec.Struct, frozen=True, kw_only=True):
@@ -33,6 +36,13 @@ class DeviceRequest(Struct):
     """Body of validate and deactivate: a license and a device."""
     license_key: LicenseKey
     hardware_fingerprint: Fingerprint
+
+
+class ValidateRequest(Struct):
+    """Body of validate: a license and a device, and optionally the entitlements the caller needs."""
+    license_key: LicenseKey
+    hardware_fingerprint: Fingerprint
+    entitlements: Annotated[list[EntitlementCode], Meta(max_length=64)] | None = None
 
 
 class ActivateRequest(Struct):
@@ -74,6 +84,7 @@ class LicenseInfo(Struct):
     concurrent_sessions_limit: int
     heartbeat_interval_s: int
     heartbeat_timeout_s: int
+    entitlements: list[str] = []
 
 
 class DeviceInfo(Struct):
@@ -87,6 +98,8 @@ class ValidateResponse(Struct):
     code: str
     license: LicenseInfo | None = None
     device: DeviceInfo | None = None
+    # with code ENTITLEMENT_MISSING: the requested entitlements the license lacks
+    missing_entitlements: list[str] | None = None
 
 
 class ActivateResponse(Struct):
@@ -109,6 +122,7 @@ class SessionResponse(Struct):
     heartbeat_interval_s: int
     heartbeat_timeout_s: int
     expires_at: dt.datetime
+    entitlements: list[str] = []
 
 
 class HeartbeatResponse(Struct):

@@ -80,9 +80,12 @@ async def start(request: Request) -> Response:
         raise refusal(outcome.code)
     assert outcome.token is not None
     resumed = outcome.code is PlaneCode.RESUMED
+    # One more read of the cached license, on starts only (never on the heartbeat path).
+    entitlements = await state.plane.cached_entitlements(license_id)
     return Response(encode(SessionResponse(
         session_token=outcome.token, resumed=resumed, heartbeat_interval_s=outcome.interval_s,
-        heartbeat_timeout_s=outcome.timeout_s, expires_at=utc_from_ms(outcome.deadline_ms))),
+        heartbeat_timeout_s=outcome.timeout_s, expires_at=utc_from_ms(outcome.deadline_ms),
+        entitlements=entitlements)),
         status_code=200 if resumed else 201, media_type="application/json")
 
 

@@ -24,8 +24,16 @@ from heartline.settings import Settings, SettingsError
 
 log = logging.getLogger("heartline.licenses")
 
+# A license's entitlements: its own plus its product's defaults, as sorted codes.
+ENTITLEMENT_CODES = """
+ARRAY(SELECT e.code FROM entitlements e
+       WHERE e.id IN (SELECT le.entitlement_id FROM license_entitlements le WHERE le.license_id = licenses.id
+                      UNION
+                      SELECT pe.entitlement_id FROM product_entitlements pe WHERE pe.product = licenses.product)
+       ORDER BY e.code COLLATE "C") AS entitlements"""
 LICENSE_COLUMNS = ("id, license_key, status, valid_from, valid_until, device_limit, "
-                   "concurrent_sessions_limit, heartbeat_interval_s, heartbeat_timeout_s, version")
+                   "concurrent_sessions_limit, heartbeat_interval_s, heartbeat_timeout_s, version, "
+                   + ENTITLEMENT_CODES)
 
 # FOR SHARE: a reload waits for a device (de)activation holding the license row FOR UPDATE, so it never
 # writes a device list older than what that activation already put into the plane.
@@ -34,13 +42,17 @@ ACTIVE_DEVICES = ("SELECT hardware_fingerprint, id FROM device_registrations "
                   "WHERE license_id = $1 AND is_active")
 LICENSE_ID_BY_KEY = "SELECT id FROM licenses WHERE license_key = $1"
 
-# Licenses whose row or devices changed since $1, from the audit log (indexed by table and time, and
-# written by a trigger, so psql edits are seen too).
+# Licenses whose row, devices or entitlements changed since $1, from the audit log (indexed by table and
+# time, and written by a trigger, so psql edits are seen too); a product's default entitlements changing
+# changes every license of that product.
 CHANGED_LICENSES = """
 SELECT DISTINCT CASE WHEN table_name = 'licenses' THEN row_id::bigint
                      ELSE (coalesce(new_values, old_values) ->> 'license_id')::bigint END AS license_id
 FROM audit_log
-WHERE table_name IN ('licenses', 'device_registrations') AND occurred_at > $1
+WHERE table_name IN ('licenses', 'device_registrations', 'license_entitlements') AND occurred_at > $1
+UNION
+SELECT l.id FROM audit_log a JOIN licenses l ON l.product = coalesce(a.new_values, a.old_values) ->> 'product'
+WHERE a.table_name = 'product_entitlements' AND a.occurred_at > $1
 """
 
 # now() is a transaction's start time, so a row committed just after a poll can carry a time before it:
@@ -84,7 +96,13 @@ def to_cached(row: asyncpg.Record | dict[str, Any], settings: Settings) -> Cache
         valid_until_ms=epoch_ms(row["valid_until"]) if row["valid_until"] is not None else None,
         device_limit=row["device_limit"], sessions_limit=row["concurrent_sessions_limit"],
         interval_s=interval_s, timeout_s=timeout_s,
+        entitlements=tuple(_column(row, "entitlements") or ()),
     )
+
+
+def _column(row: asyncpg.Record | dict[str, Any], name: str) -> Any:
+    """A column the row may lack (rows read with `SELECT *` carry no computed columns)."""
+    return row.get(name)
 
 
 # Licenses that these settings would give a heartbeat timeout not above the interval.

@@ -65,6 +65,9 @@ class License(Base):
     customer: Mapped[Customer] = relationship(back_populates="licenses")
     devices: Mapped[list[DeviceRegistration]] = relationship(back_populates="license",
                                                              passive_deletes=True)
+    # its own entitlements (admin/models/entitlements.py); the product's defaults come on top
+    entitlements: Mapped[list[Entitlement]] = relationship(secondary="license_entitlements",
+                                                           order_by="Entitlement.code")
 
     def __repr__(self) -> str:
         return self.license_key
@@ -198,3 +201,7 @@ class AdminRecoveryCode(Base):
     code_hash: Mapped[str] = mapped_column(Text)
     used_at: Mapped[dt.datetime | None] = mapped_column(TZ)
     created_at: Mapped[dt.datetime] = mapped_column(TZ, server_default=NOW)
+
+
+# Entitlements refer to licenses and licenses to entitlements: their module is loaded with this one.
+from admin.models.entitlements import Entitlement

@@ -10,7 +10,7 @@ import datetime as dt
 import logging
 from typing import Any
 
-from flask import flash, g, redirect, url_for
+from flask import flash, g, redirect, request, url_for
 from flask_appbuilder import AppBuilder, ModelView, action
 from markupsafe import Markup
 from sqlalchemy import text
@@ -89,11 +89,11 @@ class LicenseView(ModelView):
                     "concurrent_sessions_limit"]
     show_columns = ["license_key", "customer", "product", "status", "valid_from", "valid_until",
                     "device_limit", "concurrent_sessions_limit", "heartbeat_interval_s",
-                    "heartbeat_timeout_s",
+                    "heartbeat_timeout_s", "entitlements",
                     "quota_domains", "quota_ipv4", "quota_phones", "notes", "version", "created_at",
                     "updated_at"]
     add_columns = ["customer", "product", "valid_from", "valid_until", "device_limit",
-                   "concurrent_sessions_limit", "heartbeat_interval_s", "heartbeat_timeout_s",
+                   "concurrent_sessions_limit", "heartbeat_interval_s", "heartbeat_timeout_s", "entitlements",
                    "quota_domains", "quota_ipv4", "quota_phones", "notes"]
     edit_columns = add_columns
     search_columns = ["license_key", "customer", "product", "status", "valid_until"]
@@ -112,12 +112,14 @@ class LicenseView(ModelView):
         "valid_until": lambda v: when(v) if v else "never expires",
         "heartbeat_interval_s": lambda v: f"{v} s" if v else f"default ({DEFAULT_INTERVAL_S} s)",
         "heartbeat_timeout_s": lambda v: f"{v} s" if v else f"default ({DEFAULT_TIMEOUT_S} s)",
+        "entitlements": lambda v: ", ".join(map(str, v)) if v else "none of its own",
     }
     description_columns = {
         "device_limit": "1 to 10 devices may be activated.",
         "concurrent_sessions_limit": "At least 1, at most the device limit.",
         "heartbeat_interval_s": "Empty: 30 s.",
         "heartbeat_timeout_s": "Empty: 60 s. Must exceed the interval.",
+        "entitlements": "The license's own; its product's defaults (Licensing → Product defaults) come on top.",
     }
     # Native date-time pickers (FAB would render WTForms' obsolete type="datetime" inputs); UTC.
     add_form_extra_fields = edit_form_extra_fields = {
@@ -155,6 +157,14 @@ class LicenseView(ModelView):
         _empty_quotas_are_zero(item)
         if item.valid_from is None:
             item.valid_from = dt.datetime.now(dt.UTC)
+
+    def process_form(self, form: Form, is_created: bool) -> None:
+        """An edit whose 'valid from' was left empty keeps the stored start.  Done on the form, before it
+        fills the row: the entitlements field queries while filling, and would flush a NULL start."""
+        if not is_created and form.valid_from.data is None:  # type: ignore[attr-defined]
+            form.valid_from.data = self.datamodel.session.execute(  # type: ignore[attr-defined]
+                text("SELECT valid_from FROM licenses WHERE id = :id"),
+                {"id": int(request.view_args["pk"])}).scalar_one()  # type: ignore[index]
 
     def pre_update(self, item: License) -> None:
         _empty_quotas_are_zero(item)

@@ -19,6 +19,8 @@ class CachedLicense(msgspec.Struct, frozen=True, kw_only=True):
     sessions_limit: int
     interval_s: int
     timeout_s: int
+    # codes of the license's entitlements, its own and its product's (docs/licenses-policy.md), sorted
+    entitlements: tuple[str, ...] = ()
 
     def fields(self) -> dict[str, str | int]:
         """Hash fields as cache_license.lua writes them; '' stands for no expiry."""
@@ -28,6 +30,8 @@ class CachedLicense(msgspec.Struct, frozen=True, kw_only=True):
             "valid_until_ms": "" if self.valid_until_ms is None else self.valid_until_ms,
             "device_limit": self.device_limit, "sessions_limit": self.sessions_limit,
             "interval_s": self.interval_s, "timeout_s": self.timeout_s,
+            # codes cannot hold a comma (CHECK entitlements_code_format)
+            "entitlements": ",".join(self.entitlements),
         }
 
     @classmethod
@@ -43,6 +47,7 @@ class CachedLicense(msgspec.Struct, frozen=True, kw_only=True):
             valid_from_ms=int(get["valid_from_ms"]), valid_until_ms=int(until) if until else None,
             device_limit=int(get["device_limit"]), sessions_limit=int(get["sessions_limit"]),
             interval_s=int(get["interval_s"]), timeout_s=int(get["timeout_s"]),
+            entitlements=tuple(code for code in get.get("entitlements", "").split(",") if code),
         )
 
     def refusal(self, now_ms: int) -> str | None:

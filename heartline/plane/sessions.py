@@ -194,6 +194,12 @@ class SessionPlane:
         raw: Any = await self.redis.hgetall(keys.license_hash(license_id, self.shards))
         return CachedLicense.from_hash(raw)
 
+    async def cached_entitlements(self, license_id: int) -> list[str]:
+        """The entitlement codes of the cached license (empty when it has none or is not cached)."""
+        raw = await self.redis.hget(keys.license_hash(license_id, self.shards), "entitlements")
+        text = _text(raw) if raw is not None else ""
+        return [code for code in text.split(",") if code]
+
     async def cached_device(self, license_id: int, fingerprint: str) -> int | None:
         raw = await self.redis.hget(keys.devices(license_id, self.shards), fingerprint)
         return int(raw) if raw is not None else None

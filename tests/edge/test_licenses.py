@@ -44,7 +44,8 @@ async def test_validate_codes(client: httpx.AsyncClient, license_with_devices: C
     expired, _ = await license_with_devices(devices=1, valid_from=now - dt.timedelta(days=5),
                                             valid_until=now - dt.timedelta(seconds=1))
     assert (await validate(client, "HL-NO-SUCH-LICENSE", "fp0")) == {
-        "valid": False, "code": "LICENSE_NOT_FOUND", "license": None, "device": None}
+        "valid": False, "code": "LICENSE_NOT_FOUND", "license": None, "device": None,
+        "missing_entitlements": None}
     assert (await validate(client, good["license_key"], "stranger"))["code"] == "DEVICE_NOT_ACTIVATED"
     assert (await validate(client, suspended["license_key"], "fp0"))["code"] == "LICENSE_SUSPENDED"
     body = await validate(client, expired["license_key"], "fp0")
