@@ -48,8 +48,10 @@ def create_app(settings: Settings) -> Starlette:
         redis_client = plane_redis.connect(settings.redis_url or "", max_connections=REDIS_MAX_CONNECTIONS,
                                            socket_timeout=REDIS_TIMEOUT_S,
                                            socket_connect_timeout=REDIS_TIMEOUT_S)
-        pool = await db.create_pool(settings.database_url or "", actor="edge", max_size=DATABASE_POOL_SIZE,
-                                    command_timeout=DATABASE_COMMAND_TIMEOUT_S)
+        # min_size=0: no connection is opened at start, so an edge (re)started while PostgreSQL is
+        # unreachable starts all the same (503 DATABASE_UNAVAILABLE for what needs it) instead of exiting.
+        pool = await db.create_pool(settings.database_url or "", actor="edge", min_size=0,
+                                    max_size=DATABASE_POOL_SIZE, command_timeout=DATABASE_COMMAND_TIMEOUT_S)
         # The plane's scripts (heartbeats above all) go through the multiplexing client, which writes the
         # commands of every request in flight once per loop tick (one connection per cluster master):
         # ~2x the heartbeats of one redis-py call per request (docs/performance.md).  TLS and unix-socket

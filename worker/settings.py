@@ -20,6 +20,8 @@ from typing import Any, ClassVar
 
 from arq.connections import RedisSettings
 from arq.cron import CronJob
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from heartline import db
 from heartline.plane import keys
@@ -74,7 +76,6 @@ async def open_resources(ctx: dict[str, Any]) -> None:
     # shard's stream is read on the node that owns it), so both serve the same code.
     ctx["redis"] = plane_redis.connect(settings.redis_url)
     ctx["plane"] = SessionPlane(ctx["redis"], settings)
-    await ctx["plane"].load_scripts()
     ctx.setdefault("consumer_name", consumer_name())
     claim_idle_ms = int(settings.pending_claim_idle_s * 1000)
     ctx["heartbeat_consumer"] = StreamConsumer(
@@ -89,9 +90,16 @@ async def open_resources(ctx: dict[str, Any]) -> None:
         ctx["redis"], group=keys.WEBHOOK_GROUP, stream_key=keys.event_stream,
         shards=settings.stream_shards, consumer=ctx["consumer_name"], batch_size=settings.flush_batch_size,
         claim_idle_ms=claim_idle_ms)
-    await ctx["heartbeat_consumer"].ensure_groups()
-    await ctx["event_consumer"].ensure_groups()
-    await ctx["webhook_consumer"].ensure_groups()
+    try:
+        await ctx["plane"].load_scripts()
+        await ctx["heartbeat_consumer"].ensure_groups()
+        await ctx["event_consumer"].ensure_groups()
+        await ctx["webhook_consumer"].ensure_groups()
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        # Redis went away while this worker started: start all the same, like a running worker rides
+        # out an outage.  The scripts load on first use and a consumer creates its missing groups when
+        # its first read finds none (NOGROUP); until Redis is back the loops back off.
+        log.warning("worker.redis_unavailable_at_start error=%s: %s", type(exc).__name__, exc)
     ctx["webhook_http"] = http_client(settings)
     ctx["webhook_secrets"] = SecretBox(settings)
     ctx["metrics"] = WorkerMetrics()

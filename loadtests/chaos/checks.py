@@ -145,19 +145,25 @@ class Judge:
         (accepted after the last drained sample before it); one that kept its append-only file at most
         the last AOF_EVERYSEC_WINDOW_S (else what it kept may still be lost by a later crash)."""
         why = "no Redis crash came after it"
+        candidate: Fault | None = None
         for crash in self.kills:
             if crash.started < accepted_from - EPS:
                 continue
             seen = self._drained_between(drained, answered, crash.started)
             if seen is not None:
+                if candidate is not None:
+                    return candidate, ""
                 return None, (f"the backlog was seen drained at {self.at(seen)}, after it and before the "
                               f"{crash.kind} at {self.at(crash.started)}")
+            if crash.kind == "redis_wipe":
+                return crash, ""   # certainly lost here (an earlier restart that kept its AOF may not have)
             age = crash.started - answered
-            if crash.kind == "redis_wipe" or age <= AOF_EVERYSEC_WINDOW_S:
-                return crash, ""
-            why = (f"it was answered {age:.1f} s before a Redis crash that kept its append-only file "
-                   f"(everysec loses at most ~{AOF_EVERYSEC_WINDOW_S:.0f} s) and no later crash lost it")
-        return None, why
+            if age <= AOF_EVERYSEC_WINDOW_S:
+                candidate = candidate or crash
+            elif candidate is None:
+                why = (f"it was answered {age:.1f} s before a Redis crash that kept its append-only file "
+                       f"(everysec loses at most ~{AOF_EVERYSEC_WINDOW_S:.0f} s) and no later crash lost it")
+        return (candidate, "") if candidate is not None else (None, why)
 
     # -- 1. heartbeats --------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import pickle
 import random
 import subprocess
 import sys
@@ -269,6 +270,8 @@ async def run_soak(args: argparse.Namespace, workdir: Path) -> tuple[Verdict, di
                 "redis": f"{stack.redis.version}, appendonly yes, appendfsync everysec",
                 "postgres": "embedded" if stack.pg.embedded else "fresh database on the given server",
                 "drain_s": round(drain_s, 1), "drained": not waiting, **report.figures(ledger, t0)}
+        with (workdir / "ledger.pickle").open("wb") as handle:
+            pickle.dump(ledger, handle)   # to judge a run again after a change to the checks
         return verdict, meta
     finally:
         await stack.stop(keep_database=args.keep_database)

@@ -105,3 +105,12 @@ def test_a_session_without_history_is_lost_only_in_a_loss_window() -> None:
     lost = judge(ledger, stored=[])
     lost.sessions([], [], {})
     assert lost.verdict.ok, lost.verdict.violations
+
+
+def test_a_loss_is_put_on_the_wipe_rather_than_on_an_earlier_restart_that_kept_its_file() -> None:
+    ledger = ledger_with_beats((2.0, 2.1, 200))
+    ledger.faults += [Fault("redis_crash", "redis", T0 + 3.0, T0 + 4.0),
+                      Fault("redis_wipe", "redis", T0 + 9.0, T0 + 10.0)]
+    j = judge(ledger, stored=[])
+    assert j.verdict.ok, j.verdict.violations
+    assert [w["heartbeats_lost"] for w in j.windows_figures()] == [0, 1]

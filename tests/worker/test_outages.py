@@ -208,3 +208,32 @@ async def test_worker_killed_mid_batch_loses_and_duplicates_nothing(
     if held_by_dead:
         # what the dead worker had read but not acknowledged was taken over, not lost
         assert "worker.streams.claimed" in log_text, log_text[-3000:]
+
+
+async def test_worker_started_while_redis_is_unreachable_starts_and_stores_everything_once_it_is_back(
+        worker_settings: Settings, db: asyncpg.Connection, plane: SessionPlane,
+        live_license: Callable[..., Awaitable[LiveLicense]]) -> None:
+    # The chaos soak found a worker restarted just as Redis died exiting at start (loading its scripts).
+    url = urlsplit(worker_settings.redis_url or "")
+    proxy = TcpProxy(url.hostname or "127.0.0.1", url.port or 6379)
+    await proxy.start()
+    await proxy.cut()   # Redis unreachable for the worker; the port is kept for when it comes back
+    ctx: dict[str, Any] = {"settings": worker_settings.replace(
+        redis_url=url._replace(netloc=f"127.0.0.1:{proxy.port}").geturl()), "consumer_name": "late"}
+    await open_resources(ctx)
+    start_loops(ctx)
+    try:
+        lic = await live_license()
+        token = (await plane.start_session(lic.license_id, lic.fingerprint)).token or ""
+        for _ in range(20):
+            assert (await plane.heartbeat(lic.license_id, token)).code == "OK"
+        await proxy.start()   # no consumer group exists yet: the worker creates them at its first read
+
+        async def all_stored() -> bool:
+            return await db.fetchval("SELECT count(*) FROM license_heartbeats") == 20
+        await eventually(all_stored, timeout=45)
+        assert await db.fetchval("SELECT heartbeat_count FROM license_sessions WHERE session_token = $1",
+                                 uuid.UUID(token)) == 20
+    finally:
+        await shutdown(ctx)
+        await proxy.cut()
