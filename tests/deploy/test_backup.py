@@ -19,7 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from heartline import backup
-from heartline.backup import Archive, BackupError, BackupErrorCode
+from heartline.backup import Archive, BackupError, BackupErrorCode, pgtools, restore
 from heartline.licenses import to_cached
 from heartline.plane.sessions import SessionPlane
 from heartline.settings import Settings
@@ -215,7 +215,7 @@ def test_a_failing_restore_rolls_back_completely(backup_settings: Settings) -> N
         blocker.execute("BEGIN")
         blocker.execute("LOCK TABLE customers IN ACCESS SHARE MODE")
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(backup, "RESTORE_LOCK_TIMEOUT", "1s")
+            mp.setattr(restore, "RESTORE_LOCK_TIMEOUT", "1s")
             with pytest.raises(BackupError) as err:
                 backup.restore_backup(backup_settings, archive)
         blocker.execute("ROLLBACK")
@@ -235,7 +235,7 @@ def test_pg_dump_is_found_for_the_servers_major_version(backup_settings: Setting
     with _connect(backup_settings.database_url or "") as conn:
         major = int(conn.execute("SHOW server_version_num").fetchone()[0]) // 10000
     path = backup.find_pg_tool("pg_dump", major)
-    assert backup._tool_major(path) == major
+    assert pgtools._tool_major(path) == major
     with pytest.raises(BackupError) as err:
         backup.find_pg_tool("pg_dump", 9)
     assert err.value.code is BackupErrorCode.NO_PG_TOOL
@@ -257,7 +257,7 @@ def test_list_shows_local_and_remote_backups(backup_settings: Settings, tmp_path
 
 
 def test_password_is_passed_in_the_environment_not_the_command_line() -> None:
-    target, env = backup._libpq_target("postgresql://app:s%40cret@db.example:6543/heartline?sslmode=require")
+    target, env = pgtools.libpq_target("postgresql://app:s%40cret@db.example:6543/heartline?sslmode=require")
     assert target == "postgresql://app@db.example:6543/heartline?sslmode=require"
     assert env["PGPASSWORD"] == "s@cret"
 

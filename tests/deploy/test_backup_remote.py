@@ -13,7 +13,7 @@ import pytest
 from git_http import git_http_server
 
 from heartline import backup
-from heartline.backup import BackupError, BackupErrorCode, FolderRemote, GitRemote
+from heartline.backup import BackupError, BackupErrorCode, FolderRemote, GitRemote, create
 from heartline.settings import Settings
 from worker.backups import backup_cron, create_scheduled_backup
 
@@ -197,7 +197,7 @@ def test_backup_cron_runs_daily_at_the_configured_hour() -> None:
 
 async def test_scheduled_backup_skips_while_another_backup_runs(backup_settings: Settings) -> None:
     with psycopg.connect(backup_settings.database_url or "", autocommit=True) as other:
-        other.execute("SELECT pg_advisory_lock(%s)", (backup._LOCK_ID,))
+        other.execute("SELECT pg_advisory_lock(%s)", (create._LOCK_ID,))
         with pytest.raises(BackupError) as err:
             backup.create_backup(backup_settings)
         assert err.value.code is BackupErrorCode.BUSY
