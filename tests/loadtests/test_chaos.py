@@ -24,8 +24,6 @@ MINUTES = 2
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="issue 11 defects 0 (the worker exits when Redis dies) and 12 (Redis "
-                                        "LOADING answers 500) are being fixed; the soak reports them")
 def test_two_minute_soak_breaks_no_promise(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "loadtests.chaos", "--minutes", str(MINUTES), "--out", str(tmp_path)]
     server = os.environ.get("HEARTLINE_TEST_DATABASE_URL")
