@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 
 from edge.app import create_app
 from edge.routes import OPERATIONS
@@ -13,12 +14,14 @@ from heartline.devstack import free_port
 from heartline.settings import Settings
 
 
+@pytest.mark.parametrize("plane_mode", ["single", "cluster"], indirect=True)
 async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
     assert (await client.get("/healthz")).json() == {"status": "ok", "redis": None, "database": None}
     r = await client.get("/readyz")
     assert r.status_code == 200 and r.json() == {"status": "ready", "redis": True, "database": True}
 
 
+@pytest.mark.parametrize("plane_mode", ["single", "cluster"], indirect=True)
 async def test_metrics_count_requests_refusals_and_live_sessions(client: httpx.AsyncClient,
                                                                  make_license: Callable[..., Any]) -> None:
     lic = await make_license(device_limit=2, concurrent_sessions_limit=1)

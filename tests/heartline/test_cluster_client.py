@@ -173,3 +173,23 @@ async def test_on_redis_7_the_map_comes_from_cluster_shards_and_scripts_carry_th
         finally:
             await client.aclose()
             await admin.aclose()
+
+
+@pytest.mark.parametrize("plane_mode", ["cluster"], indirect=True)
+async def test_admin_actions_reach_sessions_on_the_cluster(cluster_redis: Any, settings: Settings) -> None:
+    from admin.plane import AdminPlane
+    from heartline.plane.events import EndReason
+
+    plane = SessionPlane(cluster_redis, settings)
+    await plane.load_scripts()
+    tokens = {}
+    for license_id in (21, 22, 23):
+        cached = CachedLicense(license_id=license_id, version=1, status="active", valid_from_ms=0,
+                               valid_until_ms=None, device_limit=3, sessions_limit=2, interval_s=1, timeout_s=30)
+        assert await plane.cache_license(cached, {"a": 1, "b": 2})
+        tokens[license_id] = (await plane.start_session(license_id, "a")).token
+    admin = AdminPlane(settings)  # its own RedisCluster client, in a thread of its own
+    assert await asyncio.to_thread(admin.terminate_session, 21, tokens[21])
+    assert await asyncio.to_thread(admin.end_license_sessions, 22, EndReason.ADMIN_TERMINATED) == 1
+    assert await plane.live_tokens(21) == set() and await plane.live_tokens(22) == set()
+    assert await plane.live_tokens(23) == {tokens[23]}

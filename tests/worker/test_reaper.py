@@ -6,11 +6,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
+import pytest
 from worker_support import LiveLicense, eventually
 
 from heartline.plane.sessions import SessionPlane
 
 
+@pytest.mark.parametrize("plane_mode", ["single", "cluster"], indirect=True)
 async def test_timed_out_session_reaches_history_as_timeout_soon_after_its_deadline(
         worker_ctx: dict[str, Any], run_loops: Any, db: asyncpg.Connection, plane: SessionPlane,
         live_license: Callable[..., Awaitable[LiveLicense]]) -> None:
