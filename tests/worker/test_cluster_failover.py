@@ -67,6 +67,8 @@ async def _rows_settled(db: asyncpg.Connection, quiet_s: float = 2.0, limit_s: f
     return last
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 @pytest.mark.parametrize("plane_mode", ["cluster"], indirect=True)
 @pytest.mark.parametrize("worker_settings", [1, 0], indirect=True, ids=["min_replicas_1", "min_replicas_0"])
 async def test_master_killed_while_heartbeats_flow(

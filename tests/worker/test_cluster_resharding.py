@@ -45,6 +45,8 @@ async def edge(worker_settings: Settings, worker_ctx: dict[str, Any], run_loops:
         yield client
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 @pytest.mark.parametrize("plane_mode", ["cluster"], indirect=True)
 async def test_slot_moved_while_heartbeats_flow_loses_and_duplicates_nothing(
         edge: httpx.AsyncClient, db: asyncpg.Connection, make_license: Any, redis_cluster: EmbeddedRedisCluster,
