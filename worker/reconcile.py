@@ -129,8 +129,11 @@ def _text(value: bytes | str) -> str:
 
 
 async def redis_run_id(redis: aioredis.Redis) -> str:
-    """Redis's run id, new at every restart (the run ids of all nodes, for a cluster client)."""
-    info: dict[str, Any] = await redis.info("server")
+    """Redis's run id, new at every restart (the run ids of all nodes, for a cluster client: any master
+    restarting or failing over changes it)."""
+    all_nodes = getattr(redis, "ALL_NODES", None)  # RedisCluster sends INFO to one node unless told
+    info: dict[str, Any] = await (redis.info("server") if all_nodes is None
+                                  else redis.info("server", target_nodes=all_nodes))  # type: ignore[call-arg]
     if "run_id" in info:
         return str(info["run_id"])
     return ",".join(sorted(str(node["run_id"]) for node in info.values() if isinstance(node, dict)))

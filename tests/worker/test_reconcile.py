@@ -21,7 +21,7 @@ from heartline.plane.events import EndReason
 from heartline.plane.sessions import SessionPlane
 from heartline.settings import Settings
 from worker.history import record_session_events
-from worker.reconcile import LostSessions, close_lost_sessions
+from worker.reconcile import LostSessions, close_lost_sessions, redis_run_id
 from worker.settings import open_resources, shutdown
 
 
@@ -133,3 +133,11 @@ async def test_a_round_repairs_a_live_counter_that_drifted_while_no_reaper_ran(
     assert await plane.live_count() == 0
     assert await redis.zcard(keys.deadlines(keys.shard_of(lic.license_id, plane.shards))) == 0
     assert await plane.recount_live(keys.shard_of(lic.license_id, plane.shards)) == 0
+
+
+async def test_the_run_id_on_a_cluster_covers_every_node(cluster_redis: Any) -> None:
+    """A restart of any master (or a failover) must make the next round sweep in full: the run id a
+    round compares is every node's, not the one node redis-py sends INFO to by default."""
+    run_id = await redis_run_id(cluster_redis)
+    assert len(run_id.split(",")) == len(cluster_redis.get_nodes()) >= 3
+    assert run_id == await redis_run_id(cluster_redis)
