@@ -22,7 +22,7 @@ from edge.routes import routes
 from edge.state import EdgeState
 from heartline import db
 from heartline.errors import HeartlineError
-from heartline.licenses import LicenseCache
+from heartline.license_cache import LicenseCache
 from heartline.plane import redis as plane_redis
 from heartline.plane.sessions import SessionPlane
 from heartline.settings import Settings

@@ -19,7 +19,7 @@ from edge.bodies import read_struct
 from edge.errors import LICENSE_REFUSALS, DeviceLimitReached, DeviceNotFound, LicenseNotFound
 from edge.schemas import ActivateRequest, ActivateResponse, DeactivateResponse, DeviceRequest, encode
 from edge.state import EdgeState, edge_state
-from heartline.licenses import ACTIVE_DEVICES, LICENSE_COLUMNS, to_cached
+from heartline.license_cache import ACTIVE_DEVICES, LICENSE_COLUMNS, to_cached
 from heartline.plane.events import EndReason
 from heartline.plane.sessions import StartOutcome
 

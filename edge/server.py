@@ -16,7 +16,7 @@ from starlette.applications import Starlette
 
 from edge.app import create_app
 from heartline import db, services
-from heartline.licenses import check_heartbeat_defaults
+from heartline.license_cache import check_heartbeat_defaults
 from heartline.settings import Settings
 
 

@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 from starlette.requests import Request
 
 from edge.auth import ApiKeyGuard
-from heartline.licenses import LicenseCache
+from heartline.license_cache import LicenseCache
 from heartline.plane.sessions import SessionPlane
 from heartline.settings import Settings
 

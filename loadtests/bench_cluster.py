@@ -34,7 +34,7 @@ from typing import Any
 from heartline import db
 from heartline.devcluster import EmbeddedRedisCluster
 from heartline.devstack import EmbeddedPostgres, EmbeddedRedis
-from heartline.licenses import LICENSE_COLUMNS, to_cached
+from heartline.license_cache import LICENSE_COLUMNS, to_cached
 from heartline.migrations import migrate
 from heartline.plane import redis as plane_redis
 from heartline.plane.sessions import PlaneCode, SessionPlane

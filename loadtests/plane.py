@@ -16,7 +16,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from heartline import db
-from heartline.licenses import LICENSE_COLUMNS, to_cached
+from heartline.license_cache import LICENSE_COLUMNS, to_cached
 from heartline.plane import keys
 from heartline.plane.redis.single import MultiplexedRedis
 from heartline.plane.sessions import PlaneCode, SessionPlane

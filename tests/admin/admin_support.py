@@ -83,7 +83,7 @@ def start_live_session(settings: Any, license_id: int, fingerprint: str) -> str:
     import redis.asyncio as aioredis
 
     from heartline import db as hldb
-    from heartline.licenses import LicenseCache
+    from heartline.license_cache import LicenseCache
     from heartline.plane.sessions import SessionPlane
 
     async def go() -> str:

@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 
 from heartline import backup
 from heartline.backup import Archive, BackupError, BackupErrorCode, pgtools, restore
-from heartline.licenses import to_cached
+from heartline.license_cache import to_cached
 from heartline.plane.sessions import SessionPlane
 from heartline.settings import Settings
 

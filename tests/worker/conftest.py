@@ -12,7 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 from worker_support import LiveLicense
 
-from heartline.licenses import to_cached
+from heartline.license_cache import to_cached
 from heartline.plane.sessions import SessionPlane
 from heartline.settings import Settings
 from worker.settings import open_resources, shutdown, start_loops

@@ -22,7 +22,7 @@ from heartline.plane.licenses import CachedLicense
 from heartline.plane.sessions import SessionPlane
 from heartline.settings import Settings, SettingsError
 
-log = logging.getLogger("heartline.licenses")
+log = logging.getLogger("heartline.license_cache")
 
 # A license's entitlements: its own plus its product's defaults, as sorted codes.
 ENTITLEMENT_CODES = """
