@@ -19,7 +19,7 @@ from edge.schemas import (
     utc_from_ms,
 )
 from edge.state import EdgeState, edge_state
-from heartline.plane.licenses import CachedLicense
+from heartline.plane.cached_license import CachedLicense
 from heartline.resources import license_resources
 
 VALID = "VALID"

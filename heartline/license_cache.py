@@ -18,7 +18,7 @@ import asyncpg
 
 from heartline.errors import HeartlineError
 from heartline.plane.events import EndReason
-from heartline.plane.licenses import CachedLicense
+from heartline.plane.cached_license import CachedLicense
 from heartline.plane.sessions import SessionPlane
 from heartline.settings import Settings, SettingsError
 

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 
 from heartline.plane import keys
 from heartline.plane.events import EndReason
-from heartline.plane.licenses import CachedLicense
+from heartline.plane.cached_license import CachedLicense
 from heartline.plane.scripts import REAP_BATCH, PlaneScripts
 from heartline.settings import Settings
 

@@ -15,7 +15,7 @@ from redis.crc import key_slot
 from heartline.devcluster import EmbeddedRedisCluster, embedded_cluster
 from heartline.plane import keys
 from heartline.plane import redis as plane_redis
-from heartline.plane.licenses import CachedLicense
+from heartline.plane.cached_license import CachedLicense
 from heartline.plane.redis import is_cluster_url, multiplexed, parse_cluster_url
 from heartline.plane.redis.cluster import ClusterMultiplexedRedis, command_slot
 from heartline.plane.sessions import PlaneCode, SessionPlane

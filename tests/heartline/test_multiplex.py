@@ -12,7 +12,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from heartline.devstack import free_port
-from heartline.plane.licenses import CachedLicense
+from heartline.plane.cached_license import CachedLicense
 from heartline.plane.redis.protocol import PlaneBusy, ReplicationTimeout
 from heartline.plane.redis.single import MultiplexedRedis
 from heartline.plane.sessions import PlaneCode, SessionPlane

@@ -15,7 +15,7 @@ from heartline.plane.events import (
     heartbeat_from_fields,
     session_event_from_fields,
 )
-from heartline.plane.licenses import CachedLicense
+from heartline.plane.cached_license import CachedLicense
 from heartline.plane.sessions import PlaneCode, SessionPlane
 from heartline.settings import Settings
 

@@ -19,7 +19,7 @@ from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
 from heartline.plane import keys
-from heartline.plane.licenses import CachedLicense
+from heartline.plane.cached_license import CachedLicense
 from heartline.plane.scripts import SCRIPT_NAMES, SCRIPTS, PlaneScripts
 from heartline.plane.sessions import SessionPlane
 from heartline.settings import Settings

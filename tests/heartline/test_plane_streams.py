@@ -5,7 +5,7 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 
 from heartline.plane import keys
-from heartline.plane.licenses import CachedLicense
+from heartline.plane.cached_license import CachedLicense
 from heartline.plane.sessions import PlaneCode, SessionPlane
 from heartline.settings import Settings
 
