@@ -29,7 +29,7 @@ log = logging.getLogger("admin.app")
 VIEW_MODULES = [
     "admin.views.dashboard",
     "admin.views.customers",
-    "admin.views.licenses",
+    "admin.views.license_screens",
     "admin.views.devices",
     "admin.views.sessions",
     "admin.views.heartbeats",

@@ -8,7 +8,7 @@ from wtforms.validators import DataRequired, Email, Optional
 from admin import permissions
 from admin.models.core import Customer
 from admin.views.base import ReadableInterface, timestamps
-from admin.views.licenses import LicenseView
+from admin.views.license_screens import LicenseView
 
 
 class CustomerView(ModelView):

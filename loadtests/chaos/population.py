@@ -5,7 +5,7 @@ contested.  A program starts a session (its device is activated on the fly), hea
 interval and now and then ends its session, walks away from it without a word (it times out), or moves to
 a new device (deactivating the old one, which ends its session).  Every request and its answer go into
 the ledger.  The admin suspends and reactivates licenses and terminates single sessions through the
-same kernel and plane calls the admin web interface makes (`admin/views/licenses.py`, `admin/plane.py`).
+same kernel and plane calls the admin web interface makes (`admin/views/license_screens.py`, `admin/plane.py`).
 """
 
 from __future__ import annotations
@@ -273,7 +273,7 @@ class Admin:
                 await asyncio.sleep(1.0)
 
     async def _set_status(self, license_id: int, status: str) -> int:
-        """admin/views/licenses.py `_set_status`: the new status; returns the row's new version."""
+        """admin/views/license_screens.py `_set_status`: the new status; returns the row's new version."""
         conn = await db.connect(self.settings.database_url or "", actor="admin:chaos", timeout=5,
                                 command_timeout=10)
         try:
@@ -283,7 +283,7 @@ class Admin:
             await conn.close()
 
     async def suspend(self, license_id: int) -> bool:
-        """admin/views/licenses.py `_stop_licenses`: status in PostgreSQL, then one plane script switches
+        """admin/views/license_screens.py `_stop_licenses`: status in PostgreSQL, then one plane script switches
         the cached status and ends the live sessions, then the cached license is dropped."""
         sent = time.time()
         try:
