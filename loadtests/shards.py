@@ -25,7 +25,7 @@ from heartline.devcluster import embedded_cluster
 from heartline.devstack import embedded_services
 from heartline.migrations import migrate
 from heartline.settings import Settings
-from worker.settings import open_resources, shutdown, start_loops
+from worker.arq_wiring import open_resources, shutdown, start_loops
 
 
 def _cpu_s() -> float:

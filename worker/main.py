@@ -20,7 +20,7 @@ from heartline import services
 from heartline.plane.redis import is_cluster_url
 from heartline.settings import Settings
 from worker.arq_worker import Worker
-from worker.settings import shutdown, startup, worker_settings
+from worker.arq_wiring import shutdown, startup, worker_settings
 
 log = logging.getLogger("worker.main")
 

@@ -19,7 +19,7 @@ from werkzeug.serving import make_server
 
 from admin.app import create_app
 from heartline.settings import Settings
-from worker.settings import open_resources, shutdown
+from worker.arq_wiring import open_resources, shutdown
 from worker.webhooks import queue_change_webhooks, send_webhooks
 
 pytestmark = pytest.mark.browser

@@ -15,7 +15,7 @@ from worker_support import LiveLicense
 from heartline.license_cache import to_cached
 from heartline.plane.sessions import SessionPlane
 from heartline.settings import Settings
-from worker.settings import open_resources, shutdown, start_loops
+from worker.arq_wiring import open_resources, shutdown, start_loops
 
 
 @pytest.fixture

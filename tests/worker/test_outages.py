@@ -27,7 +27,7 @@ from heartline.plane import keys
 from heartline.plane.events import EndReason
 from heartline.plane.sessions import SessionPlane
 from heartline.settings import Settings
-from worker.settings import open_resources, shutdown, start_loops
+from worker.arq_wiring import open_resources, shutdown, start_loops
 
 REPO = Path(__file__).resolve().parents[2]
 

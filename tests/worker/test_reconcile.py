@@ -22,7 +22,7 @@ from heartline.plane.sessions import SessionPlane
 from heartline.settings import Settings
 from worker.history import record_session_events
 from worker.reconcile import LostSessions, close_lost_sessions, redis_run_id
-from worker.settings import open_resources, shutdown
+from worker.arq_wiring import open_resources, shutdown
 
 
 async def test_sessions_lost_with_a_redis_restart_are_closed_as_plane_lost(

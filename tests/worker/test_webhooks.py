@@ -19,7 +19,7 @@ from heartline.settings import Settings
 from heartline.webhooks import delivery, store
 from heartline.webhooks.secrets import SecretBox
 from heartline.webhooks.targets import WebhookTargetRefused, check_target
-from worker.settings import open_resources, shutdown, start_loops
+from worker.arq_wiring import open_resources, shutdown, start_loops
 from worker.webhooks import queue_change_webhooks, queue_session_webhooks, send_webhooks
 
 

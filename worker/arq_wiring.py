@@ -45,7 +45,7 @@ from worker.webhooks import (
     send_webhooks,
 )
 
-log = logging.getLogger("worker.settings")
+log = logging.getLogger("worker.arq_wiring")
 
 # How often acknowledged entries are trimmed from the streams (the backlog /metrics reports is then
 # the stream length) and how long a consumer with nothing pending may stay idle before it is forgotten.
