@@ -11,7 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from edge import devices, health, heartbeats, licenses, metrics, sessions
+from edge import devices, health, heartbeats, license_endpoints, metrics, sessions
 from edge.schemas import (
     ActivateRequest,
     ActivateResponse,
@@ -50,7 +50,7 @@ class Operation:
 LICENSE_REFUSED = "LICENSE_SUSPENDED, LICENSE_REVOKED, LICENSE_EXPIRED or LICENSE_NOT_YET_VALID"
 
 OPERATIONS: tuple[Operation, ...] = (
-    Operation("POST", "/v1/licenses/validate", licenses.validate,
+    Operation("POST", "/v1/licenses/validate", license_endpoints.validate,
               "Validate a license for a device (and optionally that it holds entitlements)", ValidateRequest,
               {200: (ValidateResponse, ("Whether the license serves this device, with a code saying why "
                                        "(ENTITLEMENT_MISSING when a requested entitlement is absent)"))}),
@@ -74,7 +74,7 @@ OPERATIONS: tuple[Operation, ...] = (
                " (the session has been ended)", 429: "HEARTBEAT_TOO_FREQUENT (see Retry-After)"}),
     Operation("POST", "/v1/sessions/{token}/end", sessions.end, "End a session", LicenseRequest,
               {200: (EndResponse, "Session ended")}, {404: "SESSION_NOT_FOUND or LICENSE_NOT_FOUND"}),
-    Operation("POST", "/v1/licenses/resources", licenses.resources,
+    Operation("POST", "/v1/licenses/resources", license_endpoints.resources,
               "The domains, IPv4 addresses and phone numbers a license holds", LicenseRequest,
               {200: (ResourcesResponse, "Resources held")}, {404: "LICENSE_NOT_FOUND"}),
     Operation("GET", "/healthz", health.healthz, "Liveness", None, {200: (HealthResponse, "Alive")},

@@ -17,8 +17,8 @@ from typing import Any
 import asyncpg
 
 from heartline.errors import HeartlineError
-from heartline.plane.events import EndReason
 from heartline.plane.cached_license import CachedLicense
+from heartline.plane.events import EndReason
 from heartline.plane.sessions import SessionPlane
 from heartline.settings import Settings, SettingsError
 

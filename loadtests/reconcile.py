@@ -27,8 +27,8 @@ from heartline.devstack import EmbeddedRedis
 from heartline.migrations import migrate
 from heartline.plane import keys
 from heartline.settings import Settings
-from worker.reconcile import LostSessions, close_lost_sessions
 from worker.arq_wiring import open_resources, shutdown
+from worker.reconcile import LostSessions, close_lost_sessions
 
 DATABASE = f"heartline_reconcile_bench_{os.getpid()}"
 FILL_BATCH = 20_000

@@ -19,8 +19,8 @@ from arq.worker import get_kwargs
 from heartline import services
 from heartline.plane.redis import is_cluster_url
 from heartline.settings import Settings
-from worker.arq_worker import Worker
 from worker.arq_wiring import shutdown, startup, worker_settings
+from worker.arq_worker import Worker
 
 log = logging.getLogger("worker.main")
 

@@ -15,8 +15,8 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from heartline.plane import keys
-from heartline.plane.events import EndReason
 from heartline.plane.cached_license import CachedLicense
+from heartline.plane.events import EndReason
 from heartline.plane.scripts import REAP_BATCH, PlaneScripts
 from heartline.settings import Settings
 

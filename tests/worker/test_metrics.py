@@ -11,9 +11,9 @@ from worker_support import add_heartbeat
 
 from heartline.devstack import free_port
 from heartline.plane import keys
+from worker.arq_wiring import worker_settings as build_worker_settings
 from worker.flush import flush_heartbeats
 from worker.metrics import serve_metrics
-from worker.arq_wiring import worker_settings as build_worker_settings
 
 
 def sample(text: str, name: str, stream: str) -> float:

@@ -20,9 +20,9 @@ from heartline.plane import keys
 from heartline.plane.events import EndReason
 from heartline.plane.sessions import SessionPlane
 from heartline.settings import Settings
+from worker.arq_wiring import open_resources, shutdown
 from worker.history import record_session_events
 from worker.reconcile import LostSessions, close_lost_sessions, redis_run_id
-from worker.arq_wiring import open_resources, shutdown
 
 
 async def test_sessions_lost_with_a_redis_restart_are_closed_as_plane_lost(
