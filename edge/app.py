@@ -67,7 +67,7 @@ def create_app(settings: Settings) -> Starlette:
         api_keys = ApiKeyGuard(pool, settings)
         app.state.edge = EdgeState(settings=settings, redis=redis_client, pool=pool, plane=plane,
                                    licenses=LicenseCache(pool, plane, settings), api_keys=api_keys)
-        tasks = [asyncio.create_task(app.state.edge.license_endpoints.run_refresher(), name="license-refresher"),
+        tasks = [asyncio.create_task(app.state.edge.licenses.run_refresher(), name="license-refresher"),
                  asyncio.create_task(api_keys.run_flusher(), name="api-key-last-used")]
         log.info("edge.started shards=%s", settings.stream_shards)
         try:

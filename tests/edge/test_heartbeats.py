@@ -110,7 +110,7 @@ async def test_heartbeat_after_expiry_is_refused_and_ends_session(
     token = await open_session(client, lic["license_key"])
     await db.execute("UPDATE licenses SET valid_until = now() - interval '1 second', "
                      "valid_from = now() - interval '1 day' WHERE id = $1", lic["id"])
-    await app.state.edge.license_endpoints.refresh_changed()
+    await app.state.edge.licenses.refresh_changed()
     r = await beat(client, token, lic["license_key"])
     assert r.status_code == 403 and r.json()["error"]["code"] == "LICENSE_EXPIRED"
     shard = keys.shard_of(lic["id"], edge_settings.stream_shards)

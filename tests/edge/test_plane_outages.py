@@ -71,7 +71,7 @@ async def test_a_suspension_made_while_redis_was_unreachable_is_enforced_once_it
                 headers={"X-API-Key": api_key}) as http:
             # the poll looks back a tenth of a second beyond its previous run instead of ten seconds,
             # so an outage of a second outlasts the overlap as a long one does in production
-            app.state.edge.license_endpoints.poll_overlap = dt.timedelta(seconds=0.1)
+            app.state.edge.licenses.poll_overlap = dt.timedelta(seconds=0.1)
             assert (await http.post("/v1/sessions", json=body)).status_code == 201
             await proxy.cut()
             await db.execute("UPDATE licenses SET status = 'suspended' WHERE id = $1", lic["id"])
