@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 from typing import Any
 
+import asyncpg
 import uvicorn
 from starlette.applications import Starlette
 
@@ -19,15 +21,29 @@ from heartline import db, services
 from heartline.license_cache import check_heartbeat_defaults
 from heartline.settings import Settings
 
+log = logging.getLogger("heartline.edge")
+
 
 def app_from_env() -> Starlette:
     """Factory for uvicorn's worker processes: each builds its settings from the environment."""
     return create_app(services.resolve(Settings.from_env()))
 
 
+# How long the start check waits for PostgreSQL before starting without it.
+CHECK_CONNECT_TIMEOUT_S = 5.0
+
+
 async def _check_settings(settings: Settings) -> None:
-    """Refuse to start with heartbeat defaults that contradict a license (SettingsError, one line)."""
-    conn = await db.connect(settings.database_url or "", actor="edge")
+    """Refuse to start with heartbeat defaults that contradict a license (SettingsError, one line).
+
+    The edge starts while PostgreSQL is unreachable (it serves heartbeats from Redis): the check is then
+    skipped, and each license is still checked as it loads (409 LICENSE_MISCONFIGURED)."""
+    try:
+        conn = await db.connect(settings.database_url or "", actor="edge", timeout=CHECK_CONNECT_TIMEOUT_S)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        log.warning("edge.settings.unchecked error=%s: the database is unreachable; licenses are checked "
+                    "as they load", type(exc).__name__)
+        return
     try:
         await check_heartbeat_defaults(conn, settings)
     finally:

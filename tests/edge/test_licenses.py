@@ -125,3 +125,32 @@ async def test_the_edge_refuses_to_start_with_heartbeat_defaults_that_contradict
         ("heartline edge: HEARTLINE_HEARTBEAT_INTERVAL_S=10 and HEARTLINE_HEARTBEAT_TIMEOUT_S=25 leave licenses "
          f"{lic['id']} with a heartbeat timeout not above their interval (they set one of the two); set both "
          "on those licenses or change the settings")]
+
+
+async def test_the_edge_starts_while_postgres_is_unreachable_and_skips_the_defaults_check(
+        redis_url: str, tmp_path: Path) -> None:
+    port = free_port()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("HEARTLINE_")},
+           "HEARTLINE_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/nothing",
+           "HEARTLINE_REDIS_URL": redis_url, "HEARTLINE_DATA_DIR": str(tmp_path),
+           "HEARTLINE_EDGE_PORT": str(port)}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "heartline", "edge", env=env,
+                                                stdout=asyncio.subprocess.DEVNULL,
+                                                stderr=asyncio.subprocess.PIPE)
+    try:
+        async with httpx.AsyncClient() as http:
+            for _ in range(600):
+                assert proc.returncode is None, (await proc.communicate())[1].decode()[-2000:]
+                try:
+                    if (await http.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("the edge did not answer /healthz within 60 s")
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            _out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert "edge.settings.unchecked" in err.decode()
