@@ -68,7 +68,8 @@ class Settings:
     heartbeat_timeout_s: int = 60
     """A session without a heartbeat for this many seconds is ended with reason `timeout`; must exceed the
     interval. A license may set its own. The edge refuses to start when these defaults would leave a
-    license that sets only one of the two with a timeout not above its interval (the message names them).
+    license that sets only one of the two with a timeout not above its interval (the message names them;
+    checked when PostgreSQL answers at start, and for each license as it loads: 409 LICENSE_MISCONFIGURED).
     """
     heartbeat_min_gap_ms: int = 1000
     """Heartbeats closer together than this are refused with 429 `HEARTBEAT_TOO_FREQUENT` and not stored."""
