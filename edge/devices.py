@@ -16,7 +16,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from edge.bodies import read_struct
-from edge.errors import LICENSE_REFUSALS, DeviceLimitReached, DeviceNotFound, LicenseNotFound
+from edge.errors import (
+    LICENSE_REFUSALS,
+    DeviceChangeLimitReached,
+    DeviceLimitReached,
+    DeviceNotFound,
+    LicenseNotFound,
+)
 from edge.schemas import ActivateRequest, ActivateResponse, DeactivateResponse, DeviceRequest, encode
 from edge.state import EdgeState, edge_state
 from heartline.license_cache import ACTIVE_DEVICES, LICENSE_COLUMNS, to_cached
@@ -51,6 +57,15 @@ WHERE license_id = $1 AND hardware_fingerprint = $2 AND is_active
 RETURNING id
 """
 
+# Device changes (sql/0008): the window is the last 30 days, or since the admin's reset if later.
+CHANGE_WINDOW = "greatest(now() - interval '30 days', coalesce($2::timestamptz, '-infinity'))"
+OPEN_CHANGE = f"""
+SELECT id FROM device_changes WHERE license_id = $1 AND replaced_at IS NULL AND deactivated_at > {CHANGE_WINDOW}
+ ORDER BY deactivated_at LIMIT 1
+"""
+CHANGES_IN_WINDOW = f"SELECT count(*) FROM device_changes WHERE license_id = $1 AND replaced_at > {CHANGE_WINDOW}"
+TAKE_CHANGE = "UPDATE device_changes SET replaced_at = now(), replaced_by = $2 WHERE id = $1"
+
 
 @dataclass(frozen=True)
 class Activation:
@@ -77,11 +92,20 @@ async def _activate_locked(conn: asyncpg.Connection, license_id: int, fingerprin
     if len(devices) >= lic["device_limit"]:
         log.info("device.activation.refused license_id=%s code=DEVICE_LIMIT_REACHED", license_id)
         raise DeviceLimitReached()
+    # Taking the place of a device deactivated within 30 days is a device change: counted and limited.
+    change = await conn.fetchval(OPEN_CHANGE, license_id, lic["device_changes_reset_at"])
+    if change is not None and lic["device_change_limit"] is not None and \
+            await conn.fetchval(CHANGES_IN_WINDOW, license_id, lic["device_changes_reset_at"]) \
+            >= lic["device_change_limit"]:
+        log.info("device.activation.refused license_id=%s code=DEVICE_CHANGE_LIMIT_REACHED", license_id)
+        raise DeviceChangeLimitReached()
     if found is None:
         device_id = await conn.fetchval(INSERT_DEVICE, license_id, fingerprint, device_name, device_type)
     else:
         device_id = found["id"]
         await conn.execute(REACTIVATE_DEVICE, device_id, device_name, device_type)
+    if change is not None:
+        await conn.execute(TAKE_CHANGE, change, device_id)
     devices[fingerprint] = device_id
     return lic, devices, device_id, True
 

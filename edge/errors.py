@@ -70,6 +70,11 @@ class DeviceLimitReached(EdgeError):
     status, code, message = 409, "DEVICE_LIMIT_REACHED", "The license has no room for another device."
 
 
+class DeviceChangeLimitReached(EdgeError):
+    status, code, message = 409, "DEVICE_CHANGE_LIMIT_REACHED", \
+        "The license has used its device changes for the last 30 days."
+
+
 class SessionLimitReached(EdgeError):
     status, code, message = 409, "SESSION_LIMIT_REACHED", "The license's concurrent sessions are all in use."
 
@@ -108,7 +113,7 @@ def render(request: Request, exc: HeartlineError) -> Response:
     metrics = getattr(request.app.state, "metrics", None)
     if metrics is not None:
         metrics.refusals.labels(code=exc.code).inc()
-    body = encode(ErrorBody(error=ErrorDetail(code=exc.code, message=exc.message)))
+    body = encode(ErrorBody(error=ErrorDetail(code=exc.code, message=exc.message, **exc.details)))
     return Response(body, status_code=exc.status, media_type="application/json", headers=exc.headers)
 
 

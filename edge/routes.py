@@ -57,7 +57,8 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("POST", "/v1/devices/activate", devices.activate, "Activate a device on a license",
               ActivateRequest,
               {201: (ActivateResponse, "Device activated"), 200: (ActivateResponse, "Device was already active")},
-              {404: "LICENSE_NOT_FOUND", 403: LICENSE_REFUSED, 409: "DEVICE_LIMIT_REACHED"}),
+              {404: "LICENSE_NOT_FOUND", 403: LICENSE_REFUSED,
+               409: "DEVICE_LIMIT_REACHED or DEVICE_CHANGE_LIMIT_REACHED"}),
     Operation("POST", "/v1/devices/deactivate", devices.deactivate,
               "Deactivate a device; its live session ends", DeviceRequest,
               {200: (DeactivateResponse, "Device deactivated")},
@@ -67,7 +68,8 @@ OPERATIONS: tuple[Operation, ...] = (
               {201: (SessionResponse, "Session started"),
                200: (SessionResponse, "The device's live session, resumed (same token)")},
               {404: "LICENSE_NOT_FOUND", 403: LICENSE_REFUSED,
-               409: "SESSION_LIMIT_REACHED or DEVICE_LIMIT_REACHED"}),
+               409: "SESSION_LIMIT_REACHED (with the seat holders and Retry-After), DEVICE_LIMIT_REACHED or "
+                    "DEVICE_CHANGE_LIMIT_REACHED"}),
     Operation("POST", "/v1/sessions/{token}/heartbeat", heartbeats.heartbeat, "Keep a session alive",
               LicenseRequest, {200: (HeartbeatResponse, "Session extended")},
               {404: "SESSION_NOT_FOUND (start a new session) or LICENSE_NOT_FOUND", 403: LICENSE_REFUSED +

@@ -67,9 +67,21 @@ class LicenseRequest(Struct):
 
 # -- responses ---------------------------------------------------------------------------------------
 
-class ErrorDetail(Struct):
+class SeatHolder(Struct):
+    """Who holds a seat of a full license: the device's name and type, never its fingerprint."""
+    device_name: str | None
+    device_type: str | None
+    started_at: dt.datetime
+    last_heartbeat_at: dt.datetime | None
+
+
+class ErrorDetail(Struct, omit_defaults=True):
     code: str
     message: str
+    # SESSION_LIMIT_REACHED only: the sessions holding the seats, and the seconds until the earliest
+    # deadline (also the Retry-After header)
+    seat_holders: list[SeatHolder] | None = None
+    retry_after_s: int | None = None
 
 
 class ErrorBody(Struct):

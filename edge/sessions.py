@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -20,6 +21,7 @@ from edge.errors import (
 from edge.schemas import (
     EndResponse,
     LicenseRequest,
+    SeatHolder,
     SessionResponse,
     StartSessionRequest,
     encode,
@@ -68,6 +70,28 @@ def refusal(code: PlaneCode) -> EdgeError:
     return PlaneUnavailable(f"Unexpected plane answer {code}.")
 
 
+DEVICE_NAMES = "SELECT id, device_name, device_type FROM device_registrations WHERE id = ANY ($1::bigint[])"
+
+
+async def license_full(state: EdgeState, license_id: int) -> SessionLimitReached:
+    """SESSION_LIMIT_REACHED with who holds the seats and Retry-After = time to the earliest deadline
+    (the soonest a seat frees if its holder stopped).  Read after the refusal, on the refusal path only;
+    no session is ended to make room."""
+    now, holders = await state.plane.seat_holders(license_id)
+    if not holders:  # the seats freed since the refusal: try again at once
+        return SessionLimitReached(headers={"Retry-After": "1"}, details={"retry_after_s": 1, "seat_holders": []})
+    devices = {r["id"]: r for r in await state.pool.fetch(DEVICE_NAMES, [h.device_id for h in holders
+                                                                          if h.device_id is not None])}
+    retry_after = max(1, math.ceil((min(h.deadline_ms for h in holders) - now) / 1000))
+    shown = [SeatHolder(device_name=devices[h.device_id]["device_name"] if h.device_id in devices else None,
+                        device_type=devices[h.device_id]["device_type"] if h.device_id in devices else None,
+                        started_at=utc_from_ms(h.started_ms),
+                        last_heartbeat_at=utc_from_ms(h.last_heartbeat_ms) if h.last_heartbeat_ms else None)
+             for h in holders]
+    return SessionLimitReached(headers={"Retry-After": str(retry_after)},
+                               details={"retry_after_s": retry_after, "seat_holders": shown})
+
+
 async def start(request: Request) -> Response:
     """POST /v1/sessions: start a session (201), or resume the device's live one (200, resumed=true)."""
     state = edge_state(request)
@@ -77,6 +101,8 @@ async def start(request: Request) -> Response:
     outcome = await start_or_resume(state, license_id, body, client_ip(request))
     if not outcome.granted:
         log.info("session.start.refused license_id=%s code=%s", license_id, outcome.code)
+        if outcome.code is PlaneCode.SESSION_LIMIT_REACHED:
+            raise await license_full(state, license_id)
         raise refusal(outcome.code)
     assert outcome.token is not None
     resumed = outcome.code is PlaneCode.RESUMED

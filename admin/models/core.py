@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import BigInteger, Boolean, ForeignKey, Integer, LargeBinary, Text, text
 from sqlalchemy.dialects.postgresql import INET, JSONB, UUID
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, mapped_column, object_session, relationship
 from sqlalchemy.types import TIMESTAMP
 
 from admin.models.base import Base
@@ -58,6 +58,8 @@ class License(Base):
     quota_ipv4: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     quota_phones: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     notes: Mapped[str | None] = mapped_column(Text)
+    device_change_limit: Mapped[int | None] = mapped_column(Integer)
+    device_changes_reset_at: Mapped[dt.datetime | None] = mapped_column(TZ)
     version: Mapped[int] = mapped_column(Integer, server_default=text("1"))
     created_at: Mapped[dt.datetime] = mapped_column(TZ, server_default=NOW)
     updated_at: Mapped[dt.datetime] = mapped_column(TZ, server_default=NOW)
@@ -68,6 +70,16 @@ class License(Base):
     # its own entitlements (admin/models/entitlements.py); the product's defaults come on top
     entitlements: Mapped[list[Entitlement]] = relationship(secondary="license_entitlements",
                                                            order_by="Entitlement.code")
+
+    def device_changes(self) -> str:
+        """Device changes counted now (last 30 days, since the last reset) against the limit."""
+        session = object_session(self)
+        count = session.execute(text(
+            "SELECT count(*) FROM device_changes WHERE license_id = :id AND replaced_at > "
+            "greatest(now() - interval '30 days', coalesce(CAST(:reset AS timestamptz), '-infinity'))"),
+            {"id": self.id, "reset": self.device_changes_reset_at}).scalar_one() if session else 0
+        return f"{count} of {self.device_change_limit}" if self.device_change_limit is not None \
+            else f"{count} (no limit)"
 
     def __repr__(self) -> str:
         return self.license_key

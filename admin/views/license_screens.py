@@ -89,12 +89,13 @@ class LicenseView(ModelView):
                     "concurrent_sessions_limit"]
     show_columns = ["license_key", "customer", "product", "status", "valid_from", "valid_until",
                     "device_limit", "concurrent_sessions_limit", "heartbeat_interval_s",
-                    "heartbeat_timeout_s", "entitlements",
+                    "heartbeat_timeout_s", "entitlements", "device_change_limit", "device_changes",
+                    "device_changes_reset_at",
                     "quota_domains", "quota_ipv4", "quota_phones", "notes", "version", "created_at",
                     "updated_at"]
     add_columns = ["customer", "product", "valid_from", "valid_until", "device_limit",
                    "concurrent_sessions_limit", "heartbeat_interval_s", "heartbeat_timeout_s", "entitlements",
-                   "quota_domains", "quota_ipv4", "quota_phones", "notes"]
+                   "device_change_limit", "quota_domains", "quota_ipv4", "quota_phones", "notes"]
     edit_columns = add_columns
     search_columns = ["license_key", "customer", "product", "status", "valid_until"]
     order_columns = ["license_key", "product", "status", "valid_until", "device_limit"]
@@ -103,12 +104,14 @@ class LicenseView(ModelView):
         "concurrent_sessions_limit": "Concurrent sessions",
         "heartbeat_interval_s": "Heartbeat interval (s)",
         "heartbeat_timeout_s": "Heartbeat timeout (s)",
+        "device_change_limit": "Device changes per 30 days", "device_changes": "Device changes (30 days)",
+        "device_changes_reset_at": "Device changes reset",
         "quota_domains": "Domains", "quota_ipv4": "IPv4 addresses", "quota_phones": "Phone numbers",
     }
     formatters_columns = {
         "license_key": lambda key: Markup('{} <a class="small" href="{}">heartbeats</a>').format(
             key, url_for("HeartbeatView.index", license=key)),
-        **timestamps("valid_from", "created_at", "updated_at"),
+        **timestamps("valid_from", "created_at", "updated_at", "device_changes_reset_at"),
         "valid_until": lambda v: when(v) if v else "never expires",
         "heartbeat_interval_s": lambda v: f"{v} s" if v else f"default ({DEFAULT_INTERVAL_S} s)",
         "heartbeat_timeout_s": lambda v: f"{v} s" if v else f"default ({DEFAULT_TIMEOUT_S} s)",
@@ -120,6 +123,8 @@ class LicenseView(ModelView):
         "heartbeat_interval_s": "Empty: 30 s.",
         "heartbeat_timeout_s": "Empty: 60 s. Must exceed the interval.",
         "entitlements": "The license's own; its product's defaults (Licensing → Product defaults) come on top.",
+        "device_change_limit": "Device changes (a deactivation, then an activation in its place) allowed per "
+                               "30 days; empty: no limit.",
     }
     # Native date-time pickers (FAB would render WTForms' obsolete type="datetime" inputs); UTC.
     add_form_extra_fields = edit_form_extra_fields = {
@@ -147,6 +152,8 @@ class LicenseView(ModelView):
             sessions_within_device_limit],
         "heartbeat_interval_s": [Optional(), NumberRange(min=1, message="The interval must be at least 1 s."),
                                  interval_below_timeout],
+        "device_change_limit": [Optional(), NumberRange(min=0, max=1000,
+                                                        message="Between 0 and 1000, or empty for no limit.")],
         "heartbeat_timeout_s": [timeout_exceeds_interval, Optional(),
                                 NumberRange(min=2, message="The timeout must be at least 2 s.")],
     }
@@ -219,6 +226,18 @@ class LicenseView(ModelView):
             self._set_status(item, LicenseStatus.ACTIVE)
             refresh_edge_cache(item.id)
             flash(f"{item.license_key} is active again.", "success")
+        return redirect(self.get_redirect())
+
+    @action("reset_device_changes", "Reset device changes", "Start the selected licenses' device-change count "
+            "from zero?", "fa-undo")
+    def reset_device_changes(self, items: Any) -> Any:
+        session = self.datamodel.session
+        for item in _as_list(items):
+            session.execute(text("UPDATE licenses SET device_changes_reset_at = now() WHERE id = :id"),
+                            {"id": item.id})
+            session.commit()
+            refresh_edge_cache(item.id)
+            flash(f"{item.license_key}: device changes counted from now on.", "success")
         return redirect(self.get_redirect())
 
     @action("extend", "Extend by 1 year", "Extend the selected licenses by one year?", "fa-calendar-plus-o")

@@ -21,6 +21,8 @@ class CachedLicense(msgspec.Struct, frozen=True, kw_only=True):
     timeout_s: int
     # codes of the license's entitlements, its own and its product's (docs/licenses-policy.md), sorted
     entitlements: tuple[str, ...] = ()
+    # device changes allowed per 30 days (None: unlimited); enforced in PostgreSQL at activation
+    device_change_limit: int | None = None
 
     def fields(self) -> dict[str, str | int]:
         """Hash fields as cache_license.lua writes them; '' stands for no expiry."""
@@ -32,6 +34,7 @@ class CachedLicense(msgspec.Struct, frozen=True, kw_only=True):
             "interval_s": self.interval_s, "timeout_s": self.timeout_s,
             # codes cannot hold a comma (CHECK entitlements_code_format)
             "entitlements": ",".join(self.entitlements),
+            "device_change_limit": "" if self.device_change_limit is None else self.device_change_limit,
         }
 
     @classmethod
@@ -48,6 +51,7 @@ class CachedLicense(msgspec.Struct, frozen=True, kw_only=True):
             device_limit=int(get["device_limit"]), sessions_limit=int(get["sessions_limit"]),
             interval_s=int(get["interval_s"]), timeout_s=int(get["timeout_s"]),
             entitlements=tuple(code for code in get.get("entitlements", "").split(",") if code),
+            device_change_limit=int(get["device_change_limit"]) if get.get("device_change_limit") else None,
         )
 
     def refusal(self, now_ms: int) -> str | None:

@@ -57,6 +57,16 @@ class HeartbeatOutcome:
     retry_after_ms: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class SeatHolder:
+    """A live session as a full license shows it: no token, no fingerprint."""
+
+    device_id: int | None
+    started_ms: int
+    last_heartbeat_ms: int | None
+    deadline_ms: int
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -158,6 +168,28 @@ class SessionPlane:
         members = await self.redis.zrangebyscore(keys.live_sessions(license_id, self.shards),
                                                  f"({now}", "+inf")
         return {_text(m) for m in members}
+
+    async def seat_holders(self, license_id: int) -> tuple[int, list[SeatHolder]]:
+        """Redis time and the license's live sessions, earliest deadline first (for a refused start).
+
+        Two reads on the refusal path only: the live zset with deadlines, then the sessions' records."""
+        now = await self.now_ms()
+        live = await self.redis.zrangebyscore(keys.live_sessions(license_id, self.shards), f"({now}", "+inf",
+                                              withscores=True)
+        if not live:
+            return now, []
+        tokens = [_text(token) for token, _ in live]
+        records = await self.redis.hmget(keys.sessions(license_id, self.shards), tokens)
+        holders = []
+        for (_token, deadline), record in zip(live, records, strict=True):
+            # 'device id|started ms|last heartbeat ms|count|ip|client version' (keys.sessions)
+            parts = _text(record).split("|") if record is not None else []
+            device, started, last = (parts + ["", "", ""])[:3]
+            holders.append(SeatHolder(device_id=int(device) if device else None,
+                                      started_ms=int(started) if started else 0,
+                                      last_heartbeat_ms=int(last) if last else None,
+                                      deadline_ms=int(deadline)))
+        return now, holders
 
     async def is_live(self, license_id: int, token: str) -> bool:
         score = await self.redis.zscore(keys.live_sessions(license_id, self.shards), token)
