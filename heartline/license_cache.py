@@ -189,6 +189,8 @@ class LicenseCache:
                             row["heartbeat_interval_s"], row["heartbeat_timeout_s"])
                 raise
             await self.plane.cache_license(cached, devices)
+            for key in [k for k, v in self._ids.items() if v == license_id and k != row["license_key"]]:
+                del self._ids[key]
             self._ids[row["license_key"]] = license_id
         log.debug("license.cache.loaded license_id=%s version=%s devices=%s", license_id, cached.version,
                   len(devices))
@@ -216,9 +218,8 @@ class LicenseCache:
         self._since = db_now
         written = 0
         for license_id in sorted(self._pending):
-            # The key may have been edited: forget the in-process mapping, the next use looks it up again.
-            for key in [k for k, v in self._ids.items() if v == license_id]:
-                del self._ids[key]
+            # The key may have been edited: the reload (_load) drops other keys of this license.  Forgetting
+            # them before it would send the license's heartbeats to PostgreSQL if the reload failed.
             try:
                 cached = await self.load(license_id)
             except LicenseMisconfigured:
