@@ -19,6 +19,7 @@ from flask_login import current_user
 from flask_wtf.csrf import CSRFProtect
 
 from admin import actor
+from admin.backup_banner import backup_problems
 from admin.config import flask_config
 from admin.security.manager import HeartlineSecurityManager
 from heartline import services
@@ -74,6 +75,13 @@ def create_app(settings: Settings, view_modules: list[str] | None = None, *,
             else:
                 log.info("admin.views.skipped module=%s reason=not_built", name)
         appbuilder.post_init()
+
+    @app.context_processor
+    def _backup_banner() -> dict[str, Any]:
+        # signed-in pages only: the login page tells a stranger nothing about the backups
+        if not current_user.is_authenticated:
+            return {}
+        return {"backup_problems": backup_problems(db.engine, settings)}
 
     @app.before_request
     def _bind_actor() -> None:

@@ -35,6 +35,7 @@ DELEGATED: dict[str, tuple[str, str | None, str]] = {
     "admin": ("admin.app:main", "admin", "run the admin web interface"),
     "create-admin": ("admin.users:create_admin_main", "admin", "create an admin user"),
     "backup": ("heartline.backup:main", None, "create, list and restore backups"),
+    "status": ("heartline.status:main", None, "everything at a glance; exits 1 when something needs attention"),
 }
 
 # Processes `heartline dev` runs side by side, in this order.
@@ -55,10 +56,17 @@ def _setup_logging(settings: Settings) -> None:
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
 
-def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    """Back up a database that holds data when migrations are pending, then migrate (heartline/upgrade.py)."""
+    from heartline import upgrade
+
     settings = services.resolve(settings, need_redis=False)
-    assert settings.database_url
-    applied = asyncio.run(migrations.migrate(settings.database_url))
+    try:
+        result = upgrade.upgrade(settings, skip_backup=args.no_backup, say=lambda line: print(line, flush=True))
+    except upgrade.BackupBeforeMigrateFailed as exc:
+        print(f"heartline migrate: {exc} [{exc.code}]", file=sys.stderr)
+        return 1
+    applied = result.applied
     print(f"applied {len(applied)} migration(s): {', '.join(applied)}" if applied else "schema is up to date")
     return 0
 
@@ -206,7 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "instead of one server (see docs/operations/cluster.md)")
     dev.add_argument("--without", action="append", default=[], choices=DEV_PARTS,
                      help="do not start this part (repeatable)")
-    sub.add_parser("migrate", help="apply pending schema migrations")
+    migrate = sub.add_parser("migrate", help="back up the database when migrations are pending, then apply them")
+    migrate.add_argument("--no-backup", action="store_true",
+                         help="apply pending migrations without taking a backup first")
     key = sub.add_parser("api-key", help="manage system API keys")
     key_sub = key.add_subparsers(dest="action", required=True)
     create = key_sub.add_parser("create", help="create a key and print it once")

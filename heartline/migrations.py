@@ -53,6 +53,53 @@ def load_migrations(sql_dir: Path = SQL_DIR) -> list[Migration]:
     return [Migration(p.name, p.read_text(encoding="utf-8")) for p in files]
 
 
+def _check_history(migrations: list[Migration], applied: dict[str, str]) -> None:
+    for m in migrations:
+        recorded = applied.get(m.name)
+        if recorded is not None and recorded != m.checksum:
+            raise MigrationError(
+                f"migration {m.name} was changed after it was applied "
+                f"(recorded checksum {recorded[:12]}…, file has {m.checksum[:12]}…); "
+                "add a new migration instead of editing an applied one")
+
+
+async def _applied(conn: asyncpg.Connection) -> dict[str, str]:
+    if not await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL"):
+        return {}
+    return {r["name"]: r["checksum"] for r in await conn.fetch("SELECT name, checksum FROM schema_migrations")}
+
+
+async def pending(dsn: str, sql_dir: Path = SQL_DIR) -> list[str]:
+    """Names of the migrations `migrate` would apply now; refuses edited history as `migrate` does."""
+    migrations = load_migrations(sql_dir)
+    conn = await asyncpg.connect(dsn)
+    try:
+        applied = await _applied(conn)
+    finally:
+        await conn.close()
+    _check_history(migrations, applied)
+    return [m.name for m in migrations if m.name not in applied]
+
+
+async def holds_data(dsn: str) -> bool:
+    """True when any table in the public schema other than schema_migrations has a row.
+
+    One `EXISTS` per table, so it costs the same on a large database as on a small one."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        tables = await conn.fetch(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition "
+            "AND c.relname <> 'schema_migrations'")
+        for row in tables:
+            name = row["relname"].replace('"', '""')
+            if await conn.fetchval(f'SELECT EXISTS (SELECT 1 FROM public."{name}")'):
+                return True
+        return False
+    finally:
+        await conn.close()
+
+
 async def migrate(dsn: str, sql_dir: Path = SQL_DIR) -> list[str]:
     """Apply pending migrations; return the names applied (empty when the schema is current)."""
     migrations = load_migrations(sql_dir)
@@ -61,15 +108,8 @@ async def migrate(dsn: str, sql_dir: Path = SQL_DIR) -> list[str]:
         await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_ID)
         try:
             await conn.execute(_CREATE_TABLE)
-            applied = {r["name"]: r["checksum"] for r in await conn.fetch(
-                "SELECT name, checksum FROM schema_migrations")}
-            for m in migrations:
-                recorded = applied.get(m.name)
-                if recorded is not None and recorded != m.checksum:
-                    raise MigrationError(
-                        f"migration {m.name} was changed after it was applied "
-                        f"(recorded checksum {recorded[:12]}…, file has {m.checksum[:12]}…); "
-                        "add a new migration instead of editing an applied one")
+            applied = await _applied(conn)
+            _check_history(migrations, applied)
             done: list[str] = []
             for m in migrations:
                 if m.name in applied:

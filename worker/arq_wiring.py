@@ -3,7 +3,8 @@ own the process's long-lived resources in arq's ctx.
 
 ctx holds: settings, pool (asyncpg, audit actor 'worker'), redis, plane (SessionPlane), the three stream
 consumers (flush, history, webhooks), the webhook HTTP client and secret box, metrics, lost_sessions
-(reconciliation state), and the loop tasks.
+(reconciliation state), and the loop tasks; one loop announces the worker in Redis for `heartline status`
+(heartline/plane/presence.py).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from heartline import db
 from heartline.plane import keys
 from heartline.plane import redis as plane_redis
+from heartline.plane.presence import announce, forget
 from heartline.plane.sessions import SessionPlane
 from heartline.settings import Settings
 from heartline.webhooks.secrets import SecretBox
@@ -53,6 +55,8 @@ TIDY_INTERVAL_S = 5.0
 DEAD_CONSUMER_IDLE_MS = 3_600_000
 # How often the partitions loop checks whether today's maintenance ran.
 PARTITIONS_CHECK_S = 60.0
+# How often the worker tells Redis it is alive and when its loops last succeeded (`heartline status`).
+PRESENCE_INTERVAL_S = 5.0
 # Time a loop gets on shutdown to finish the batch it holds before it is cancelled.
 SHUTDOWN_GRACE_S = 10.0
 POOL_MAX_SIZE = 4
@@ -109,8 +113,9 @@ async def open_resources(ctx: dict[str, Any]) -> None:
 def start_loops(ctx: dict[str, Any]) -> None:
     """One task per concern (see worker/loops.py for why loops rather than arq cron)."""
     ctx["stop"] = asyncio.Event()
-    ctx["tasks"] = [asyncio.create_task(run_loop(name, step, interval, ctx["stop"],
-                                                 on_state=ctx["metrics"].loop_state), name=f"worker.{name}")
+    metrics: WorkerMetrics = ctx["metrics"]
+    ctx["tasks"] = [asyncio.create_task(run_loop(name, step, interval, ctx["stop"], on_state=metrics.loop_state,
+                                                 on_success=metrics.loop_succeeded), name=f"worker.{name}")
                     for name, step, interval in _loops(ctx)]
 
 
@@ -180,6 +185,10 @@ def _loops(ctx: dict[str, Any]) -> list[tuple[str, Callable[[], Awaitable[bool]]
             done["day"] = today
         return False
 
+    async def presence() -> bool:
+        await announce(ctx["redis"], ctx["consumer_name"], dict(ctx["metrics"].last_success))
+        return False
+
     return [
         ("flush", flush, settings.flush_interval_s),
         ("history", history, settings.flush_interval_s),
@@ -191,6 +200,7 @@ def _loops(ctx: dict[str, Any]) -> list[tuple[str, Callable[[], Awaitable[bool]]
         ("webhook_changes", webhook_changes, settings.webhook_send_interval_s),
         ("webhook_sends", webhook_sends, settings.webhook_send_interval_s),
         ("webhook_prune", webhook_prune, WEBHOOK_PRUNE_INTERVAL_S),
+        ("presence", presence, PRESENCE_INTERVAL_S),
     ]
 
 
@@ -214,6 +224,8 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     if ctx.get("pool") is not None:
         await ctx["pool"].close()
     if ctx.get("redis") is not None:
+        with contextlib.suppress(Exception):  # Redis may be the reason we stop; the record then ages
+            await forget(ctx["redis"], ctx["consumer_name"])
         await ctx["redis"].aclose()
     if ctx.get("webhook_http") is not None:
         await ctx["webhook_http"].aclose()

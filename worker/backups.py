@@ -13,6 +13,7 @@ import asyncpg
 from arq.cron import CronJob, cron
 
 from heartline import backup
+from heartline.backup_events import BackupEventKind, BackupTrigger, record
 from heartline.settings import Settings
 from heartline.webhooks import store
 from heartline.webhooks.catalogue import EventType
@@ -32,7 +33,13 @@ async def create_scheduled_backup(ctx: dict[str, Any]) -> str | None:
             return None
         log.error("backup.scheduled.failed code=%s error=%s", exc.code, exc)
         await announce_failure(ctx, "create", exc)
+        await _record(settings, BackupEventKind.FAILED, detail=f"create: {exc} [{exc.code}]")
         raise
+    except OSError as exc:
+        log.error("backup.scheduled.failed error=%s", exc)
+        await _record(settings, BackupEventKind.FAILED, detail=f"create: {type(exc).__name__}: {exc}")
+        raise
+    await _record(settings, BackupEventKind.CREATED, name=archive.name)
     if backup.remote_of(settings) is None:
         log.warning("backup.scheduled.not_pushed name=%s reason=no_remote_configured", archive.name)
         return archive.name
@@ -42,7 +49,14 @@ async def create_scheduled_backup(ctx: dict[str, Any]) -> str | None:
         # the local copy stays, and nothing is pruned: the next run pushes again (see `backup push`)
         log.error("backup.scheduled.push_failed name=%s code=%s error=%s", archive.name, exc.code, exc)
         await announce_failure(ctx, "push", exc)
+        await _record(settings, BackupEventKind.FAILED, name=archive.name, detail=f"push: {exc} [{exc.code}]")
         raise
+    except OSError as exc:
+        log.error("backup.scheduled.push_failed name=%s error=%s", archive.name, exc)
+        await _record(settings, BackupEventKind.FAILED, name=archive.name,
+                      detail=f"push: {type(exc).__name__}: {exc}")
+        raise
+    await _record(settings, BackupEventKind.UPLOADED, name=archive.name)
     result = await asyncio.to_thread(backup.prune_backups, settings)
     log.info("backup.scheduled.done name=%s pruned=%d kept_not_uploaded=%d", archive.name,
              len(result.deleted), len(result.kept_not_uploaded))
@@ -60,6 +74,12 @@ async def announce_failure(ctx: dict[str, Any], stage: str, exc: backup.BackupEr
                                       {"stage": stage, "code": str(exc.code), "error": str(exc)[:500]})
     except (OSError, asyncpg.PostgresError) as err:
         log.warning("backup.failed.not_announced error=%s", type(err).__name__)
+
+
+async def _record(settings: Settings, kind: BackupEventKind, *, name: str | None = None,
+                  detail: str | None = None) -> None:
+    assert settings.database_url
+    await asyncio.to_thread(record, settings.database_url, kind, BackupTrigger.SCHEDULED, name=name, detail=detail)
 
 
 def backup_cron(settings: Settings) -> CronJob:

@@ -85,12 +85,14 @@ class Backoff:
 
 
 async def run_loop(name: str, step: Callable[[], Awaitable[bool]], interval_s: float,
-                   stop: asyncio.Event, *, on_state: Callable[[str, LoopState], None] | None = None) -> None:
+                   stop: asyncio.Event, *, on_state: Callable[[str, LoopState], None] | None = None,
+                   on_success: Callable[[str], None] | None = None) -> None:
     """Call `step` until `stop` is set; `step` returns True when more work is waiting (no pause then).
 
     name: loop name for logs and metrics; interval_s: pause after a step that found nothing to do;
     stop: set to finish after the current step (a batch in flight is completed, not cut);
-    on_state: told of each state change (metrics).
+    on_state: told of each state change (metrics); on_success: told of each step that succeeded (the
+    time of the last reap, flush, ... in metrics and `heartline status`).
     """
     backoff = Backoff(name)
     while not stop.is_set():
@@ -105,6 +107,8 @@ async def run_loop(name: str, step: Callable[[], Awaitable[bool]], interval_s: f
                 on_state(name, backoff.state)
             await _sleep_or_stop(stop, delay)
             continue
+        if on_success:
+            on_success(name)
         if backoff.state is not LoopState.OK:
             backoff.succeeded()
             if on_state:

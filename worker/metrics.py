@@ -1,8 +1,13 @@
-"""The worker's /metrics: stream backlog and what the loops did, in Prometheus text format.
+"""The worker's /metrics: stream backlog, what the loops did, whether PostgreSQL and Redis answer, Redis
+memory and backup freshness, in Prometheus text format.
 
 Served by a small HTTP listener on `worker_metrics_host:worker_metrics_port` (GET /metrics, GET /healthz)
-inside the worker process.  The backlog is read from Redis at scrape time: because the worker trims the
-entries every group has acknowledged, a stream's length is the number of entries not yet stored.
+inside the worker process.  Backlog, dependencies, Redis memory and backup freshness are read at scrape
+time; the backlog from Redis (heartline/plane/backlog.py): because the worker trims the entries every
+group has acknowledged, a stream's length is the number of entries not yet stored.  A scrape always
+answers 200, with `heartline_worker_redis_up` / `heartline_worker_postgres_up` 0 for a server that did not
+answer: Prometheus drops every sample of a failed scrape, exactly when the alerts need them.
+docs/operations.md lists the alerts.
 """
 
 from __future__ import annotations
@@ -14,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-from redis.exceptions import ResponseError
 
-from heartline.plane import keys
+from heartline import backup_events
+from heartline.plane.backlog import read_backlog
+from heartline.plane.memory import read_memory
 from worker.loops import LoopState
-from worker.streams import parse_stream_id
 
 if TYPE_CHECKING:
     from worker.flush import FlushResult
@@ -27,6 +32,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("worker.metrics")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# A server that has not answered in this long counts as down for this scrape.
+PROBE_TIMEOUT_S = 2.0
 
 
 class WorkerMetrics:
@@ -62,6 +69,26 @@ class WorkerMetrics:
         self.redis_up = Gauge("heartline_worker_redis_up",
                               "1 when this scrape read the backlog from Redis; 0 while Redis is unreachable "
                               "(the stream series then keep their last values)", registry=r)
+        self.loop_last_success = Gauge("heartline_worker_loop_last_success_timestamp_seconds",
+                                       "When the loop's last step succeeded (Unix time)", ["loop"], registry=r)
+        self.postgres_up = Gauge("heartline_worker_postgres_up",
+                                 "1 when PostgreSQL answered this scrape's backup-freshness query; 0 while it is "
+                                 "unreachable (the backup series then keep their last values)", registry=r)
+        self.redis_memory_used = Gauge("heartline_redis_memory_used_bytes",
+                                       "Redis used_memory (on a cluster: of the node nearest its limit)", registry=r)
+        self.redis_memory_max = Gauge("heartline_redis_memory_max_bytes",
+                                      "Redis maxmemory (0: no limit set) of that node", registry=r)
+        self.backup_last_success = Gauge("heartline_backup_last_success_timestamp_seconds",
+                                         "When the newest backup was created (Unix time; 0: never)", registry=r)
+        self.backup_last_upload = Gauge("heartline_backup_last_upload_timestamp_seconds",
+                                        "When a backup was last uploaded to the remote (Unix time; 0: never)",
+                                        registry=r)
+        self.backup_last_failure = Gauge("heartline_backup_last_failure_timestamp_seconds",
+                                         "When a backup or upload last failed (Unix time; 0: never)", registry=r)
+        self.backup_remote_configured = Gauge("heartline_backup_remote_configured",
+                                              "1 when HEARTLINE_BACKUP_REMOTE is set", registry=r)
+        # loop name -> Unix time of its last successful step, also announced in Redis for `heartline status`
+        self.last_success: dict[str, float] = {}
 
     def heartbeats_flushed(self, result: FlushResult) -> None:
         self.heartbeats_stored.inc(result.stored)
@@ -87,25 +114,45 @@ class WorkerMetrics:
     def loop_state(self, name: str, state: LoopState) -> None:
         self.loop_up.labels(name).set(1 if state is LoopState.OK else 0)
 
+    def loop_succeeded(self, name: str) -> None:
+        now = time.time()
+        self.last_success[name] = now
+        self.loop_last_success.labels(name).set(now)
+
     async def read_backlog(self, redis: aioredis.Redis, shards: int) -> None:
-        now_s, now_us = await redis.time()
-        now_ms = int(now_s) * 1000 + int(now_us) // 1000
-        for shard in range(shards):
-            for key, group in ((keys.heartbeat_stream(shard), keys.HEARTBEAT_GROUP),
-                               (keys.event_stream(shard), keys.EVENT_GROUP)):
-                length, pending, oldest_ms = 0, 0, None
-                try:
-                    info = await redis.xinfo_stream(key)
-                    length = int(info["length"])
-                    first = info.get("first-entry")
-                    if first and first[0]:
-                        oldest_ms = parse_stream_id(first[0])[0]
-                    pending = int((await redis.xpending(key, group))["pending"])
-                except ResponseError:
-                    pass  # stream or group not created yet
-                self.stream_length.labels(key).set(length)
-                self.stream_pending.labels(key).set(pending)
-                self.stream_oldest_age.labels(key).set(max(0, now_ms - oldest_ms) / 1000 if oldest_ms else 0)
+        for stream in await read_backlog(redis, shards):
+            self.stream_length.labels(stream.stream).set(stream.length)
+            self.stream_pending.labels(stream.stream).set(stream.pending)
+            self.stream_oldest_age.labels(stream.stream).set(stream.oldest_age_s)
+
+    async def read_redis(self, redis: aioredis.Redis, shards: int) -> None:
+        """Backlog and memory; redis_up says whether Redis answered."""
+        try:
+            await asyncio.wait_for(self.read_backlog(redis, shards), PROBE_TIMEOUT_S)
+            used, limit, _nodes = await asyncio.wait_for(read_memory(redis), PROBE_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - any failure means Redis did not answer this scrape
+            log.warning("worker.metrics.redis_unavailable error=%s", exc)
+            self.redis_up.set(0)
+            return
+        self.redis_up.set(1)
+        self.redis_memory_used.set(used)
+        self.redis_memory_max.set(limit)
+
+    async def read_postgres(self, pool: Any, remote_configured: bool) -> None:
+        """Backup freshness from backup_events; postgres_up says whether PostgreSQL answered."""
+        self.backup_remote_configured.set(1 if remote_configured else 0)
+        try:
+            row = await asyncio.wait_for(pool.fetchrow(backup_events.FRESHNESS_SQL), PROBE_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - any failure means PostgreSQL did not answer this scrape
+            log.warning("worker.metrics.postgres_unavailable error=%s", exc)
+            self.postgres_up.set(0)
+            return
+        self.postgres_up.set(1)
+        fresh = backup_events.Freshness.from_row(row)
+        for gauge, when in ((self.backup_last_success, fresh.last_created),
+                            (self.backup_last_upload, fresh.last_uploaded),
+                            (self.backup_last_failure, fresh.last_failed)):
+            gauge.set(when.timestamp() if when is not None else 0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -124,17 +171,12 @@ async def serve_metrics(ctx: dict[str, Any], host: str, port: int) -> asyncio.Se
                 status, body, ctype = "405 Method Not Allowed", b"GET only\n", "text/plain"
             elif path == b"/metrics":
                 started = time.monotonic()
-                # Redis down must still answer the scrape, and with 200: a failed scrape would drop
-                # every series of the worker exactly when the backlog matters; redis_up says it instead.
-                try:
-                    await metrics.read_backlog(ctx["redis"], ctx["settings"].stream_shards)
-                    metrics.redis_up.set(1)
-                except Exception as exc:  # noqa: BLE001
-                    log.warning("worker.metrics.backlog_unavailable error=%s", exc)
-                    metrics.redis_up.set(0)
+                settings = ctx["settings"]
+                await asyncio.gather(metrics.read_redis(ctx["redis"], settings.stream_shards),
+                                     metrics.read_postgres(ctx["pool"], bool(settings.backup_remote)))
                 status = "200 OK"
                 body = metrics.render()
-                body += f"# backlog read in {time.monotonic() - started:.3f}s\n".encode()
+                body += f"# read in {time.monotonic() - started:.3f}s\n".encode()
                 ctype = CONTENT_TYPE
             elif path == b"/healthz":
                 status, body, ctype = "200 OK", b"ok\n", "text/plain"

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 import psycopg
 
-from heartline import services
+from heartline import backup_events, services
 from heartline.backup.archive import Archive, Manifest, local_archives
 from heartline.backup.create import create_backup
 from heartline.backup.errors import BackupError, BackupErrorCode
@@ -17,7 +18,8 @@ from heartline.backup.pgtools import database_url, display_target
 from heartline.backup.prune import PruneResult, prune_backups
 from heartline.backup.remotes import mask_remote, push_backup, remote_of, require_remote
 from heartline.backup.restore import find_archive, restore_backup
-from heartline.settings import PREFIX, Settings
+from heartline.backup_events import BackupEventKind, BackupTrigger
+from heartline.settings import PREFIX, Settings, SettingsError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,12 +49,15 @@ def _cmd_create(settings: Settings, args: argparse.Namespace) -> int:
     if args.push:
         require_remote(settings)
     archive = create_backup(settings)
+    backup_events.record(database_url(settings), BackupEventKind.CREATED, BackupTrigger.MANUAL, name=archive.name)
     manifest = archive.manifest()
     print(f"created  {archive.path}  ({archive.path.stat().st_size} bytes, schema {manifest.schema_version}, "
           f"PostgreSQL {manifest.server_version}, {sum(manifest.tables.values())} rows in "
           f"{len(manifest.tables)} tables)")
     if args.push:
         push_backup(settings, archive)
+        backup_events.record(database_url(settings), BackupEventKind.UPLOADED, BackupTrigger.MANUAL,
+                             name=archive.name)
         print(f"pushed   {archive.name} to {mask_remote(settings.backup_remote)}")
         _print_prune(prune_backups(settings))
     return 0
@@ -125,6 +130,8 @@ def _cmd_push(settings: Settings, _args: argparse.Namespace) -> int:
     for archive in local_archives(settings):
         if archive.name not in on_remote:
             push_backup(settings, archive)
+            backup_events.record(database_url(settings), BackupEventKind.UPLOADED, BackupTrigger.MANUAL,
+                                 name=archive.name)
             print(f"pushed   {archive.name}")
     _print_prune(prune_backups(settings))
     return 0
@@ -147,6 +154,10 @@ def main(settings: Settings, argv: Sequence[str]) -> int:
         return handlers[args.action](settings, args)
     except BackupError as exc:
         print(f"heartline backup {args.action}: {exc} [{exc.code}]", file=sys.stderr)
+        if args.action in ("create", "push") and exc.code is not BackupErrorCode.BUSY:
+            with contextlib.suppress(SettingsError):
+                backup_events.record(database_url(settings), BackupEventKind.FAILED, BackupTrigger.MANUAL,
+                                     detail=f"{args.action}: {exc} [{exc.code}]")
         return 1
     except psycopg.OperationalError as exc:
         print(f"heartline backup {args.action}: cannot reach the database: {exc}", file=sys.stderr)

@@ -119,3 +119,10 @@ def shard_keys(shard: int) -> list[str]:
 
 def all_shards(shards: int) -> range:
     return range(shards)
+
+
+def workers() -> str:
+    """Hash: worker consumer name -> JSON {seen, loops: {loop: last success}} (see plane/presence.py).
+
+    Not tagged: one small key, read by `heartline status`, on whatever node holds its slot."""
+    return f"{PREFIX}:workers"

@@ -173,3 +173,16 @@ def test_image_installs_the_wheel_with_the_locked_dependencies() -> None:
     assert "pip wheel --no-deps" in dockerfile
     assert "--require-hashes -r /tmp/requirements.txt" in dockerfile
     assert "COPY requirements/image.txt" in dockerfile
+
+
+def test_one_shot_migrate_backs_up_where_the_worker_does(config: dict[str, Any]) -> None:
+    # `heartline migrate` takes a backup before changing a schema that holds data: same folder (volume)
+    # and remote as the worker's daily backups, so prune and restore see it
+    services = config["services"]
+    migrate, worker = services["migrate"], services["worker"]
+    assert migrate["command"] == ["migrate"]
+    for var in ("HEARTLINE_BACKUP_DIR", "HEARTLINE_BACKUP_REMOTE", "HEARTLINE_BACKUP_KEEP_LOCAL"):
+        assert migrate["environment"][var] == worker["environment"][var], var
+    assert migrate["environment"]["HEARTLINE_DATABASE_URL"] == worker["environment"]["HEARTLINE_DATABASE_URL"]
+    backup_dir = migrate["environment"]["HEARTLINE_BACKUP_DIR"]
+    assert {v["target"]: v["source"] for v in migrate["volumes"]}[backup_dir] == "backups"
