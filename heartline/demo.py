@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
 
 import asyncpg
 
 from heartline.apikeys import create_api_key
+from heartline.license_keys import new_license_key
 
 DEMO_CUSTOMER = "Demo Customer"
 
@@ -17,13 +17,6 @@ class DemoData:
     created: bool
     license_key: str
     api_key: str | None  # only when created now: keys are shown once
-
-
-def new_license_key() -> str:
-    """HL-XXXXX-XXXXX-XXXXX-XXXXX from an alphabet without look-alike characters."""
-    alphabet = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
-    groups = ["".join(secrets.choice(alphabet) for _ in range(5)) for _ in range(4)]
-    return "HL-" + "-".join(groups)
 
 
 async def ensure_demo_data(conn: asyncpg.Connection) -> DemoData:

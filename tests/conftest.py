@@ -21,9 +21,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from heartline import db as hldb
-from heartline.demo import new_license_key
 from heartline.devcluster import EmbeddedRedisCluster, embedded_cluster
 from heartline.devstack import embedded_services
+from heartline.license_keys import new_license_key
 from heartline.migrations import migrate
 from heartline.plane import redis as plane_redis
 from heartline.settings import Settings

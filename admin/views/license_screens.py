@@ -24,7 +24,7 @@ from admin.plane import PlaneError
 from admin.views.base import ReadableInterface, plane, timestamps, when
 from admin.views.devices import DeviceView
 from admin.views.sessions import LiveSessionView, SessionHistoryView
-from heartline.demo import new_license_key
+from heartline.license_keys import new_license_key
 
 log = logging.getLogger("admin.licenses")
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import psycopg
 
-from heartline.demo import new_license_key
+from heartline.license_keys import new_license_key
 
 
 def customer(pg: psycopg.Connection[Any], name: str = "ACME") -> int:

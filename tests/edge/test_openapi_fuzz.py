@@ -32,8 +32,8 @@ from edge.app import create_app
 from edge.openapi import build_document
 from heartline import db as hldb
 from heartline.apikeys import create_api_key
-from heartline.demo import new_license_key
 from heartline.devstack import free_port
+from heartline.license_keys import new_license_key
 from heartline.settings import Settings
 
 schema = schemathesis.openapi.from_dict(build_document())
