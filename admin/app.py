@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import logging
 from typing import Any
 
@@ -43,13 +42,6 @@ VIEW_MODULES = [
 ]
 
 
-def _module_exists(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except ModuleNotFoundError:
-        return False
-
-
 def create_app(settings: Settings, view_modules: list[str] | None = None, *,
                update_permissions: bool = True, config: dict[str, Any] | None = None) -> Flask:
     """The admin app.
@@ -70,10 +62,7 @@ def create_app(settings: Settings, view_modules: list[str] | None = None, *,
     with app.app_context():
         appbuilder = AppBuilder(app, db.session, security_manager_class=HeartlineSecurityManager)
         for name in VIEW_MODULES if view_modules is None else view_modules:
-            if _module_exists(name):
-                importlib.import_module(name).register(appbuilder)
-            else:
-                log.info("admin.views.skipped module=%s reason=not_built", name)
+            importlib.import_module(name).register(appbuilder)
         appbuilder.post_init()
 
     @app.context_processor

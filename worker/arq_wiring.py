@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import logging
 import os
 import socket
@@ -31,6 +30,7 @@ from heartline.plane.presence import announce, forget
 from heartline.plane.sessions import SessionPlane
 from heartline.settings import Settings
 from heartline.webhooks.secrets import SecretBox
+from worker.backups import backup_cron
 from worker.flush import flush_heartbeats, prepare_connection
 from worker.history import record_session_events
 from worker.loops import run_loop
@@ -233,13 +233,8 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 
 
 def _cron_jobs(settings: Settings) -> list[CronJob]:
-    """Daily jobs that arq schedules once across all workers; backups when that module is built."""
-    jobs: list[CronJob] = []
-    if importlib.util.find_spec("worker.backups") is not None:
-        from worker.backups import backup_cron
-
-        jobs.append(backup_cron(settings))
-    return jobs
+    """Daily jobs that arq schedules once across all workers: the backup."""
+    return [backup_cron(settings)]
 
 
 def worker_settings(settings: Settings) -> type:
