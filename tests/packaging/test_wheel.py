@@ -4,6 +4,7 @@ and migrates a database, and a role started without its extra names the extra to
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -31,7 +32,13 @@ def _run(args: list[str], cwd: Path, env: dict[str, str] | None = None,
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh virtualenv with the wheel built from this tree installed in it (no extras): its bin/."""
     tmp = tmp_path_factory.mktemp("wheel")
-    built = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp / "dist"), str(ROOT)],
+    # Built from a copy of the sources: setuptools builds in the tree and never empties build/, so a
+    # module renamed since an earlier build would ride along in the wheel.
+    source = tmp / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "site", "artifacts", ".heartline", "__pycache__",
+        ".pytest_cache", ".ruff_cache", ".mypy_cache", ".hypothesis", "node_modules"))
+    built = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp / "dist"), str(source)],
                  cwd=tmp)
     assert built.returncode == 0, built.stderr
     wheels = list((tmp / "dist").glob("heartline-*.whl"))
