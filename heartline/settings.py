@@ -12,10 +12,14 @@ import inspect
 import ipaddress
 import itertools
 import os
+import re
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 PREFIX = "HEARTLINE_"
 
@@ -24,20 +28,10 @@ class SettingsError(ValueError):
     """A setting is missing or malformed; the message names the environment variable."""
 
 
-def _parse_bool(raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in {"1", "true", "yes", "on"}:
-        return True
-    if value in {"0", "false", "no", "off"}:
-        return False
-    raise ValueError("expected one of true/false/1/0/yes/no/on/off")
-
-
-def _parse_networks(raw: str) -> tuple[str, ...]:
-    items = tuple(part.strip() for part in raw.split(",") if part.strip())
-    for item in items:
-        ipaddress.ip_network(item, strict=False)
-    return items
+# Spellings of a boolean accepted besides the true/false/1/0 that msgspec's conversion reads itself.
+_BOOL_WORDS = {"yes": "true", "on": "true", "no": "false", "off": "false"}
+# What a malformed value should have been, in words (msgspec names the Python type).
+_EXPECTED = {"int": "an integer", "float": "a number", "bool": "one of true/false/1/0/yes/no/on/off"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -221,6 +215,12 @@ class Settings:
                 parse_cluster_url(self.redis_url)
             except ValueError as exc:
                 raise SettingsError(f"{PREFIX}REDIS_URL: {exc}") from None
+        for network in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError as exc:
+                raise SettingsError(f"{PREFIX}TRUSTED_PROXIES={','.join(self.trusted_proxies)!r} is malformed: "
+                                    f"{exc}") from None
         for name in ("database_url", "redis_url"):
             value = getattr(self, name)
             if value is not None and "://" not in value:
@@ -230,6 +230,7 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from `HEARTLINE_*` variables; keyword overrides win over the environment."""
         env = os.environ if environ is None else environ
+        hints = typing.get_type_hints(cls)
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             if f.name == "extra":
@@ -239,7 +240,7 @@ class Settings:
             if raw is None or raw == "":
                 continue
             try:
-                values[f.name] = _convert(f.type, raw)
+                values[f.name] = _convert(hints[f.name], raw)
             except ValueError as exc:
                 raise SettingsError(f"{var}={raw!r} is malformed: {exc}") from None
         values.update(overrides)
@@ -278,16 +279,25 @@ def setting_fields(cls: type[Settings] = Settings) -> list[SettingField]:
     return out
 
 
-def _convert(type_name: Any, raw: str) -> Any:
-    kind = str(type_name)
-    if kind == "bool":
-        return _parse_bool(raw)
-    if kind == "int":
-        return int(raw)
-    if kind == "float":
-        return float(raw)
-    if kind == "Path":
-        return Path(raw)
-    if kind.startswith("tuple"):
-        return _parse_networks(raw)
-    return raw.strip()
+def _decode(kind: type, value: Any) -> Any:
+    """msgspec's hook for the one field type it does not convert itself."""
+    if kind is Path:
+        return Path(value)
+    raise NotImplementedError(kind)
+
+
+def _convert(kind: Any, raw: str) -> Any:
+    """One variable's text as its field's type, by msgspec's lax conversion (text to int, float, bool).
+
+    kind: the field's resolved type; raw: the variable's value.  Lists are comma-separated.
+    """
+    value: Any = raw.strip()
+    if typing.get_origin(kind) is tuple:
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    elif kind is bool:
+        value = _BOOL_WORDS.get(value.lower(), value.lower())
+    try:
+        return msgspec.convert(value, kind, strict=False, dec_hook=_decode)
+    except msgspec.ValidationError as exc:
+        wanted = re.match(r"Expected `(\w+)`", str(exc))
+        raise ValueError(f"expected {_EXPECTED.get(wanted[1], wanted[1])}" if wanted else str(exc)) from None
