@@ -19,6 +19,7 @@ from edge.heartbeats import HeartbeatFastPath
 from edge.metrics import EdgeMetrics, MetricsMiddleware
 from edge.openapi import build_document, openapi_endpoint
 from edge.routes import routes
+from edge.signing import EdgeSigning, SignedAnswers
 from edge.state import EdgeState
 from heartline import db
 from heartline.errors import HeartlineError
@@ -26,6 +27,7 @@ from heartline.license_cache import LicenseCache
 from heartline.plane import redis as plane_redis
 from heartline.plane.sessions import SessionPlane
 from heartline.settings import Settings
+from heartline.signing.keys import KeyBox, resolve_secret
 
 log = logging.getLogger("heartline.edge")
 
@@ -65,10 +67,18 @@ def create_app(settings: Settings) -> Starlette:
         except errors.PLANE_DOWN:
             log.warning("edge.plane.unavailable at start; scripts load on first use")
         api_keys = ApiKeyGuard(pool, settings)
+        signing = EdgeSigning(pool, KeyBox(resolve_secret(settings)), settings)
+        if settings.sign_answers:
+            await signing.start()
+        else:
+            log.warning("edge.signing.off answers are not signed (HEARTLINE_SIGN_ANSWERS=false)")
         app.state.edge = EdgeState(settings=settings, redis=redis_client, pool=pool, plane=plane,
-                                   licenses=LicenseCache(pool, plane, settings), api_keys=api_keys)
+                                   licenses=LicenseCache(pool, plane, settings), api_keys=api_keys,
+                                   signing=signing)
         tasks = [asyncio.create_task(app.state.edge.licenses.run_refresher(), name="license-refresher"),
                  asyncio.create_task(api_keys.run_flusher(), name="api-key-last-used")]
+        if settings.sign_answers:
+            tasks.append(asyncio.create_task(signing.run_refresher(), name="signing-key-refresher"))
         log.info("edge.started shards=%s", settings.stream_shards)
         try:
             yield
@@ -86,7 +96,8 @@ def create_app(settings: Settings) -> Starlette:
     app = Starlette(
         routes=[*routes(), Route("/v1/openapi.json", openapi_endpoint(build_document()), methods=["GET"])],
         middleware=[Middleware(HeartbeatFastPath, metrics=metrics),
-                    Middleware(MetricsMiddleware, metrics=metrics)],
+                    Middleware(MetricsMiddleware, metrics=metrics),
+                    Middleware(SignedAnswers)],
         exception_handlers={
             HeartlineError: errors.handle_edge_error,
             HTTPException: errors.handle_http_exception,

@@ -11,7 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from edge import devices, health, heartbeats, license_endpoints, metrics, sessions
+from edge import devices, health, heartbeats, license_endpoints, metrics, sessions, signing
 from edge.schemas import (
     ActivateRequest,
     ActivateResponse,
@@ -20,6 +20,7 @@ from edge.schemas import (
     EndResponse,
     HealthResponse,
     HeartbeatResponse,
+    JwksResponse,
     LicenseRequest,
     ResourcesResponse,
     SessionResponse,
@@ -79,6 +80,10 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("POST", "/v1/licenses/resources", license_endpoints.resources,
               "The domains, IPv4 addresses and phone numbers a license holds", LicenseRequest,
               {200: (ResourcesResponse, "Resources held")}, {404: "LICENSE_NOT_FOUND"}),
+    Operation("GET", "/v1/keys", signing.keys,
+              "The public keys that verify answers' signatures (JWKS, RFC 8037)", None,
+              {200: (JwksResponse, "The signing key and the published ones; cacheable"),
+               304: (None, "Unchanged since the ETag sent in If-None-Match")}, authenticated=False),
     Operation("GET", "/healthz", health.healthz, "Liveness", None, {200: (HealthResponse, "Alive")},
               authenticated=False, tag="operations"),
     Operation("GET", "/readyz", health.readyz, "Readiness: Redis reachable", None,

@@ -152,6 +152,20 @@ class ResourcesResponse(Struct):
     phones: list[str]
 
 
+class Jwk(Struct):
+    """An Ed25519 public key (RFC 8037): `x` is the raw key, base64url without padding."""
+    kty: str
+    crv: str
+    kid: str
+    x: str
+    alg: str
+    use: str
+
+
+class JwksResponse(Struct):
+    keys: list[Jwk]
+
+
 class HealthResponse(Struct):
     status: str
     redis: bool | None = None

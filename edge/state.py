@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 from starlette.requests import Request
 
 from edge.auth import ApiKeyGuard
+from edge.signing import EdgeSigning
 from heartline.license_cache import LicenseCache
 from heartline.plane.sessions import SessionPlane
 from heartline.settings import Settings
@@ -23,6 +24,7 @@ class EdgeState:
     plane: SessionPlane
     licenses: LicenseCache
     api_keys: ApiKeyGuard
+    signing: EdgeSigning
 
 
 def edge_state(request: Request) -> EdgeState:

@@ -36,6 +36,7 @@ DELEGATED: dict[str, tuple[str, str | None, str]] = {
     "create-admin": ("admin.users:create_admin_main", "admin", "create an admin user"),
     "backup": ("heartline.backup:main", None, "create, list and restore backups"),
     "status": ("heartline.status:main", None, "everything at a glance; exits 1 when something needs attention"),
+    "signing-key": ("heartline.signing.cli:main", None, "manage the keys that sign the edge's answers"),
 }
 
 # Processes `heartline dev` runs side by side, in this order.

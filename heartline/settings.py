@@ -185,6 +185,15 @@ class Settings:
     webhook_retention_days: int = 30
     """Finished webhook messages, their deliveries and attempt log are kept this many days."""
 
+    signing_key_secret: str | None = field(default=None, repr=False)
+    """Seals the private keys that sign the edge's answers (at least 16 characters); every edge and
+    `heartline signing-key` need the same one.  Unset in development: generated once and kept in the data
+    dir.  See the client page (client.md)."""
+    signing_key_refresh_s: float = 10.0
+    """How often an edge re-reads the signing keys: a rotation reaches every edge within this."""
+    sign_answers: bool = True
+    """Sign every answer of the client calls (RFC 9421); false only to measure what signing costs."""
+
     log_level: str = "INFO"
     """Log level of every process (`DEBUG`, `INFO`, `WARNING`, `ERROR`)."""
 
@@ -204,6 +213,9 @@ class Settings:
             raise SettingsError(f"{PREFIX}WEBHOOK_MAX_ATTEMPTS must be at least 1")
         if self.webhook_timeout_s <= 0 or self.webhook_retry_first_s <= 0:
             raise SettingsError(f"{PREFIX}WEBHOOK_TIMEOUT_S and {PREFIX}WEBHOOK_RETRY_FIRST_S must be positive")
+
+        if self.signing_key_refresh_s <= 0:
+            raise SettingsError(f"{PREFIX}SIGNING_KEY_REFRESH_S must be positive")
         if self.retention_months < 1:
             raise SettingsError(f"{PREFIX}RETENTION_MONTHS must be at least 1")
         if not 0 <= self.redis_min_replicas <= 16:

@@ -293,6 +293,10 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
     text = "\n\n".join(f"== {variant} ==\n" + report(rounds[variant], small, large, tool, args)
                        for variant in args.variants)
+    signing = None
+    if "edge" in rounds and "edge-unsigned" in rounds:
+        signing = signing_cost(rounds["edge"], rounds["edge-unsigned"])
+        text += "\n\n== signing (edge vs edge-unsigned, same run) ==\n" + signing["summary"]
     return {
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": "python -m loadtests.bench " + " ".join(sys.argv[1:]),
@@ -315,8 +319,30 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     "used_memory_before": p.memory_before, "used_memory_after": p.memory_after,
                     "stream_bytes": p.stream_bytes, "fill_s": round(p.fill_s, 2),
                     "breakdown": {k: round(v, 1) for k, v in p.breakdown.items()}} for p in (small, large)],
+        "signing": signing,
         "summary": text,
     }
+
+
+def signing_cost(signed: list[Round], unsigned: list[Round]) -> dict[str, Any]:
+    """What signing every answer costs the heartbeat: the two variants' figures side by side, by round."""
+    pairs = list(zip(signed, unsigned, strict=True))
+    rps = [s.small.ok_rps / u.small.ok_rps if u.small.ok_rps else 0.0 for s, u in pairs]
+    cpu = [u.small_cpu_us / s.small_cpu_us if s.small_cpu_us else 0.0 for s, u in pairs]
+    extra_us = [s.small_cpu_us - u.small_cpu_us for s, u in pairs]
+    summary = "\n".join([
+        (f"heartbeat signed / unsigned:   {_range([s.small.ok_rps for s, _ in pairs])} vs "
+         f"{_range([u.small.ok_rps for _, u in pairs])} /s = {_range(rps, '{:.2f}')}"),
+        (f"  by server CPU per heartbeat: {_range([s.small_cpu_us for s, _ in pairs])} vs "
+         f"{_range([u.small_cpu_us for _, u in pairs])} µs = {_range(cpu, '{:.2f}')} "
+         f"(signing adds {_range(extra_us)} µs per answer)"),
+        (f"  p99 at half rate:            {_range([s.small_half.p99_ms for s, _ in pairs], '{:.2f}')} vs "
+         f"{_range([u.small_half.p99_ms for _, u in pairs], '{:.2f}')} ms"),
+        (f"  each against the floor:      {_range([s.floor_ratio for s, _ in pairs], '{:.2f}')} vs "
+         f"{_range([u.floor_ratio for _, u in pairs], '{:.2f}')}"),
+    ])
+    return {"rps_ratio": [round(r, 3) for r in rps], "cpu_ratio": [round(r, 3) for r in cpu],
+            "extra_cpu_us": [round(e, 1) for e in extra_us], "summary": summary}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -343,7 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=7, help="random seed of the hot-set sampling")
     parser.add_argument("--variants", type=lambda text: [v for v in text.split(",") if v], default=["edge"],
                         help="edge variants to measure, comma-separated, each against the same floor: edge "
-                             "(as shipped), edge-redispy (plane scripts on redis-py), edge-multiplexed (plane "
+                             "(as shipped), edge-unsigned (answers not signed: with edge, the cost of "
+                             "signing), edge-redispy (plane scripts on redis-py), edge-multiplexed (plane "
                              "scripts on heartline.plane.redis.single), edge-multiplexed-direct (measurement "
                              "only: heartbeats ahead of Starlette's stack); default edge")
     parser.add_argument("--cluster", action="store_true",

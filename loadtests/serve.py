@@ -4,6 +4,9 @@
     python -m loadtests.serve edge --port 8102      # settings from HEARTLINE_* like `heartline edge`
     python -m loadtests.serve edge-multiplexed --port 8103
 
+`edge-unsigned` is the edge as shipped with HEARTLINE_SIGN_ANSWERS=false: beside `edge` in one run it
+gives what signing every answer (RFC 9421, one Ed25519 signature per heartbeat) costs.
+
 `edge-redispy` runs the plane's scripts on the edge's redis-py client whatever the edge itself does
 (the baseline of the comparison once the edge uses the multiplexed client itself).
 
@@ -40,7 +43,7 @@ SERVER_OPTIONS: dict[str, Any] = {
 }
 
 
-VARIANTS = ("floor", "edge", "edge-redispy", "edge-multiplexed", "edge-multiplexed-direct")
+VARIANTS = ("floor", "edge", "edge-unsigned", "edge-redispy", "edge-multiplexed", "edge-multiplexed-direct")
 
 
 def build_app(which: str) -> Any:
@@ -50,6 +53,8 @@ def build_app(which: str) -> Any:
         return create_app()
     from heartline.settings import Settings
     settings = Settings.from_env()
+    if which == "edge-unsigned":
+        settings = settings.replace(sign_answers=False)
     app = importlib.import_module("edge.app").create_app(settings)
     if which.startswith("edge-multiplexed"):
         _multiplex_plane_scripts(app, settings.redis_url or "")

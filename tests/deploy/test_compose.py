@@ -18,6 +18,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "compose.yaml"
 ENV = {"POSTGRES_PASSWORD": "pg-secret", "HEARTLINE_ADMIN_SECRET_KEY": "admin-secret",
+       "HEARTLINE_SIGNING_KEY_SECRET": "signing-secret-of-enough-length",
        "HEARTLINE_EDGE_WORKERS": "3", "HEARTLINE_SERVER_NAME": "licenses.example.com"}
 LONG_RUNNING = ("postgres", "redis", "edge", "worker", "admin", "nginx")
 
