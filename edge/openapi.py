@@ -25,8 +25,9 @@ COMMON_REFUSALS = {
 }
 
 
-def _json(schema: dict[str, Any], description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {"description": description, "content": {"application/json": {"schema": schema}}}
+def _json(schema: dict[str, Any], description: str, headers: dict[str, Any] | None = None,
+          media_type: str = "application/json") -> dict[str, Any]:
+    out: dict[str, Any] = {"description": description, "content": {media_type: {"schema": schema}}}
     if headers:
         out["headers"] = headers
     return out
@@ -68,11 +69,13 @@ def _operation(op: Operation, ref: dict[Any, dict[str, Any]]) -> dict[str, Any]:
     if op.request is not None:
         out["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref[op.request]}}}
     for status, (struct, description) in op.responses.items():
-        if struct is None:
+        if status == 304:
+            out["responses"][str(status)] = {"description": description}
+        elif struct is None:
             out["responses"][str(status)] = {"description": description,
                                              "content": {"text/plain": {"schema": {"type": "string"}}}}
         else:
-            out["responses"][str(status)] = _json(ref[struct], description)
+            out["responses"][str(status)] = _json(ref[struct], description, media_type=op.media_type)
     refusals = dict(op.refusals)
     if op.authenticated:
         out["security"] = [{"ApiKey": []}]

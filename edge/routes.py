@@ -45,6 +45,7 @@ class Operation:
     refusals: dict[int, str] = field(default_factory=dict)
     authenticated: bool = True
     tag: str = "client"
+    media_type: str = "application/json"  # of the success answers
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -83,7 +84,8 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("GET", "/v1/keys", signing.keys,
               "The public keys that verify answers' signatures (JWKS, RFC 8037)", None,
               {200: (JwksResponse, "The signing key and the published ones; cacheable"),
-               304: (None, "Unchanged since the ETag sent in If-None-Match")}, authenticated=False),
+               304: (None, "Unchanged since the ETag sent in If-None-Match")}, authenticated=False,
+              media_type="application/jwk-set+json"),
     Operation("GET", "/healthz", health.healthz, "Liveness", None, {200: (HealthResponse, "Alive")},
               authenticated=False, tag="operations"),
     Operation("GET", "/readyz", health.readyz, "Readiness: Redis reachable", None,

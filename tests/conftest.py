@@ -28,6 +28,11 @@ from heartline.migrations import migrate
 from heartline.plane import redis as plane_redis
 from heartline.settings import Settings
 
+# One secret seals the signing keys for the whole run, in this process and in every edge process a test
+# starts (they inherit it): the keys one test leaves in the database must open in the next test's edge.
+TEST_SIGNING_SECRET = "heartline-test-suite-signing-key-secret"
+os.environ["HEARTLINE_SIGNING_KEY_SECRET"] = TEST_SIGNING_SECRET
+
 # One database per test run, so runs sharing a server do not truncate each other's tables.
 TEST_DATABASE = f"heartline_test_{os.getpid()}"
 
@@ -153,7 +158,8 @@ def plane_client(request: pytest.FixtureRequest, plane_mode: str) -> Any:
 def settings(database_url: str, plane_url: str, tmp_path: Path) -> Settings:
     """Settings for one test: real servers, short intervals so timeouts can be seen in seconds."""
     return Settings(database_url=database_url, redis_url=plane_url, data_dir=tmp_path / "data",
-                    backup_dir=tmp_path / "backups", heartbeat_min_gap_ms=0, stream_shards=4)
+                    backup_dir=tmp_path / "backups", heartbeat_min_gap_ms=0, stream_shards=4,
+                    signing_key_secret=TEST_SIGNING_SECRET)
 
 
 @pytest.fixture

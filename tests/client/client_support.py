@@ -14,7 +14,6 @@ from heartline.devstack import free_port
 from heartline.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
-SECRET = "client-tests-signing-key-secret"
 
 
 class ServerProcess:
@@ -29,7 +28,8 @@ class ServerProcess:
                     "HEARTLINE_DATABASE_URL": settings.database_url or "",
                     "HEARTLINE_REDIS_URL": settings.redis_url or "",
                     "HEARTLINE_STREAM_SHARDS": str(settings.stream_shards),
-                    "HEARTLINE_DATA_DIR": str(settings.data_dir), "HEARTLINE_SIGNING_KEY_SECRET": SECRET,
+                    "HEARTLINE_DATA_DIR": str(settings.data_dir),
+                    "HEARTLINE_SIGNING_KEY_SECRET": settings.signing_key_secret or "",
                     "HEARTLINE_WORKER_METRICS_PORT": "0", "HEARTLINE_FLUSH_INTERVAL_S": "0.1",
                     "HEARTLINE_REAP_INTERVAL_S": "0.5", "HEARTLINE_LOG_LEVEL": "INFO", **env}
         self.proc: subprocess.Popen[bytes] | None = None

@@ -17,9 +17,10 @@ from typing import Any
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
-from client_support import SECRET, ServerProcess
+from client_support import ServerProcess
 from heartline_client import AsyncClient, AsyncSession, Callbacks, KeySet, Refused, SessionState, Unreachable
 
+from heartline.settings import Settings
 from heartline.signing.keys import KeyBox, create_key, rotate
 
 pytestmark = pytest.mark.slow
@@ -136,9 +137,9 @@ def _get(url: str) -> bytes:
 
 async def test_a_rotation_is_invisible_to_clients_that_pinned_the_announced_key(
         edge: ServerProcess, pinned: KeySet, api_key: str, make_license: Callable[..., Any],
-        db: asyncpg.Connection) -> None:
+        db: asyncpg.Connection, client_settings: Settings) -> None:
     lic = await make_license(heartbeat_interval_s=1, heartbeat_timeout_s=30)
-    box = KeyBox(SECRET)
+    box = KeyBox(client_settings.signing_key_secret or "")
     announced = await create_key(db, box)                         # 1. publish the next key
     await until(lambda: announced.kid in _get(f"{edge.url}/v1/keys").decode(), timeout=30)
     both = KeySet.from_jwks(await asyncio.to_thread(_get, f"{edge.url}/v1/keys"))   # 2. ship it pinned

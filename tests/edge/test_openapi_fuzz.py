@@ -9,6 +9,7 @@ fuzzing reaches past the "not found" answers into activation, sessions and heart
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import zlib
 from collections.abc import Iterator
@@ -65,7 +66,8 @@ async def _seed(database_url: str) -> tuple[str, str]:
 @pytest.fixture(scope="module")
 def live_edge(database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveEdge]:
     settings = Settings(database_url=database_url, redis_url=redis_url, stream_shards=4,
-                        data_dir=Path(tmp_path_factory.mktemp("fuzz")), heartbeat_min_gap_ms=500)
+                        data_dir=Path(tmp_path_factory.mktemp("fuzz")), heartbeat_min_gap_ms=500,
+                        signing_key_secret=os.environ["HEARTLINE_SIGNING_KEY_SECRET"])
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, lifespan="on",
                                            log_level="warning", access_log=False))
