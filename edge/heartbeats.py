@@ -98,11 +98,13 @@ _PREFIX, _SUFFIX = "/v1/sessions/", "/heartbeat"
 
 class HeartbeatFastPath:
     """Outermost middleware: heartbeats go straight to their endpoint, ahead of the router, the metrics
-    and signing wrappers and the exception middleware (≈10 µs of a ≈50 µs heartbeat, measured by loadtests.bench).
+    and signing wrappers and the exception middleware (≈10 µs of a ≈50 µs heartbeat, measured by
+    loadtests.bench).
 
-    It keeps what those layers give: the same metrics under the same route label, the same signature,
-    and the same error rendering (the app's handlers) for refusals and for Redis or PostgreSQL being unreachable.  Anything
-    else propagates to Starlette's server-error middleware (500, logged) as before.
+    It keeps what those layers give: the same metrics under the same route label, the same signature
+    (edge/signing.py), and the same error rendering (the app's handlers) for refusals and for Redis or
+    PostgreSQL being unreachable.  Anything else propagates to Starlette's server-error middleware (500,
+    logged) as before.
     """
 
     def __init__(self, app: ASGIApp, metrics: EdgeMetrics) -> None:
