@@ -18,9 +18,11 @@ from flask_login import current_user
 from flask_wtf.csrf import CSRFProtect
 
 from admin import actor
+from admin import config as config_module
 from admin.backup_banner import backup_problems
 from admin.config import flask_config
 from admin.security.manager import HeartlineSecurityManager
+from admin.security.proxies import TrustedProxies
 from heartline import services
 from heartline.settings import Settings
 
@@ -43,18 +45,25 @@ VIEW_MODULES = [
 
 
 def create_app(settings: Settings, view_modules: list[str] | None = None, *,
-               update_permissions: bool = True, config: dict[str, Any] | None = None) -> Flask:
+               update_permissions: bool = True, config: dict[str, Any] | None = None,
+               require_keys: bool = True) -> Flask:
     """The admin app.
 
     view_modules: screens to register, VIEW_MODULES by default (tests may register fewer).
     update_permissions: let FAB sync ab_permission_view with the registered screens; off for helpers
     such as `create-admin` that build the app without screens.
     config: Flask settings applied over those from `settings` before the extensions start.
+    require_keys: refuse to build without HEARTLINE_ADMIN_SECRET_KEY and HEARTLINE_ADMIN_TOTP_KEYS; off
+    only for helpers that neither sign sessions nor touch TOTP secrets (`create-admin`).
     """
     app = Flask(__name__, static_folder="static", template_folder="templates")
     app.config.update(flask_config(settings))
     app.config["FAB_UPDATE_PERMS"] = update_permissions
     app.config.update(config or {})
+    if require_keys:
+        config_module.require_keys(app.config)
+    # X-Forwarded-For only from HEARTLINE_TRUSTED_PROXIES: the limits key on the client, not on nginx
+    app.wsgi_app = TrustedProxies(app.wsgi_app, settings.trusted_proxies)  # type: ignore[method-assign]
     CSRFProtect(app)
     db = SQLA(session_options={"expire_on_commit": False})
     db.init_app(app)

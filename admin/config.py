@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import secrets
-from pathlib import Path
 from typing import Any
 
 from flask_appbuilder.const import AUTH_DB
 
-from heartline.settings import Settings
+from admin.security.keys import KEYS_VAR, parse_keys
+from heartline.settings import PREFIX, Settings, SettingsError
 
 APP_NAME = "Heartline Admin"
-SECRET_KEY_FILE = "admin_secret_key"
 
 
 def sqlalchemy_url(database_url: str) -> str:
@@ -23,34 +20,13 @@ def sqlalchemy_url(database_url: str) -> str:
     return f"postgresql+psycopg://{rest}"
 
 
-def secret_key(settings: Settings) -> str:
-    """HEARTLINE_ADMIN_SECRET_KEY, or in development a random key kept in the data folder (mode 0600).
-
-    Persisting it keeps sessions and the TOTP secrets (encrypted with a key derived from it) valid across
-    restarts of `heartline dev`.
-    """
-    if settings.admin_secret_key:
-        return settings.admin_secret_key
-    path = Path(settings.data_dir) / SECRET_KEY_FILE
-    if path.exists():
-        return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(48)
-    # O_EXCL: two processes starting at once must not overwrite each other's key.
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as handle:
-        handle.write(key)
-    return key
-
-
 def flask_config(settings: Settings) -> dict[str, Any]:
     assert settings.database_url, "the admin needs HEARTLINE_DATABASE_URL (services.resolve fills it)"
     return {
         "APP_NAME": APP_NAME,
-        "SECRET_KEY": secret_key(settings),
+        # Both required to serve (require_keys); `heartline dev` generates them, nothing else does.
+        "SECRET_KEY": settings.admin_secret_key,
+        "HEARTLINE_TOTP_KEYS": parse_keys(settings.admin_totp_keys),
         "SQLALCHEMY_DATABASE_URI": sqlalchemy_url(settings.database_url),
         "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True, "pool_size": 5,
                                       "connect_args": {"options": "-c timezone=UTC"}},
@@ -69,9 +45,11 @@ def flask_config(settings: Settings) -> dict[str, Any]:
         "AUTH_TYPE": AUTH_DB,
         "AUTH_ROLE_ADMIN": "Admin",
         "AUTH_USER_REGISTRATION": False,
-        # Password guessing is slowed by FAB's limiter; TOTP failures lock the account (admin_totp).
+        # Sign-in POSTs per client address (FAB's limiter; the address comes from trusted proxies only,
+        # admin/security/proxies.py); wrong passwords per account and wrong codes per account and address
+        # are counted on the same storage (admin/security/lockout.py).
         "AUTH_RATE_LIMITED": True,
-        "AUTH_RATE_LIMIT": "20 per minute",
+        "AUTH_RATE_LIMIT": settings.admin_login_rate_limit,
         "RATELIMIT_ENABLED": True,
         "RATELIMIT_STORAGE_URI": "memory://",
         "FAB_ADD_SECURITY_API": False,
@@ -83,3 +61,14 @@ def flask_config(settings: Settings) -> dict[str, Any]:
         "LANGUAGES": {"en": {"flag": "gb", "name": "English"}},
         "HEARTLINE_SETTINGS": settings,
     }
+
+
+def require_keys(config: dict[str, Any]) -> None:
+    """Refuse to serve without a secret key and TOTP keys: a generated one would silently change (and
+    log everyone out, or lock every admin out of their second factor) at the next start."""
+    missing = [name for name, value in ((f"{PREFIX}ADMIN_SECRET_KEY", config.get("SECRET_KEY")),
+                                        (KEYS_VAR, config.get("HEARTLINE_TOTP_KEYS"))) if not value]
+    if missing:
+        raise SettingsError(f"{' and '.join(missing)} not set: the admin does not start without "
+                            "(only `heartline dev` generates them); `heartline totp-keys generate` prints a "
+                            "TOTP key, any long random string serves as secret key")

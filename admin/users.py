@@ -25,7 +25,8 @@ def create_admin(settings: Settings, *, username: str, email: str, password: str
 
     from admin.app import create_app
 
-    app = create_app(settings, view_modules=[], update_permissions=False)  # users only: no screens
+    # users only: no screens, no sessions, no TOTP secrets (so no keys needed)
+    app = create_app(settings, view_modules=[], update_permissions=False, require_keys=False)
     with app.app_context():
         sm = current_app.appbuilder.sm  # type: ignore[attr-defined]
         sm.session.info["heartline_actor"] = "admin:cli"

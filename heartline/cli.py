@@ -37,6 +37,8 @@ DELEGATED: dict[str, tuple[str, str | None, str]] = {
     "backup": ("heartline.backup:main", None, "create, list and restore backups"),
     "status": ("heartline.status:main", None, "everything at a glance; exits 1 when something needs attention"),
     "signing-key": ("heartline.signing.cli:main", None, "manage the keys that sign the edge's answers"),
+    "totp-keys": ("admin.security.keys:totp_keys_main", "admin",
+                  "generate a key for HEARTLINE_ADMIN_TOTP_KEYS, or re-encrypt TOTP secrets with the first"),
 }
 
 # Processes `heartline dev` runs side by side, in this order.
@@ -105,8 +107,14 @@ def cmd_api_key(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
+    from heartline.devstack import dev_secrets
+
     require_extra("dev", "dev")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    generated = dev_secrets(settings.data_dir)
+    # the admin refuses to start without these; only here are they generated (and kept, 0600)
+    settings = settings.replace(admin_secret_key=settings.admin_secret_key or generated["admin_secret_key"],
+                                admin_totp_keys=settings.admin_totp_keys or generated["admin_totp_keys"])
     want_pg = settings.database_url is None
     want_redis = settings.redis_url is None
     with contextlib.ExitStack() as stack:
@@ -164,6 +172,8 @@ def _run_parts(settings: Settings, parts: list[str]) -> int:
     env = dict(os.environ)
     env["HEARTLINE_DATABASE_URL"] = settings.database_url or ""
     env["HEARTLINE_REDIS_URL"] = settings.redis_url or ""
+    env["HEARTLINE_ADMIN_SECRET_KEY"] = settings.admin_secret_key or ""
+    env["HEARTLINE_ADMIN_TOTP_KEYS"] = settings.admin_totp_keys
     procs: dict[str, subprocess.Popen[str]] = {}
     for part in parts:
         procs[part] = subprocess.Popen([sys.executable, "-m", "heartline", part], env=env,

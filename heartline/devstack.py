@@ -7,11 +7,14 @@ down cleanly.  PostgreSQL refuses to run as root, so as root the server runs as 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import importlib.util
+import json
 import logging
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
@@ -25,6 +28,10 @@ from pathlib import Path
 log = logging.getLogger("heartline.devstack")
 
 PG_SYSTEM_USER = "embedded_postgres"
+DEV_SECRETS_FILE = "dev-secrets.json"
+# The file an earlier `heartline dev` kept the admin's secret key in; adopted so sessions and TOTP
+# secrets sealed under it stay readable.
+LEGACY_SECRET_KEY_FILE = "admin_secret_key"
 
 
 class DevStackError(RuntimeError):
@@ -52,6 +59,49 @@ def _wait_port(port: int, timeout: float, what: str, log_path: Path) -> None:
         time.sleep(0.1)
     raise DevStackError(f"{what} did not start listening on 127.0.0.1:{port} within {timeout:.0f}s\n"
                         f"{_tail(log_path)}")
+
+
+def _new_fernet_key() -> str:
+    return base64.urlsafe_b64encode(os.urandom(32)).decode()
+
+
+_DEV_SECRET_FACTORIES = {
+    "admin_secret_key": lambda: secrets.token_urlsafe(48),
+    "admin_totp_keys": _new_fernet_key,
+    "postgres_password": lambda: secrets.token_urlsafe(24),
+    "redis_password": lambda: secrets.token_urlsafe(24),
+}
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `path` readable by its owner only (0600), also when it existed with wider permissions."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.chmod(tmp, 0o600)
+    tmp.replace(path)
+
+
+def dev_secrets(data_dir: Path) -> dict[str, str]:
+    """The development stack's generated secrets, made once and kept in <data_dir>/dev-secrets.json (0600).
+
+    Keys: admin_secret_key, admin_totp_keys (one Fernet key), postgres_password, redis_password. Only
+    `heartline dev` uses this: outside it every secret is a setting.
+    """
+    path = data_dir / DEV_SECRETS_FILE
+    stored: dict[str, str] = {}
+    if path.exists():
+        stored = json.loads(path.read_text())
+    legacy = data_dir / LEGACY_SECRET_KEY_FILE
+    if "admin_secret_key" not in stored and legacy.exists():
+        stored["admin_secret_key"] = legacy.read_text().strip()
+    missing = {name: make() for name, make in _DEV_SECRET_FACTORIES.items() if name not in stored}
+    if missing or stat.S_IMODE(path.stat().st_mode) != 0o600:
+        stored.update(missing)
+        write_private(path, json.dumps(stored, indent=2))
+    return stored
 
 
 @dataclass

@@ -88,7 +88,7 @@ class Settings:
     max_body_bytes: int = 4096
     """Larger request bodies are refused with 413 `BODY_TOO_LARGE`."""
     trusted_proxies: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
-    """Networks whose `X-Forwarded-For` the edge believes for the client address."""
+    """Networks whose `X-Forwarded-For` the edge and the admin believe for the client address."""
 
     edge_host: str = "127.0.0.1"
     """Address `heartline edge` listens on."""
@@ -125,17 +125,31 @@ class Settings:
     admin_port: int = 8080
     """Port `heartline admin` listens on."""
     admin_secret_key: str | None = None
-    """Signs the admin's session cookie and encrypts the TOTP secrets (changing it makes every admin enrol
-    again). Unset: generated once and kept in the data dir (development only).
+    """Signs the admin's session cookie. Required by the admin: only `heartline dev` generates one (kept in
+    `<data dir>/dev-secrets.json`, mode 0600). Changing it signs everyone out, nothing else.
+    """
+    admin_totp_keys: str = ""
+    """Fernet keys encrypting the admins' TOTP secrets, comma-separated: the first encrypts, all decrypt, so
+    keys rotate without locking anyone out (`heartline totp-keys generate | rotate`). Required by the admin:
+    only `heartline dev` generates one.
     """
     admin_2fa_required: bool = True
     """Every admin must use TOTP; those without it enrol at their next sign-in."""
     admin_secure_cookies: bool = False
     """Mark the admin's session cookie `Secure` (set it behind TLS)."""
     totp_max_failures: int = 5
-    """Wrong TOTP codes in a row before the account's second factor locks."""
+    """Wrong TOTP codes from one client address before that address is locked out of that admin's second
+    factor (other addresses are not; a valid recovery code still gets through)."""
     totp_lockout_s: int = 300
-    """How long a locked second factor stays locked, in seconds."""
+    """How long such a lock lasts, in seconds."""
+    admin_login_rate_limit: str = "20 per minute"
+    """Admin sign-in attempts per client address (limits syntax); behind `trusted_proxies` the forwarded
+    address."""
+    admin_login_account_max_failures: int = 10
+    """Wrong passwords for one account before its sign-ins from browsers that never completed one are
+    paused."""
+    admin_login_account_lockout_s: int = 900
+    """How long that pause lasts, in seconds."""
     admin_edge_metrics_urls: str = ""
     """Comma-separated edge `/metrics` URLs for the admin dashboard's refusal chart; empty: `http://<edge
     host>:<edge port>/metrics`.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from flask import current_app, flash, g, redirect, request, session, url_for
+from flask import after_this_request, current_app, flash, g, redirect, request, session, url_for
 from flask_appbuilder import action, expose
 from flask_appbuilder.security.api import SecurityApi
 from flask_appbuilder.security.decorators import no_cache
@@ -21,7 +21,9 @@ from flask_appbuilder.utils.base import get_safe_redirect
 from flask_login import login_user
 from werkzeug.wrappers import Response
 
-from admin.security.totp import SecretBox, TotpService
+from admin.security.keys import SecretBox
+from admin.security.lockout import Lockout, account_key, known_device, remember_device
+from admin.security.totp import TotpService
 from heartline.settings import Settings
 
 PENDING_KEY = "heartline_2fa_pending"
@@ -35,8 +37,21 @@ def settings() -> Settings:
 
 def totp_service(sm: Any) -> TotpService:
     s = settings()
-    return TotpService(sm.session, SecretBox(current_app.config["SECRET_KEY"]),
-                       max_failures=s.totp_max_failures, lockout_s=s.totp_lockout_s)
+    box = SecretBox(current_app.config["HEARTLINE_TOTP_KEYS"], legacy_secret_key=current_app.config["SECRET_KEY"])
+    return TotpService(sm.session, box, Lockout.of(sm.limiter.limiter, "totp", s.totp_max_failures,
+                                                   s.totp_lockout_s))
+
+
+def account_lockout(sm: Any) -> Lockout:
+    """Wrong passwords per account, from browsers that never completed a sign-in of it."""
+    s = settings()
+    return Lockout.of(sm.limiter.limiter, "password", s.admin_login_account_max_failures,
+                      s.admin_login_account_lockout_s)
+
+
+def client_address() -> str:
+    """The client's address (admin/security/proxies.py put it in REMOTE_ADDR)."""
+    return request.remote_addr or "unknown"
 
 
 def start_pending(user_id: int, next_url: str) -> None:
@@ -54,6 +69,9 @@ def pending() -> dict[str, Any] | None:
 def finish_login(user: Any) -> Response:
     state = session.pop(PENDING_KEY, None) or {}
     login_user(user, remember=False)
+    username = user.username
+    # this browser completed a sign-in: the account's password lock no longer applies to it
+    after_this_request(lambda response: remember_device(response, username))
     return redirect(get_safe_redirect(state.get("next") or ""))
 
 
@@ -70,10 +88,22 @@ class HeartlineAuthDBView(AuthDBView):
         form = LoginForm_db()
         if form.validate_on_submit():
             next_url = get_safe_redirect(request.args.get("next", ""))
-            user = self.appbuilder.sm.auth_user_db(form.username.data, form.password.data)
+            username = form.username.data or ""
+            lockout = None if known_device(username) else account_lockout(self.appbuilder.sm)
+            locked_until = lockout.locked_until(account_key(username)) if lockout else None
+            if locked_until is not None:
+                current_app.logger.warning("admin.login.refused username=%s client=%s reason=account_locked",
+                                           username, client_address())
+                flash(f"Too many wrong passwords for this account: sign-ins from new browsers are paused "
+                      f"until {locked_until:%H:%M:%S} UTC.", "danger")
+                return redirect(self.appbuilder.get_url_for_login_with(next_url))
+            user = self.appbuilder.sm.auth_user_db(username, form.password.data)
             if not user:
-                current_app.logger.info("admin.login.refused username=%s reason=password",
-                                        form.username.data)
+                if lockout is not None and lockout.fail(account_key(username)) is not None:
+                    current_app.logger.warning("admin.login.account_locked username=%s client=%s",
+                                               username, client_address())
+                current_app.logger.info("admin.login.refused username=%s client=%s reason=password",
+                                        username, client_address())
                 flash(str(self.invalid_login_message), "warning")
                 return redirect(self.appbuilder.get_url_for_login_with(next_url))
             enrolled = totp_service(self.appbuilder.sm).is_enrolled(user.id)

@@ -1,15 +1,14 @@
 """TOTP two-factor authentication (RFC 6238: 30 s step, ±1 step window) with replay protection,
-lockout after repeated failures and single-use recovery codes.
+lockout after repeated failures (per admin and client address) and single-use recovery codes.
 
-State lives in admin_totp / admin_recovery_codes (sql/0005).  The secret is encrypted with a key derived
-from the admin's secret key; recovery codes are stored as salted PBKDF2 hashes.  A code is accepted only
+State lives in admin_totp / admin_recovery_codes (sql/0005).  The secret is encrypted with the keys of
+HEARTLINE_ADMIN_TOTP_KEYS (admin/security/keys.py), not the Flask secret key; recovery codes are stored as salted PBKDF2 hashes.  A code is accepted only
 for a time step later than the last accepted one, and that step is claimed with a conditional UPDATE, so
 two requests racing with the same code cannot both pass.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import enum
 import hmac
@@ -21,14 +20,13 @@ from dataclasses import dataclass
 import pyotp
 import qrcode
 import qrcode.image.svg
-from cryptography.fernet import Fernet, InvalidToken
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from admin.models.core import AdminRecoveryCode, AdminTotp
+from admin.security.keys import SecretBox
+from admin.security.lockout import Lockout
 
 STEP_S = 30
 WINDOW = 1  # steps accepted either side of now: tolerates 30 s of clock drift
@@ -52,29 +50,14 @@ class Verdict(enum.StrEnum):
 class Check:
     verdict: Verdict
     locked_until: dt.datetime | None = None
+    # on acceptance: wrong codes entered for this account since its last sign-in (from any address)
+    earlier_failures: int = 0
+    # on a refusal: this very failure locked the client out
+    just_locked: bool = False
 
     @property
     def ok(self) -> bool:
         return self.verdict is Verdict.ACCEPTED
-
-
-class SecretBox:
-    """Encrypts TOTP secrets at rest with a Fernet key derived (HKDF) from the admin's secret key."""
-
-    def __init__(self, secret_key: str) -> None:
-        derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
-                       info=b"heartline-admin-totp-secret").derive(secret_key.encode())
-        self._fernet = Fernet(base64.urlsafe_b64encode(derived))
-
-    def seal(self, secret: str) -> str:
-        return self._fernet.encrypt(secret.encode()).decode()
-
-    def open(self, sealed: str) -> str:
-        try:
-            return self._fernet.decrypt(sealed.encode()).decode()
-        except InvalidToken:
-            raise ValueError("the TOTP secret cannot be decrypted: was HEARTLINE_ADMIN_SECRET_KEY changed?") \
-                from None
 
 
 def current_step(now: float | None = None) -> int:
@@ -112,13 +95,19 @@ def qr_svg(uri: str) -> str:
 
 
 class TotpService:
-    """TOTP state of admins, on the admin's SQLAlchemy session; callers commit."""
+    """TOTP state of admins, on the admin's SQLAlchemy session; callers commit.
 
-    def __init__(self, session: Session, box: SecretBox, *, max_failures: int, lockout_s: int) -> None:
+    lockout: wrong codes per (admin, client address); the max_failures-th locks that client out of that
+    admin's second factor for the lockout window, other addresses are not affected. A valid recovery code
+    is accepted even from a locked-out client (50 bits: not guessable at any rate the limits allow).
+    admin_totp.failed_attempts counts wrong codes since the last sign-in, from anywhere, so the admin can be
+    told at the next sign-in.
+    """
+
+    def __init__(self, session: Session, box: SecretBox, lockout: Lockout) -> None:
         self.session = session
         self.box = box
-        self.max_failures = max_failures
-        self.lockout_s = lockout_s
+        self.lockout = lockout
 
     def state(self, user_id: int) -> AdminTotp | None:
         return self.session.get(AdminTotp, user_id, populate_existing=True)
@@ -144,32 +133,33 @@ class TotpService:
         row = self.state(user_id)
         if row is None or row.confirmed_at is not None or not row.secret_encrypted:
             return None
-        return self.box.open(row.secret_encrypted)
+        return self._secret(row)
 
-    def confirm_enrolment(self, user_id: int, code: str, now: float | None = None) -> tuple[Check, list[str]]:
+    def confirm_enrolment(self, user_id: int, code: str, client: str,
+                          now: float | None = None) -> tuple[Check, list[str]]:
         """Confirm the pending secret with a first code; on success return the new recovery codes."""
         row = self.state(user_id)
         if row is None or not row.secret_encrypted or row.confirmed_at is not None:
             return Check(Verdict.NOT_ENROLLED), []
-        check = self._check_code(row, code, now)
+        check = self._check_code(row, code, client, now)
         if not check.ok:
             return check, []
         self.session.execute(update(AdminTotp).where(AdminTotp.user_id == user_id)
                              .values(confirmed_at=text("now()")))
         return check, self.new_recovery_codes(user_id)
 
-    def verify(self, user_id: int, code: str, now: float | None = None) -> Check:
+    def verify(self, user_id: int, code: str, client: str, now: float | None = None) -> Check:
+        """A TOTP code of `user_id`, entered from the address `client`."""
         row = self.state(user_id)
         if row is None or row.confirmed_at is None or not row.secret_encrypted:
             return Check(Verdict.NOT_ENROLLED)
-        return self._check_code(row, code, now)
+        return self._check_code(row, code, client, now)
 
-    def use_recovery_code(self, user_id: int, code: str) -> Check:
+    def use_recovery_code(self, user_id: int, code: str, client: str) -> Check:
+        """A recovery code; a valid one is accepted even while `client` is locked out (and unlocks it)."""
         row = self.state(user_id)
         if row is None or row.confirmed_at is None:
             return Check(Verdict.NOT_ENROLLED)
-        if self._locked(row):
-            return Check(Verdict.LOCKED, row.locked_until)
         normalized = normalize_recovery_code(code)
         unused = self.session.scalars(
             select(AdminRecoveryCode).where(AdminRecoveryCode.user_id == user_id,
@@ -182,10 +172,9 @@ class TotpService:
                     .where(AdminRecoveryCode.id == candidate.id, AdminRecoveryCode.used_at.is_(None))
                     .values(used_at=text("now()")))
                 if claimed.rowcount == 1:  # type: ignore[attr-defined]
-                    self._reset_failures(user_id)
-                    return Check(Verdict.ACCEPTED)
+                    return self._accepted(row, client)
                 break
-        return self._fail(row, Verdict.WRONG)
+        return self._fail(row, client, Verdict.WRONG)
 
     def remaining_recovery_codes(self, user_id: int) -> int:
         return len(self.session.scalars(
@@ -210,45 +199,48 @@ class TotpService:
         self.session.execute(AdminRecoveryCode.__table__.delete()
                              .where(AdminRecoveryCode.user_id == user_id))
 
-    def _check_code(self, row: AdminTotp, code: str, now: float | None) -> Check:
-        if self._locked(row):
-            return Check(Verdict.LOCKED, row.locked_until)
-        assert row.secret_encrypted
-        step = matching_step(self.box.open(row.secret_encrypted), code, now)
+    def _check_code(self, row: AdminTotp, code: str, client: str, now: float | None) -> Check:
+        locked_until = self.lockout.locked_until(str(row.user_id), client)
+        if locked_until is not None:
+            return Check(Verdict.LOCKED, locked_until)
+        step = matching_step(self._secret(row), code, now)
         if step is None:
-            return self._fail(row, Verdict.WRONG)
+            return self._fail(row, client, Verdict.WRONG)
         claimed = self.session.execute(
             update(AdminTotp)
             .where(AdminTotp.user_id == row.user_id, AdminTotp.last_used_step < step)
-            .values(last_used_step=step, failed_attempts=0, locked_until=None, updated_at=text("now()")))
+            .values(last_used_step=step, updated_at=text("now()")))
         if claimed.rowcount != 1:  # type: ignore[attr-defined]
-            return self._fail(row, Verdict.REPLAYED)
-        return Check(Verdict.ACCEPTED)
+            return self._fail(row, client, Verdict.REPLAYED)
+        return self._accepted(row, client)
 
-    def _locked(self, row: AdminTotp) -> bool:
-        return row.locked_until is not None and row.locked_until > self._db_now()
+    def _accepted(self, row: AdminTotp, client: str) -> Check:
+        """Clear this client's failures; report and reset the account's failures since the last sign-in."""
+        self.lockout.clear(str(row.user_id), client)
+        earlier = self.session.execute(
+            text("WITH old AS (SELECT failed_attempts FROM admin_totp WHERE user_id = :u FOR UPDATE) "
+                 "UPDATE admin_totp t SET failed_attempts = 0, locked_until = NULL, updated_at = now() "
+                 "FROM old WHERE t.user_id = :u RETURNING old.failed_attempts"),
+            {"u": row.user_id}).scalar_one()
+        return Check(Verdict.ACCEPTED, earlier_failures=int(earlier or 0))
 
-    def _fail(self, row: AdminTotp, verdict: Verdict) -> Check:
-        """Count a failure; the max_failures-th locks the admin out for lockout_s seconds."""
-        result = self.session.execute(
-            text("UPDATE admin_totp SET failed_attempts = failed_attempts + 1, updated_at = now(), "
-                 "locked_until = CASE WHEN failed_attempts + 1 >= :max "
-                 "THEN now() + make_interval(secs => :s) ELSE locked_until END "
-                 "WHERE user_id = :u RETURNING failed_attempts, locked_until"),
-            {"max": self.max_failures, "s": self.lockout_s, "u": row.user_id}).one()
-        if result.locked_until is not None and result.failed_attempts >= self.max_failures:
-            # the counter starts again once the lockout is over
-            self.session.execute(text("UPDATE admin_totp SET failed_attempts = 0 WHERE user_id = :u"),
-                                 {"u": row.user_id})
-            return Check(Verdict.LOCKED, result.locked_until)
+    def _secret(self, row: AdminTotp) -> str:
+        """The row's secret in clear; one sealed with an older key is sealed again with the current one."""
+        assert row.secret_encrypted
+        secret = self.box.open(row.secret_encrypted)
+        if not self.box.is_current(row.secret_encrypted):
+            self.session.execute(update(AdminTotp).where(AdminTotp.user_id == row.user_id)
+                                 .values(secret_encrypted=self.box.seal(secret)))
+        return secret
+
+    def _fail(self, row: AdminTotp, client: str, verdict: Verdict) -> Check:
+        """Count a failure for the account (to tell its admin) and for this client (to lock it out)."""
+        self.session.execute(text("UPDATE admin_totp SET failed_attempts = failed_attempts + 1, "
+                                  "updated_at = now() WHERE user_id = :u"), {"u": row.user_id})
+        locked_until = self.lockout.fail(str(row.user_id), client)
+        if locked_until is not None:
+            return Check(Verdict.LOCKED, locked_until, just_locked=True)
         return Check(verdict)
-
-    def _reset_failures(self, user_id: int) -> None:
-        self.session.execute(update(AdminTotp).where(AdminTotp.user_id == user_id)
-                             .values(failed_attempts=0, locked_until=None, updated_at=text("now()")))
-
-    def _db_now(self) -> dt.datetime:
-        return self.session.execute(text("SELECT now()")).scalar_one()  # type: ignore[no-any-return]
 
 
 def new_recovery_code() -> str:

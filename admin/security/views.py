@@ -15,7 +15,7 @@ from wtforms import StringField
 from wtforms.validators import DataRequired, Length
 
 from admin import actor
-from admin.security.manager import finish_login, pending, totp_service
+from admin.security.manager import client_address, finish_login, pending, totp_service
 from admin.security.totp import Check, Verdict, provisioning_uri, qr_svg
 
 PERM_TOTP = "TwoFactor"
@@ -35,23 +35,27 @@ class CodeForm(FlaskForm):
 def refusal(check: Check) -> str:
     if check.verdict is Verdict.LOCKED:
         until = f" until {check.locked_until:%H:%M:%S} UTC" if check.locked_until else ""
-        return f"Too many failed attempts: two-factor login is locked{until}."
+        return (f"Too many failed attempts: two-factor login from this address is locked{until}. "
+                "A recovery code still signs you in.")
     return MESSAGES[check.verdict]
 
 
-AUDIT_OPERATIONS = {"totp.enrolled": "INSERT", "totp.recovery_codes": "UPDATE", "totp.reset": "DELETE"}
+AUDIT_OPERATIONS = {"totp.enrolled": "INSERT", "totp.recovery_codes": "UPDATE", "totp.reset": "DELETE",
+                    "totp.locked": "UPDATE"}
 
 
-def audit_event(user: Any, event: str, by: str | None = None) -> None:
+def audit_event(user: Any, event: str, by: str | None = None, details: dict[str, Any] | None = None) -> None:
     """2FA tables carry secrets and are not audited by the trigger; this row records the event alone.
 
-    user: the admin whose second factor changed; by: the acting admin's user name (default: user).
+    user: the admin whose second factor changed; by: the acting admin's user name (default: user);
+    details: more values for the row (e.g. the client address of a lockout).
     """
     current_app.appbuilder.session.execute(  # type: ignore[attr-defined]
         text("INSERT INTO audit_log (actor, table_name, operation, row_id, new_values) "
              "VALUES (:actor, 'admin_totp', :op, :row, CAST(:values AS jsonb))"),
         {"actor": actor.actor_for(by or user.username), "op": AUDIT_OPERATIONS[event],
-         "row": str(user.id), "values": json.dumps({"event": event, "username": user.username})})
+         "row": str(user.id),
+         "values": json.dumps({"event": event, "username": user.username, **(details or {})})})
 
 
 class TotpView(BaseView):
@@ -85,18 +89,27 @@ class TotpView(BaseView):
             code = form.code.data or ""
             digits = code.strip().replace(" ", "")
             is_totp = digits.isdigit() and len(digits) == 6  # recovery codes are 10 characters
-            check = service.verify(user.id, digits) if is_totp else service.use_recovery_code(user.id, code)
+            client = client_address()
+            check = (service.verify(user.id, digits, client) if is_totp
+                     else service.use_recovery_code(user.id, code, client))
+            if check.just_locked:
+                audit_event(user, "totp.locked", details={"client": client,
+                                                          "until": f"{check.locked_until:%Y-%m-%d %H:%M:%S}"})
             self.appbuilder.sm.session.commit()
             if check.ok:
-                current_app.logger.info("admin.login.accepted username=%s factor=%s", user.username,
-                                        "totp" if is_totp else "recovery_code")
+                current_app.logger.info("admin.login.accepted username=%s client=%s factor=%s", user.username,
+                                        client, "totp" if is_totp else "recovery_code")
                 if not is_totp:
                     left = service.remaining_recovery_codes(user.id)
                     flash(f"Recovery code used; {left} left. Replace them under Security → Recovery codes.",
                           "warning")
+                if check.earlier_failures:
+                    flash(f"{check.earlier_failures} wrong two-factor code(s) were entered for your account "
+                          "since your last sign-in (see the audit log). If that was not you, someone knows "
+                          "your password: change it.", "danger")
                 return finish_login(user)
-            current_app.logger.info("admin.login.refused username=%s reason=%s", user.username,
-                                    check.verdict)
+            level = current_app.logger.warning if check.just_locked else current_app.logger.info
+            level("admin.login.refused username=%s client=%s reason=%s", user.username, client, check.verdict)
             flash(refusal(check), "danger")
         return self.render_template("totp/verify.html", form=form, username=user.username)
 
@@ -114,7 +127,7 @@ class TotpView(BaseView):
         form = CodeForm()
         secret = service.pending_secret(user.id)
         if form.validate_on_submit() and secret:
-            check, codes = service.confirm_enrolment(user.id, form.code.data or "")
+            check, codes = service.confirm_enrolment(user.id, form.code.data or "", client_address())
             if check.ok:
                 audit_event(user, "totp.enrolled")
             self.appbuilder.sm.session.commit()

@@ -16,6 +16,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from admin.app import create_app
+from admin.security.keys import new_key
 from admin.users import create_admin
 from heartline.settings import Settings
 
@@ -42,7 +43,8 @@ def admin_settings(database_url: str, redis_url: str, tmp_path_factory: pytest.T
     root: Path = tmp_path_factory.mktemp("admin")
     return Settings(database_url=database_url, redis_url=redis_url, data_dir=root / "data",
                     backup_dir=root / "backups", heartbeat_min_gap_ms=0, stream_shards=4,
-                    admin_secret_key="test-admin-secret-key", totp_max_failures=5, totp_lockout_s=300)
+                    admin_secret_key="test-admin-secret-key", admin_totp_keys=new_key(),
+                    totp_max_failures=5, totp_lockout_s=300)
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
+import pytest
 from admin_support import Admin, csrf_token, enrol, password_step, post_form
 from flask import Flask
 from flask.testing import FlaskClient
@@ -102,30 +103,41 @@ def test_a_used_code_cannot_be_replayed(client: FlaskClient, make_admin: Callabl
     assert not is_signed_in(client)
 
 
-def test_repeated_failures_lock_the_admin_out(client: FlaskClient, make_admin: Callable[..., Admin],
-                                              admin_settings: Settings, pg: psycopg.Connection[Any]) -> None:
+def test_wrong_codes_lock_out_that_address_only_and_the_admin_is_told(
+        admin_app: Flask, make_admin: Callable[..., Admin], admin_settings: Settings,
+        pg: psycopg.Connection[Any]) -> None:
     admin = make_admin()
-    enrol(client, admin)
-    client.get("/logout/")
-    password_step(client, admin)
-    page = client.get("/totp/verify").get_data(as_text=True)
-    for attempt in range(admin_settings.totp_max_failures):
-        response = client.post("/totp/verify", data={"code": "000001", "csrf_token": csrf_token(page)})
-        page = response.get_data(as_text=True)
+    codes = enrol(admin_app.test_client(), admin)
+    # someone who knows the password, from another address, enters wrong codes until locked out
+    intruder = admin_app.test_client()
+    intruder.environ_base["REMOTE_ADDR"] = "203.0.113.66"
+    password_step(intruder, admin)
+    page = intruder.get("/totp/verify").get_data(as_text=True)
+    for _ in range(admin_settings.totp_max_failures):
+        page = intruder.post("/totp/verify", data={"code": "000001", "csrf_token": csrf_token(page)}
+                             ).get_data(as_text=True)
     assert "Too many failed attempts" in page
-    # while locked even the right code is refused
-    page = client.post("/totp/verify", data={"code": admin.code(step_offset=1),
-                                             "csrf_token": csrf_token(page)}).get_data(as_text=True)
-    assert "Too many failed attempts" in page and not is_signed_in(client)
-    locked_until = pg.execute("SELECT locked_until - now() FROM admin_totp WHERE user_id = %s",
-                              (admin.id,)).fetchone()[0]
-    assert 0 < locked_until.total_seconds() <= admin_settings.totp_lockout_s
-    # the lockout over, the right code signs in
-    pg.execute("UPDATE admin_totp SET locked_until = now() - interval '1 second' WHERE user_id = %s",
-               (admin.id,))
-    response = client.post("/totp/verify", data={"code": admin.code(step_offset=1),
-                                                 "csrf_token": csrf_token(page)})
-    assert response.status_code == 302 and is_signed_in(client)
+    # while locked even the right code is refused from there
+    page = intruder.post("/totp/verify", data={"code": admin.code(step_offset=1),
+                                               "csrf_token": csrf_token(page)}).get_data(as_text=True)
+    assert "Too many failed attempts" in page and not is_signed_in(intruder)
+    locked = pg.execute("SELECT actor, new_values->>'client' FROM audit_log WHERE new_values->>'event' = "
+                        "'totp.locked' AND row_id = %s", (str(admin.id),)).fetchall()
+    assert locked == [(f"admin:{admin.username}", "203.0.113.66")]
+
+    # the admin, from their own address, is not locked out, and is told what happened
+    own = admin_app.test_client()
+    own.environ_base["REMOTE_ADDR"] = "198.51.100.7"
+    response = sign_in_with_code(own, admin, admin.code(step_offset=1))
+    assert response.status_code == 302
+    told = own.get("/dashboard/")
+    assert told.status_code == 200
+    assert f"{admin_settings.totp_max_failures} wrong two-factor code(s)" in told.get_data(as_text=True)
+    assert pg.execute("SELECT failed_attempts FROM admin_totp WHERE user_id = %s", (admin.id,)).fetchone() == (0,)
+
+    # a valid recovery code gets through even from the locked-out address
+    page = intruder.post("/totp/verify", data={"code": codes[0], "csrf_token": csrf_token(page)})
+    assert page.status_code == 302 and is_signed_in(intruder)
 
 
 def test_a_recovery_code_signs_in_once(client: FlaskClient, make_admin: Callable[..., Admin]) -> None:
@@ -232,3 +244,69 @@ def test_an_admin_can_reset_another_admins_two_factor_login(
         (f"admin:{boss.username}", "DELETE")
     fresh = admin_app.test_client()
     assert password_step(fresh, lost).location.endswith("/totp/enroll")
+
+
+def _sealed_secret(pg: psycopg.Connection[Any], admin: Admin) -> str:
+    return str(pg.execute("SELECT secret_encrypted FROM admin_totp WHERE user_id = %s", (admin.id,)).fetchone()[0])
+
+
+def test_rotating_the_secret_key_or_the_totp_keys_locks_no_one_out(
+        admin_settings: Settings, make_admin: Callable[..., Admin], pg: psycopg.Connection[Any]) -> None:
+    from cryptography.fernet import Fernet
+
+    from admin.security.keys import new_key
+
+    def app_with(**changes: Any) -> FlaskClient:
+        return create_app(admin_settings.replace(**changes), view_modules=["admin.views.dashboard"],
+                          update_permissions=False).test_client()
+
+    def current_code() -> str:
+        # each sign-in below uses the current code: forget the step the previous one claimed
+        pg.execute("UPDATE admin_totp SET last_used_step = 0 WHERE user_id = %s", (admin.id,))
+        return admin.code()
+
+    old_key, new = admin_settings.admin_totp_keys, new_key()
+    admin = make_admin()
+    enrol(app_with(), admin)
+    assert Fernet(old_key.encode()).decrypt(_sealed_secret(pg, admin).encode()).decode() == admin.secret
+
+    # a leaked Flask secret is replaced: the second factor still works
+    client = app_with(admin_secret_key="a-brand-new-secret-key")
+    assert sign_in_with_code(client, admin, current_code()).status_code == 302
+    assert is_signed_in(client)
+
+    # a new TOTP key goes first: the old one still decrypts, and the sign-in re-seals with the new one
+    client = app_with(admin_totp_keys=f"{new},{old_key}")
+    assert sign_in_with_code(client, admin, current_code()).status_code == 302
+    assert Fernet(new.encode()).decrypt(_sealed_secret(pg, admin).encode()).decode() == admin.secret
+    # ... so the old key can go
+    client = app_with(admin_totp_keys=new)
+    assert sign_in_with_code(client, admin, current_code()).status_code == 302
+    assert is_signed_in(client)
+
+
+def test_rotate_command_reseals_every_secret_including_those_of_the_old_derived_key(
+        admin_settings: Settings, make_admin: Callable[..., Admin], pg: psycopg.Connection[Any],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from cryptography.fernet import Fernet
+
+    from admin.security.keys import _legacy_key, new_key, totp_keys_main
+
+    old_style, current = make_admin(), make_admin()
+    # as stored before HEARTLINE_ADMIN_TOTP_KEYS existed: sealed with the key derived from the secret key
+    legacy_sealed = Fernet(_legacy_key(admin_settings.admin_secret_key or "")).encrypt(b"JBSWY3DPEHPK3PXP").decode()
+    pg.execute("INSERT INTO admin_totp (user_id, secret_encrypted, last_used_step, failed_attempts, "
+               "confirmed_at) VALUES (%s, %s, 0, 0, now())", (old_style.id, legacy_sealed))
+    enrol(create_app(admin_settings, view_modules=[], update_permissions=False).test_client(), current)
+
+    new = new_key()
+    settings = admin_settings.replace(admin_totp_keys=f"{new},{admin_settings.admin_totp_keys}")
+    assert totp_keys_main(settings, ["rotate"]) == 0
+    assert "2 TOTP secret(s) re-encrypted" in capsys.readouterr().out
+    fernet = Fernet(new.encode())
+    assert fernet.decrypt(_sealed_secret(pg, old_style).encode()) == b"JBSWY3DPEHPK3PXP"
+    assert fernet.decrypt(_sealed_secret(pg, current).encode()).decode() == current.secret
+    assert totp_keys_main(settings, ["rotate"]) == 0
+    assert "0 TOTP secret(s) re-encrypted" in capsys.readouterr().out
+    assert pg.execute("SELECT count(*) FROM audit_log WHERE new_values->>'event' = 'totp.keys_rotated'"
+                      ).fetchone() == (2,)

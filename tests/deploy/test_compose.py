@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "compose.yaml"
 ENV = {"POSTGRES_PASSWORD": "pg-secret", "HEARTLINE_ADMIN_SECRET_KEY": "admin-secret",
        "HEARTLINE_SIGNING_KEY_SECRET": "signing-secret-of-enough-length",
+       "HEARTLINE_ADMIN_TOTP_KEYS": "dGhpcy1pcy1hLXRlc3Qta2V5LW9mLTMyLWJ5dGVzLiE=",
        "HEARTLINE_EDGE_WORKERS": "3", "HEARTLINE_SERVER_NAME": "licenses.example.com"}
 LONG_RUNNING = ("postgres", "redis", "edge", "worker", "admin", "nginx")
 
@@ -65,10 +66,12 @@ def test_compose_file_is_valid_for_docker_compose(config: dict[str, Any]) -> Non
     assert set(config["services"]) == {*LONG_RUNNING, "migrate"}
 
 
-def test_compose_refuses_to_start_without_the_secrets() -> None:
-    res = _config({k: v for k, v in ENV.items() if k != "POSTGRES_PASSWORD"})
+@pytest.mark.parametrize("secret", ["POSTGRES_PASSWORD", "HEARTLINE_ADMIN_SECRET_KEY",
+                                    "HEARTLINE_ADMIN_TOTP_KEYS"])
+def test_compose_refuses_to_start_without_the_secrets(secret: str) -> None:
+    res = _config({k: v for k, v in ENV.items() if k != secret})
     assert res.returncode != 0
-    assert "POSTGRES_PASSWORD" in res.stderr
+    assert secret in res.stderr
 
 
 def test_every_long_running_service_has_a_healthcheck_and_restart_policy(config: dict[str, Any]) -> None:

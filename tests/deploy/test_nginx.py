@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from admin.security.keys import new_key
 from heartline import apikeys
 from heartline.devstack import free_port
 from heartline.plane import keys
@@ -216,7 +217,8 @@ def stack(database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFa
             stdout=open(admin_log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
             env=_process_env(database_url, redis_url, HEARTLINE_ADMIN_HOST="127.0.0.1",
                              HEARTLINE_ADMIN_PORT=str(admin_port), HEARTLINE_DATA_DIR=str(tmp / "data"),
-                             HEARTLINE_ADMIN_SECRET_KEY="test-secret-key-for-nginx-test"))
+                             HEARTLINE_ADMIN_SECRET_KEY="test-secret-key-for-nginx-test",
+                             HEARTLINE_ADMIN_TOTP_KEYS=new_key()))
         procs.append(admin)
 
         ca_file = make_certificate(tmp / "tls")
