@@ -17,10 +17,11 @@ from flask_appbuilder.models.sqla.base import SQLA
 from flask_login import current_user
 from flask_wtf.csrf import CSRFProtect
 
-from admin import actor
+from admin import actor, errors
 from admin import config as config_module
 from admin.backup_banner import backup_problems
 from admin.config import flask_config
+from admin.security import headers
 from admin.security.manager import HeartlineSecurityManager
 from admin.security.proxies import TrustedProxies
 from heartline import services
@@ -73,6 +74,8 @@ def create_app(settings: Settings, view_modules: list[str] | None = None, *,
         for name in VIEW_MODULES if view_modules is None else view_modules:
             importlib.import_module(name).register(appbuilder)
         appbuilder.post_init()
+    errors.install(app, appbuilder)
+    headers.install(app)
 
     @app.context_processor
     def _backup_banner() -> dict[str, Any]:

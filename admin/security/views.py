@@ -3,18 +3,17 @@ replace one's recovery codes."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from flask import current_app, flash, g, redirect, url_for
 from flask_appbuilder import BaseView, expose
 from flask_appbuilder.security.decorators import has_access, no_cache
 from flask_wtf import FlaskForm
-from sqlalchemy import text
 from wtforms import StringField
 from wtforms.validators import DataRequired, Length
 
 from admin import actor
+from admin.audit import record_event
 from admin.security.manager import client_address, finish_login, pending, totp_service
 from admin.security.totp import Check, Verdict, provisioning_uri, qr_svg
 
@@ -50,12 +49,9 @@ def audit_event(user: Any, event: str, by: str | None = None, details: dict[str,
     user: the admin whose second factor changed; by: the acting admin's user name (default: user);
     details: more values for the row (e.g. the client address of a lockout).
     """
-    current_app.appbuilder.session.execute(  # type: ignore[attr-defined]
-        text("INSERT INTO audit_log (actor, table_name, operation, row_id, new_values) "
-             "VALUES (:actor, 'admin_totp', :op, :row, CAST(:values AS jsonb))"),
-        {"actor": actor.actor_for(by or user.username), "op": AUDIT_OPERATIONS[event],
-         "row": str(user.id),
-         "values": json.dumps({"event": event, "username": user.username, **(details or {})})})
+    record_event(current_app.appbuilder.session, table="admin_totp",  # type: ignore[attr-defined]
+                 operation=AUDIT_OPERATIONS[event], row_id=str(user.id), event=event,
+                 by=by or user.username, username=user.username, **(details or {}))
 
 
 class TotpView(BaseView):

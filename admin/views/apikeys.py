@@ -15,6 +15,7 @@ from wtforms import StringField
 from wtforms.validators import DataRequired, Length
 
 from admin import permissions
+from admin.audit import current_admin
 from admin.models.core import ApiKey
 from admin.views.base import ReadableInterface, settings, timestamps
 from heartline.apikeys import display_prefix, generate_key, hash_key
@@ -64,7 +65,7 @@ class ApiKeyView(ModelView):
         for item in items if isinstance(items, list) else [items]:
             if revoke_api_key(session, item.id):
                 session.commit()
-                log.info("api_key.revoked api_key_id=%s actor=%s", item.id, g.get("heartline_actor"))
+                log.info("api_key.revoked api_key_id=%s by=%s", item.id, current_admin())
                 flash(f"API key {item} revoked; edges refuse it within {settings().api_key_cache_s:.0f} s.",
                       "success")
             else:

@@ -10,6 +10,7 @@ from flask_appbuilder import AppBuilder, ModelView, action
 from sqlalchemy import text
 
 from admin import permissions
+from admin.audit import current_admin
 from admin.models.core import DeviceRegistration
 from admin.plane import PlaneError
 from admin.views.base import ReadableInterface, plane, timestamps
@@ -51,8 +52,8 @@ class DeviceView(ModelView):
             except PlaneError as exc:
                 flash(f"Device {item} deactivated, but its sessions could not be ended: {exc}", "danger")
                 continue
-            log.info("device.deactivated license_id=%s device_id=%s sessions_ended=%s",
-                     item.license_id, item.id, ended)
+            log.info("device.deactivated license_id=%s device_id=%s sessions_ended=%s by=%s",
+                     item.license_id, item.id, ended, current_admin())
             flash(f"Device {item} deactivated; {ended} live session(s) ended.", "success")
         return redirect(self.get_redirect())
 

@@ -19,6 +19,7 @@ from wtforms.fields import DateTimeLocalField, Field, IntegerField, StringField
 from wtforms.validators import DataRequired, NumberRange, Optional, ValidationError
 
 from admin import permissions
+from admin.audit import current_admin
 from admin.models.core import License
 from admin.plane import PlaneError
 from admin.views.base import ReadableInterface, plane, timestamps, when
@@ -214,7 +215,7 @@ class LicenseView(ModelView):
                 flash(f"{item.license_key} {verb}, but its sessions could not be ended: {exc}", "danger")
                 continue
             refresh_edge_cache(item.id)
-            log.info("license.%s license_id=%s sessions_ended=%s", verb, item.id, ended)
+            log.info("license.%s license_id=%s sessions_ended=%s by=%s", verb, item.id, ended, current_admin())
             flash(f"{item.license_key} {verb}; {ended} live session(s) ended.", "success")
         return redirect(self.get_redirect())
 
@@ -225,6 +226,7 @@ class LicenseView(ModelView):
                 continue
             self._set_status(item, LicenseStatus.ACTIVE)
             refresh_edge_cache(item.id)
+            log.info("license.reactivated license_id=%s by=%s", item.id, current_admin())
             flash(f"{item.license_key} is active again.", "success")
         return redirect(self.get_redirect())
 
@@ -251,6 +253,7 @@ class LicenseView(ModelView):
                 {"by": EXTEND_BY, "id": item.id}).scalar_one()
             session.commit()
             refresh_edge_cache(item.id)
+            log.info("license.extended license_id=%s valid_until=%s by=%s", item.id, new_end, current_admin())
             flash(f"{item.license_key} valid until {new_end:%Y-%m-%d}.", "success")
         return redirect(self.get_redirect())
 

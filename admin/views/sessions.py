@@ -11,6 +11,7 @@ from wtforms import SelectField
 from wtforms.fields.choices import SelectChoice
 
 from admin import permissions
+from admin.audit import current_admin, record_event
 from admin.models.core import LicenseSession, SessionHistory
 from admin.plane import PlaneError
 from admin.views.base import ReadableInterface, plane, timestamps
@@ -42,14 +43,19 @@ class LiveSessionView(ModelView):
     @action("terminate", "Terminate", "End the selected sessions now? The clients must start new ones.",
             "fa-stop")
     def terminate(self, items: Any) -> Any:
+        session = self.datamodel.session
         for item in items if isinstance(items, list) else [items]:
             try:
                 ended = plane().terminate_session(item.license_id, str(item.session_token))
             except PlaneError as exc:
                 flash(f"Session {item.session_token} could not be ended: {exc}", "danger")
                 continue
-            log.info("session.terminated license_id=%s token=%s ended=%s", item.license_id,
-                     item.session_token, ended)
+            # the plane is Redis: no trigger sees this, so the audit row is written here
+            record_event(session, table="license_sessions", operation="DELETE", row_id=str(item.session_token),
+                         event="session.terminated", license_id=item.license_id, ended=ended)
+            session.commit()
+            log.info("session.terminated license_id=%s token=%s ended=%s by=%s", item.license_id,
+                     item.session_token, ended, current_admin())
             if ended:
                 flash(f"Session {item.session_token} terminated; it moves to the history within seconds.",
                       "success")

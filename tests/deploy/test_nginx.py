@@ -350,6 +350,13 @@ def test_everything_outside_v1_goes_to_the_admin(admin_ready: Stack) -> None:
         root = client.get("/")
     assert res.status_code == 200
     assert "password" in res.text.lower()
+    # security headers, each once (nginx replaces the admin's own), the admin's CSP with its nonce too
+    for name, value in (("x-frame-options", "DENY"), ("x-content-type-options", "nosniff"),
+                        ("referrer-policy", "same-origin"), ("cache-control", "no-store"),
+                        ("strict-transport-security", "max-age=63072000")):
+        assert res.headers.get_list(name) == [value], name
+    policies = res.headers.get_list("content-security-policy")
+    assert any("'nonce-" in p for p in policies) and all("frame-ancestors 'none'" in p for p in policies)
     # the admin's redirects keep the browser on the HTTPS origin it came from
     assert root.is_redirect
     location = root.headers["location"]
