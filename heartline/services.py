@@ -18,9 +18,11 @@ def dev_state_path(settings: Settings) -> Path:
 
 
 def write_dev_state(settings: Settings, database_url: str, redis_url: str) -> None:
-    path = dev_state_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"database_url": database_url, "redis_url": redis_url, "pid": os.getpid()}))
+    from heartline.devstack import write_private
+
+    # the URLs carry the embedded servers' passwords: readable by this user only
+    write_private(dev_state_path(settings),
+                  json.dumps({"database_url": database_url, "redis_url": redis_url, "pid": os.getpid()}))
 
 
 def clear_dev_state(settings: Settings) -> None:
