@@ -36,6 +36,14 @@ def create_admin(settings: Settings, *, username: str, email: str, password: str
         return bool(user)
 
 
+def ensure_demo_admin(settings: Settings) -> str | None:
+    """Create the demo admin 'admin' with a random password if it does not exist; the password, or None."""
+    password = secrets.token_urlsafe(12)
+    if create_admin(settings, username=DEMO_USERNAME, email="admin@example.com", password=password):
+        return password
+    return None
+
+
 def create_admin_main(settings: Settings, argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="heartline create-admin")
     parser.add_argument("--username")
@@ -49,8 +57,8 @@ def create_admin_main(settings: Settings, argv: list[str]) -> int:
     settings = services.resolve(settings, need_redis=False)
 
     if args.demo:
-        password = secrets.token_urlsafe(12)
-        if create_admin(settings, username=DEMO_USERNAME, email="admin@example.com", password=password):
+        password = ensure_demo_admin(settings)
+        if password:
             print(f"Demo admin:       user '{DEMO_USERNAME}', password '{password}'   (shown once; "
                   "you will set up two-factor login at the first sign-in)")
         else:

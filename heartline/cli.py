@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -58,6 +59,9 @@ def _entry(name: str) -> Callable[[Settings, list[str]], int]:
 def _setup_logging(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if logging.getLogger().level > logging.DEBUG:
+        # Flask-AppBuilder logs a line per permission it syncs (~300 at a first start): not news
+        logging.getLogger("flask_appbuilder").setLevel(logging.WARNING)
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
@@ -119,6 +123,8 @@ def _masked(url: str) -> str:
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     from heartline.devstack import dev_secrets
 
+    if args.show_credentials:
+        return cmd_show_credentials(settings)
     require_extra("dev", "dev")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     # the embedded servers' data and the generated secrets: for this user only (as root the PostgreSQL
@@ -160,39 +166,79 @@ def _dev_with(settings: Settings, args: argparse.Namespace, want_pg: bool,
         print(f"Migrations: {len(applied)} applied" if applied else "Migrations: schema is up to date")
         services.write_dev_state(settings, settings.database_url, settings.redis_url)
         try:
-            _print_demo(settings)
-            return _run_parts(settings, [p for p in DEV_PARTS if p not in args.without], embedded.revive)
+            banner = _demo_credentials(settings)
+            return _run_parts(settings, [p for p in DEV_PARTS if p not in args.without], embedded.revive,
+                              banner)
         finally:
             services.clear_dev_state(settings)
     finally:
         embedded.stop()
 
 
-def _print_demo(settings: Settings) -> None:
+def _demo_credentials(settings: Settings) -> list[str]:
+    """Seed the demo data and admin; the banner lines naming them (new secrets are kept in
+    dev-secrets.json, 0600, so `heartline dev --show-credentials` shows them again)."""
     from heartline import db
     from heartline.demo import ensure_demo_data
+    from heartline.devstack import remember_dev_secrets
 
-    async def seed() -> None:
+    async def seed() -> tuple[str, str | None]:
         conn = await db.connect(settings.database_url or "", actor="heartline-dev")
         try:
             demo = await ensure_demo_data(conn)
         finally:
             await conn.close()
-        print(f"Demo license key: {demo.license_key}")
-        if demo.api_key:
-            print(f"Demo API key:     {demo.api_key}   (shown once; `heartline api-key create NAME` makes more)")
-        else:
-            print("Demo API key:     created at the first run; `heartline api-key create NAME` makes a new one")
+        return demo.license_key, demo.api_key
 
-    asyncio.run(seed())
-    _entry("create-admin")(settings, ["--demo"])
+    license_key, new_api_key = asyncio.run(seed())
+    new_password = importlib.import_module("admin.users").ensure_demo_admin(settings)
+    fresh = {name: value for name, value in (("demo_license_key", license_key), ("demo_api_key", new_api_key),
+                                             ("demo_admin_password", new_password)) if value}
+    stored = remember_dev_secrets(settings.data_dir, **fresh)
+    return _credential_lines(license_key, stored)
 
 
-def _run_parts(settings: Settings, parts: list[str], revive: Callable[[], list[str]] | None = None) -> int:
+def _credential_lines(license_key: str | None, stored: dict[str, str]) -> list[str]:
+    lines = [f"Demo license key: {license_key}"] if license_key else []
+    if stored.get("demo_api_key"):
+        lines.append(f"Demo API key:     {stored['demo_api_key']}")
+    else:
+        lines.append("Demo API key:     made by an earlier version and not kept; `heartline api-key create NAME` "
+                     "makes a new one")
+    if stored.get("demo_admin_password"):
+        lines.append(f"Demo admin:       user 'admin', password '{stored['demo_admin_password']}' (two-factor "
+                     "login is set up at the first sign-in)")
+    else:
+        lines.append("Demo admin:       user 'admin' (made by an earlier version; `heartline create-admin` "
+                     "makes another)")
+    return lines
+
+
+def cmd_show_credentials(settings: Settings) -> int:
+    """`heartline dev --show-credentials`: the demo credentials of this data folder, without starting anything."""
+    import json
+
+    from heartline.devstack import DEV_SECRETS_FILE
+
+    path = settings.data_dir / DEV_SECRETS_FILE
+    if not path.exists():
+        print(f"no credentials in {path}: `heartline dev` makes them at its first start", file=sys.stderr)
+        return 1
+    stored = json.loads(path.read_text())
+    license_key = stored.get("demo_license_key")
+    for line in _credential_lines(license_key, stored):
+        print(line)
+    print(f"(kept in {path}, readable by you only)")
+    return 0
+
+
+def _run_parts(settings: Settings, parts: list[str], revive: Callable[[], list[str]] | None = None,
+               banner: list[str] | None = None) -> int:
     """Run the parts side by side until Ctrl-C or one exits.
 
     revive: called every half second; restarts embedded servers that died and returns what it said, so
     a crashed Redis or PostgreSQL comes back without tearing the parts down.
+    banner: lines printed last, once every part listens (the credentials must not scroll away).
     """
     env = dict(os.environ)
     env["HEARTLINE_DATABASE_URL"] = settings.database_url or ""
@@ -205,16 +251,27 @@ def _run_parts(settings: Settings, parts: list[str], revive: Callable[[], list[s
                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                        start_new_session=True)
         threading.Thread(target=_pump, args=(part, procs[part]), daemon=True).start()
+    ports = {"edge": (settings.edge_host, settings.edge_port),
+             "admin": (settings.admin_host, settings.admin_port),
+             "worker": (settings.worker_metrics_host, settings.worker_metrics_port)}
+    waiting = {part: ports[part] for part in procs if ports[part][1]}
+    urls = []
     if "edge" in procs:
-        print(f"Edge:  http://{settings.edge_host}:{settings.edge_port}/v1")
+        urls.append(f"API  http://{settings.edge_host}:{settings.edge_port}  (EDGE=http://{settings.edge_host}:"
+                    f"{settings.edge_port}; calls go to $EDGE/v1/…)")
     if "admin" in procs:
-        print(f"Admin: http://{settings.admin_host}:{settings.admin_port}/")
-    print("Press Ctrl-C to stop everything.", flush=True)
+        urls.append(f"Admin  http://{settings.admin_host}:{settings.admin_port}/")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     code = 0
     while not stop.wait(0.5):
+        if waiting:
+            waiting = {part: where for part, where in waiting.items() if not _listening(*where)}
+            if not waiting:
+                # last, once everything answers: the secrets are the last thing on the screen
+                print("", *(banner or []), "All up: " + "; ".join(urls or ["no parts started"]),
+                      "Press Ctrl-C to stop everything.", sep="\n", flush=True)
         for message in revive() if revive else []:
             print(message, flush=True)
         for part, proc in procs.items():
@@ -233,6 +290,15 @@ def _run_parts(settings: Settings, parts: list[str], revive: Callable[[], list[s
             proc.kill()
     print("stopped")
     return code
+
+
+def _listening(host: str, port: int) -> bool:
+    target = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
+    try:
+        with socket.create_connection((target, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 def _pump(name: str, proc: subprocess.Popen[str]) -> None:
@@ -255,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser("migrate", help="back up the database when migrations are pending, then apply them")
     migrate.add_argument("--no-backup", action="store_true",
                          help="apply pending migrations without taking a backup first")
+    dev.add_argument("--show-credentials", action="store_true",
+                     help="print the demo credentials kept in the data folder, start nothing")
+    sub.add_parser("migrate", help="apply pending schema migrations")
     key = sub.add_parser("api-key", help="manage system API keys")
     key_sub = key.add_subparsers(dest="action", required=True)
     create = key_sub.add_parser("create", help="create a key and print it once")

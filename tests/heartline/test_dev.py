@@ -67,6 +67,20 @@ def test_dev_brings_up_everything_and_stops_cleanly_on_ctrl_c(dev_dir: Path) -> 
         assert "Migrations: 5 applied" in out or "Migrations:" in out
         assert "Demo license key: HL-" in out
         assert "Demo API key:     AF-" in out
+        # the credentials come last, once every part listens: nothing to wait for any more
+        tail = out.rstrip("\n").splitlines()[-5:]
+        assert [line.split(":")[0] for line in tail] == ["Demo license key", "Demo API key", "Demo admin",
+                                                         "All up", "Press Ctrl-C to stop everything."]
+        assert f"EDGE=http://127.0.0.1:{edge_port}" in tail[3] and f"http://127.0.0.1:{admin_port}/" in tail[3]
+        for url in (f"http://127.0.0.1:{edge_port}/healthz", f"http://127.0.0.1:{admin_port}/login/"):
+            with urllib.request.urlopen(url, timeout=10) as answer:
+                assert answer.status == 200, url
+        assert "Added Permission" not in out           # Flask-AppBuilder's start-up chatter stays out
+        # when they scrolled away: the same credentials again, without starting anything
+        shown = subprocess.run([sys.executable, "-m", "heartline", "dev", "--show-credentials"], env=env,
+                               cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
+        assert shown.returncode == 0, shown.stderr
+        assert [line for line in shown.stdout.splitlines() if line.startswith("Demo")] == tail[:3]
         pg_port = int(out.split("postgresql://postgres:***@127.0.0.1:")[1].split("/")[0])
         assert _port_open(pg_port)
         # the generated passwords are printed nowhere, and the files holding them are the user's only
