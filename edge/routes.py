@@ -12,6 +12,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from edge import devices, health, heartbeats, license_endpoints, metrics, sessions, signing
+from edge import devices, health, heartbeats, index, license_endpoints, metrics, sessions
 from edge.schemas import (
     ActivateRequest,
     ActivateResponse,
@@ -21,6 +22,7 @@ from edge.schemas import (
     HealthResponse,
     HeartbeatResponse,
     JwksResponse,
+    IndexResponse,
     LicenseRequest,
     ResourcesResponse,
     SessionResponse,
@@ -86,6 +88,8 @@ OPERATIONS: tuple[Operation, ...] = (
               {200: (JwksResponse, "The signing key and the published ones; cacheable"),
                304: (None, "Unchanged since the ETag sent in If-None-Match")}, authenticated=False,
               media_type="application/jwk-set+json"),
+    Operation("GET", "/v1", index.index, "What this API is: links to its OpenAPI document and docs", None,
+              {200: (IndexResponse, "The API's index")}, authenticated=False, tag="operations"),
     Operation("GET", "/healthz", health.healthz, "Liveness", None, {200: (HealthResponse, "Alive")},
               authenticated=False, tag="operations"),
     Operation("GET", "/readyz", health.readyz, "Readiness: Redis reachable", None,

@@ -164,6 +164,12 @@ class Jwk(Struct):
 
 class JwksResponse(Struct):
     keys: list[Jwk]
+class IndexResponse(Struct):
+    name: str
+    openapi: str
+    docs: str
+    authentication: str
+    calls: list[str]
 
 
 class HealthResponse(Struct):

@@ -1,4 +1,4 @@
-"""/healthz, /readyz, /metrics and /v1/openapi.json."""
+"""/v1, /healthz, /readyz, /metrics and /v1/openapi.json."""
 
 from __future__ import annotations
 
@@ -19,6 +19,15 @@ async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
     assert (await client.get("/healthz")).json() == {"status": "ok", "redis": None, "database": None}
     r = await client.get("/readyz")
     assert r.status_code == 200 and r.json() == {"status": "ready", "redis": True, "database": True}
+
+
+async def test_v1_answers_an_index_with_links_without_an_api_key(client: httpx.AsyncClient) -> None:
+    index = await client.get("/v1", headers={"X-API-Key": ""})
+    assert index.status_code == 200
+    body = index.json()
+    assert body["openapi"] == "/v1/openapi.json" and "docs/api.md" in body["docs"]
+    assert "POST /v1/sessions" in body["calls"] and "POST /v1/sessions/{token}/heartbeat" in body["calls"]
+    assert (await client.get(body["openapi"])).status_code == 200
 
 
 @pytest.mark.parametrize("plane_mode", ["single", "cluster"], indirect=True)

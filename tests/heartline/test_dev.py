@@ -62,7 +62,7 @@ def test_dev_brings_up_everything_and_stops_cleanly_on_ctrl_c(dev_dir: Path) -> 
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout or []], daemon=True).start()
     seen: list[str] = []
     try:
-        _read_until(lines, "Press Ctrl-C to stop everything.", 120, seen)
+        _read_until(lines, "Press Ctrl-C to stop everything.", 300, seen)
         out = "".join(seen)
         assert "Migrations: 5 applied" in out or "Migrations:" in out
         assert "Demo license key: HL-" in out
@@ -128,7 +128,7 @@ def test_dev_restarts_an_embedded_server_that_died_and_ctrl_c_stops_the_restarte
     seen: list[str] = []
     services = dev_dir / "data" / "services"
     try:
-        _read_until(lines, "Press Ctrl-C to stop everything.", 120, seen)
+        _read_until(lines, "Press Ctrl-C to stop everything.", 300, seen)
         _wait_answer(f"http://127.0.0.1:{edge_port}/readyz", 60)
         _wait_answer(f"http://127.0.0.1:{admin_port}/login/", 120)
         redis_pid = int((services / "redis" / "redis.pid").read_text())
