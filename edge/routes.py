@@ -11,8 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from edge import devices, health, heartbeats, license_endpoints, metrics, sessions, signing
-from edge import devices, health, heartbeats, index, license_endpoints, metrics, sessions
+from edge import devices, health, heartbeats, index, license_endpoints, metrics, sessions, signing
 from edge.schemas import (
     ActivateRequest,
     ActivateResponse,
@@ -21,8 +20,8 @@ from edge.schemas import (
     EndResponse,
     HealthResponse,
     HeartbeatResponse,
-    JwksResponse,
     IndexResponse,
+    JwksResponse,
     LicenseRequest,
     ResourcesResponse,
     SessionResponse,

@@ -164,6 +164,8 @@ class Jwk(Struct):
 
 class JwksResponse(Struct):
     keys: list[Jwk]
+
+
 class IndexResponse(Struct):
     name: str
     openapi: str
