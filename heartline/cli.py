@@ -323,7 +323,6 @@ def build_parser() -> argparse.ArgumentParser:
                          help="apply pending migrations without taking a backup first")
     dev.add_argument("--show-credentials", action="store_true",
                      help="print the demo credentials kept in the data folder, start nothing")
-    sub.add_parser("migrate", help="apply pending schema migrations")
     key = sub.add_parser("api-key", help="manage system API keys")
     key_sub = key.add_subparsers(dest="action", required=True)
     create = key_sub.add_parser("create", help="create a key and print it once")
