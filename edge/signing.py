@@ -50,15 +50,27 @@ class EdgeSigning:
         self.etag = ""
 
     async def start(self) -> None:
-        """Load the signing key (creating the first one) and the key set; fails loudly when it cannot."""
-        self.signer = AnswerSigner(await ensure_active_key(self.pool, self.box))
-        await self._publish()
+        """Load the signing key (creating the first one) and the key set.  With PostgreSQL unreachable
+        the edge starts all the same and answers unsigned (clients refuse those, as they would a fake
+        server's) until the refresher has loaded the key."""
+        try:
+            self.signer = AnswerSigner(await ensure_active_key(self.pool, self.box))
+            await self._publish()
+        except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+            log.warning("edge.signing.unavailable at start error=%s; answers unsigned until the key loads",
+                        type(exc).__name__)
+            return
         log.info("edge.signing.ready kid=%s", self.signer.kid)
 
     async def refresh(self) -> bool:
         """Pick up a rotation; True when the signing key changed.  A private key is opened only then."""
+        if self.signer is None:
+            self.signer = AnswerSigner(await ensure_active_key(self.pool, self.box))
+            await self._publish()
+            log.info("edge.signing.ready kid=%s", self.signer.kid)
+            return True
         active_kid = await self._publish()
-        if active_kid is None or (self.signer is not None and active_kid == self.signer.kid):
+        if active_kid is None or active_kid == self.signer.kid:
             return False
         active = await load_active_key(self.pool, self.box)
         if active is None:
