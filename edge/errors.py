@@ -87,6 +87,22 @@ class HeartbeatTooFrequent(EdgeError):
     status, code, message = 429, "HEARTBEAT_TOO_FREQUENT", "Heartbeat sent too soon after the previous one."
 
 
+class BorrowNotAllowed(EdgeError):
+    status, code, message = 403, "BORROW_NOT_ALLOWED", "This license does not allow borrowing seats."
+
+
+class BorrowTooLong(EdgeError):
+    status, code, message = 422, "BORROW_TOO_LONG", "The borrow would end later than the license allows."
+
+
+class BorrowInPast(EdgeError):
+    status, code, message = 422, "BORROW_IN_PAST", "A borrow must end in the future."
+
+
+class BorrowNotFound(EdgeError):
+    status, code, message = 404, "BORROW_NOT_FOUND", "No open borrow has this id on this license."
+
+
 class NotFound(EdgeError):
     status, code, message = 404, "NOT_FOUND", "No such endpoint."
 

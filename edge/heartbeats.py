@@ -64,7 +64,8 @@ class HeartbeatEndpoint:
             outcome = await state.plane.heartbeat(license_id, token)
         if outcome.code is PlaneCode.OK:
             payload = encode(HeartbeatResponse(expires_at=utc_from_ms(outcome.deadline_ms),
-                                               next_heartbeat_in_s=outcome.interval_s))
+                                               next_heartbeat_in_s=outcome.interval_s,
+                                               offline_grace_s=outcome.offline_grace_s))
             await send({"type": "http.response.start", "status": 200,
                         "headers": [*JSON_HEADERS, (b"content-length", str(len(payload)).encode())]})
             await send({"type": "http.response.body", "body": payload})

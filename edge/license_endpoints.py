@@ -65,7 +65,8 @@ async def validate(request: Request) -> Response:
                 valid_until=utc_from_ms(cached.valid_until_ms) if cached.valid_until_ms is not None else None,
                 device_limit=cached.device_limit, concurrent_sessions_limit=cached.sessions_limit,
                 heartbeat_interval_s=cached.interval_s, heartbeat_timeout_s=cached.timeout_s,
-                entitlements=list(cached.entitlements)),
+                entitlements=list(cached.entitlements),
+                offline_grace_s=cached.offline_grace_s, max_borrow_s=cached.max_borrow_s),
             device=DeviceInfo(hardware_fingerprint=body.hardware_fingerprint, activated=device_id is not None,
                               device_id=device_id))
     return Response(encode(result), media_type="application/json")

@@ -16,6 +16,9 @@ REF = "#/components/schemas/{name}"
 TOKEN_PARAMETER = {"name": "token", "in": "path", "required": True,
                    "description": "The session token from POST /v1/sessions",
                    "schema": {"type": "string", "format": "uuid"}}
+BORROW_PARAMETER = {"name": "borrow_id", "in": "path", "required": True,
+                    "description": "The borrow_id from POST /v1/sessions/{token}/borrow",
+                    "schema": {"type": "string", "format": "uuid"}}
 # Refusals every authenticated call can give, besides its own.
 COMMON_REFUSALS = {
     401: "API_KEY_MISSING or API_KEY_INVALID",
@@ -66,6 +69,8 @@ def _operation(op: Operation, ref: dict[Any, dict[str, Any]]) -> dict[str, Any]:
         out["description"] = doc[0]
     if "{token}" in op.path:
         out["parameters"] = [TOKEN_PARAMETER]
+    if "{borrow_id}" in op.path:
+        out["parameters"] = [BORROW_PARAMETER]
     if op.request is not None:
         out["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref[op.request]}}}
     for status, (struct, description) in op.responses.items():

@@ -11,10 +11,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from edge import devices, health, heartbeats, index, license_endpoints, metrics, sessions, signing
+from edge import borrows, devices, health, heartbeats, index, license_endpoints, metrics, sessions, signing
 from edge.schemas import (
     ActivateRequest,
     ActivateResponse,
+    BorrowRequest,
+    BorrowResponse,
     DeactivateResponse,
     DeviceRequest,
     EndResponse,
@@ -24,6 +26,7 @@ from edge.schemas import (
     JwksResponse,
     LicenseRequest,
     ResourcesResponse,
+    ReturnResponse,
     SessionResponse,
     StartSessionRequest,
     ValidateRequest,
@@ -79,6 +82,15 @@ OPERATIONS: tuple[Operation, ...] = (
                " (the session has been ended)", 429: "HEARTBEAT_TOO_FREQUENT (see Retry-After)"}),
     Operation("POST", "/v1/sessions/{token}/end", sessions.end, "End a session", LicenseRequest,
               {200: (EndResponse, "Session ended")}, {404: "SESSION_NOT_FOUND or LICENSE_NOT_FOUND"}),
+    Operation("POST", "/v1/sessions/{token}/borrow", borrows.borrow,
+              "Borrow the session's seat for offline use until a given time", BorrowRequest,
+              {200: (BorrowResponse, "The lease: the seat is held until `until`, whether or not the client beats")},
+              {404: "SESSION_NOT_FOUND or LICENSE_NOT_FOUND", 403: "BORROW_NOT_ALLOWED or " + LICENSE_REFUSED,
+               422: "BORROW_TOO_LONG (past the license's max_borrow_s) or BORROW_IN_PAST"}),
+    Operation("POST", "/v1/borrows/{borrow_id}/return", borrows.return_borrow,
+              "Give a borrowed seat back before its end", LicenseRequest,
+              {200: (ReturnResponse, "Returned: the seat is free")},
+              {404: "BORROW_NOT_FOUND (unknown, returned, revoked or expired) or LICENSE_NOT_FOUND"}),
     Operation("POST", "/v1/licenses/resources", license_endpoints.resources,
               "The domains, IPv4 addresses and phone numbers a license holds", LicenseRequest,
               {200: (ResourcesResponse, "Resources held")}, {404: "LICENSE_NOT_FOUND"}),

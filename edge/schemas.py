@@ -60,6 +60,13 @@ class StartSessionRequest(Struct):
     client_version: ClientVersion | None = None
 
 
+class BorrowRequest(Struct):
+    """Body of a borrow: the license, and until when the seat is to be held (at most the license's
+    max_borrow_s from now)."""
+    license_key: LicenseKey
+    until: dt.datetime
+
+
 class LicenseRequest(Struct):
     """Body of heartbeat, end and resources: the license the session or resources belong to."""
     license_key: LicenseKey
@@ -97,6 +104,8 @@ class LicenseInfo(Struct):
     heartbeat_interval_s: int
     heartbeat_timeout_s: int
     entitlements: list[str] = []
+    offline_grace_s: int = 0
+    max_borrow_s: int = 0
 
 
 class DeviceInfo(Struct):
@@ -128,6 +137,10 @@ class DeactivateResponse(Struct):
     sessions_ended: int
 
 
+OfflineGrace = Annotated[int, Meta(ge=0, description=(
+    "Seconds past expires_at the client may go on without reaching the edge (the license's offline grace)"))]
+
+
 class SessionResponse(Struct):
     session_token: Annotated[str, Meta(extra_json_schema={"format": "uuid"})]
     resumed: bool
@@ -135,11 +148,26 @@ class SessionResponse(Struct):
     heartbeat_timeout_s: int
     expires_at: dt.datetime
     entitlements: list[str] = []
+    offline_grace_s: OfflineGrace = 0
 
 
 class HeartbeatResponse(Struct):
     expires_at: dt.datetime
     next_heartbeat_in_s: int
+    offline_grace_s: OfflineGrace = 0
+
+
+class BorrowResponse(Struct):
+    """The lease: signed like every answer, so a client can keep it and verify it offline."""
+    borrow_id: Annotated[str, Meta(extra_json_schema={"format": "uuid"})]
+    session_token: Annotated[str, Meta(extra_json_schema={"format": "uuid"})]
+    hardware_fingerprint: str
+    until: dt.datetime
+    offline_grace_s: OfflineGrace = 0
+
+
+class ReturnResponse(Struct):
+    returned: bool
 
 
 class EndResponse(Struct):

@@ -111,7 +111,8 @@ async def start(request: Request) -> Response:
     return Response(encode(SessionResponse(
         session_token=outcome.token, resumed=resumed, heartbeat_interval_s=outcome.interval_s,
         heartbeat_timeout_s=outcome.timeout_s, expires_at=utc_from_ms(outcome.deadline_ms),
-        entitlements=entitlements)),
+        entitlements=entitlements,
+        offline_grace_s=outcome.offline_grace_s)),
         status_code=200 if resumed else 201, media_type="application/json")
 
 

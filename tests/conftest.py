@@ -41,7 +41,7 @@ BUSINESS_TABLES = (
     "webhook_attempts", "webhook_deliveries", "webhook_messages", "webhook_endpoints", "webhook_outbox",
     "webhook_cursors", "license_entitlements", "product_entitlements", "entitlements", "device_changes", "crm_activities", "crm_contacts", "crm_institutions", "resource_allocations", "resource_pools",
     "license_heartbeats", "session_history", "license_sessions", "device_registrations", "licenses",
-    "customers", "api_keys", "admin_recovery_codes", "admin_totp", "signing_key_secrets", "signing_keys",
+    "session_borrows", "customers", "api_keys", "admin_recovery_codes", "admin_totp", "signing_key_secrets", "signing_keys",
     "audit_log", "backup_events",
 )
 

@@ -61,6 +61,8 @@ class License(Base):
     device_change_limit: Mapped[int | None] = mapped_column(Integer)
     device_changes_reset_at: Mapped[dt.datetime | None] = mapped_column(TZ)
     version: Mapped[int] = mapped_column(Integer, server_default=text("1"))
+    offline_grace_s: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    max_borrow_s: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     created_at: Mapped[dt.datetime] = mapped_column(TZ, server_default=NOW)
     updated_at: Mapped[dt.datetime] = mapped_column(TZ, server_default=NOW)
 
@@ -123,6 +125,33 @@ class LicenseSession(Base):
 
     license: Mapped[License] = relationship()
     device: Mapped[DeviceRegistration | None] = relationship()
+
+
+class SessionBorrow(Base):
+    """A borrowed seat (sql/0007): held until `until` unless returned or revoked."""
+
+    __tablename__ = "session_borrows"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    license_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("licenses.id", ondelete="CASCADE"))
+    session_token: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    hardware_fingerprint: Mapped[str] = mapped_column(Text)
+    borrowed_at: Mapped[dt.datetime] = mapped_column(TZ, server_default=NOW)
+    until: Mapped[dt.datetime] = mapped_column(TZ)
+    returned_at: Mapped[dt.datetime | None] = mapped_column(TZ)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(TZ)
+    revoked_by: Mapped[str | None] = mapped_column(Text)
+
+    license: Mapped[License] = relationship()
+
+    @property
+    def state(self) -> str:
+        """open, returned, revoked or expired."""
+        if self.returned_at is not None:
+            return "returned"
+        if self.revoked_at is not None:
+            return "revoked"
+        return "open" if self.until > dt.datetime.now(dt.UTC) else "expired"
 
 
 class SessionHistory(Base):

@@ -90,13 +90,14 @@ class LicenseView(ModelView):
                     "concurrent_sessions_limit"]
     show_columns = ["license_key", "customer", "product", "status", "valid_from", "valid_until",
                     "device_limit", "concurrent_sessions_limit", "heartbeat_interval_s",
-                    "heartbeat_timeout_s", "entitlements", "device_change_limit", "device_changes",
+                    "heartbeat_timeout_s", "offline_grace_s", "max_borrow_s", "entitlements", "device_change_limit",
+                    "device_changes",
                     "device_changes_reset_at",
                     "quota_domains", "quota_ipv4", "quota_phones", "notes", "version", "created_at",
                     "updated_at"]
     add_columns = ["customer", "product", "valid_from", "valid_until", "device_limit",
                    "concurrent_sessions_limit", "heartbeat_interval_s", "heartbeat_timeout_s", "entitlements",
-                   "device_change_limit", "quota_domains", "quota_ipv4", "quota_phones", "notes"]
+                   "device_change_limit", "offline_grace_s", "max_borrow_s", "quota_domains", "quota_ipv4", "quota_phones", "notes"]
     edit_columns = add_columns
     search_columns = ["license_key", "customer", "product", "status", "valid_until"]
     order_columns = ["license_key", "product", "status", "valid_until", "device_limit"]
@@ -107,6 +108,8 @@ class LicenseView(ModelView):
         "heartbeat_timeout_s": "Heartbeat timeout (s)",
         "device_change_limit": "Device changes per 30 days", "device_changes": "Device changes (30 days)",
         "device_changes_reset_at": "Device changes reset",
+        "offline_grace_s": "Offline grace (s)",
+        "max_borrow_s": "Longest borrow (s)",
         "quota_domains": "Domains", "quota_ipv4": "IPv4 addresses", "quota_phones": "Phone numbers",
     }
     formatters_columns = {
@@ -126,6 +129,10 @@ class LicenseView(ModelView):
         "entitlements": "The license's own; its product's defaults (Licensing → Product defaults) come on top.",
         "device_change_limit": "Device changes (a deactivation, then an activation in its place) allowed per "
                                "30 days; empty: no limit.",
+        "offline_grace_s": "How long past its last answer a client may work without reaching the server "
+                           "(signed into every answer). 0: none; at most 30 days.",
+        "max_borrow_s": "The longest a client may borrow its seat for offline use. 0: borrowing not "
+                        "allowed; at most 90 days.",
     }
     # Native date-time pickers (FAB would render WTForms' obsolete type="datetime" inputs); UTC.
     add_form_extra_fields = edit_form_extra_fields = {
@@ -142,6 +149,11 @@ class LicenseView(ModelView):
         "quota_domains": IntegerField("Domains", default=0, validators=[NONNEGATIVE]),
         "quota_ipv4": IntegerField("IPv4 addresses", default=0, validators=[NONNEGATIVE]),
         "quota_phones": IntegerField("Phone numbers", default=0, validators=[NONNEGATIVE]),
+        # CHECKs licenses_offline_grace_range and licenses_max_borrow_range (sql/0007)
+        "offline_grace_s": IntegerField("Offline grace (s)", default=0, validators=[
+            Optional(), NumberRange(min=0, max=2_592_000, message="Between 0 and 2592000 s (30 days).")]),
+        "max_borrow_s": IntegerField("Longest borrow (s)", default=0, validators=[
+            Optional(), NumberRange(min=0, max=7_776_000, message="Between 0 and 7776000 s (90 days).")]),
     }
     validators_columns = {
         "customer": [DataRequired(message="Choose the customer this license belongs to.")],
@@ -277,7 +289,7 @@ def refresh_edge_cache(license_id: int) -> None:
 
 
 def _empty_quotas_are_zero(item: License) -> None:
-    for quota in ("quota_domains", "quota_ipv4", "quota_phones"):
+    for quota in ("quota_domains", "quota_ipv4", "quota_phones", "offline_grace_s", "max_borrow_s"):
         if getattr(item, quota) is None:
             setattr(item, quota, 0)
 

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from typing import Any
 
-from flask import flash, redirect
+from flask import flash, g, redirect
 from flask_appbuilder import AppBuilder, ModelView, action
 from wtforms import SelectField
 from wtforms.fields.choices import SelectChoice
 
 from admin import permissions
 from admin.audit import current_admin, record_event
-from admin.models.core import LicenseSession, SessionHistory
+from admin.models.core import LicenseSession, SessionBorrow, SessionHistory
 from admin.plane import PlaneError
 from admin.views.base import ReadableInterface, plane, timestamps
 from heartline.plane.events import EndReason
@@ -83,7 +84,48 @@ class SessionHistoryView(ModelView):
     formatters_columns = timestamps("started_at", "ended_at")
 
 
+class BorrowView(ModelView):
+    """Seats borrowed for offline use; revoking ends the session now, and the client is refused at its
+    next online contact (a lease already handed out stays verifiable offline until its end)."""
+
+    datamodel = ReadableInterface(SessionBorrow)
+    class_permission_name = permissions.BORROWS
+    list_title = show_title = "Borrowed seats"
+    base_permissions = READ_ONLY
+
+    list_columns = ["license", "hardware_fingerprint", "borrowed_at", "until", "state", "returned_at",
+                    "revoked_at"]
+    show_columns = ["id", "license", "session_token", "hardware_fingerprint", "borrowed_at", "until", "state",
+                    "returned_at", "revoked_at", "revoked_by"]
+    search_columns = ["license", "hardware_fingerprint", "borrowed_at", "until"]
+    order_columns = ["borrowed_at", "until"]
+    base_order = ("borrowed_at", "desc")
+    label_columns = {"hardware_fingerprint": "Device", "state": "State", "id": "Borrow"}
+    formatters_columns = timestamps("borrowed_at", "until", "returned_at", "revoked_at")
+
+    @action("revoke", "Revoke", "Revoke the selected borrows? Their seats are freed now.", "fa-ban")
+    def revoke(self, items: Any) -> Any:
+        actor = str(g.get("heartline_actor") or "admin")
+        session = self.datamodel.session
+        for item in items if isinstance(items, list) else [items]:
+            if item.state != "open":
+                flash(f"Borrow {item.id} is already {item.state}.", "info")
+                continue
+            item.revoked_at = dt.datetime.now(dt.UTC)
+            item.revoked_by = actor
+            session.commit()
+            try:
+                plane().terminate_session(item.license_id, str(item.session_token))
+            except PlaneError as exc:
+                flash(f"Borrow {item.id} revoked, but its seat could not be freed now: {exc}", "danger")
+                continue
+            log.info("session.borrow.revoked license_id=%s borrow_id=%s", item.license_id, item.id)
+            flash(f"Borrow {item.id} revoked; its seat is free.", "success")
+        return redirect(self.get_redirect())
+
+
 def register(appbuilder: AppBuilder) -> None:
     appbuilder.add_view(LiveSessionView, "Live sessions", icon="fa-heartbeat", category="Sessions",
                         category_icon="fa-heartbeat")
     appbuilder.add_view(SessionHistoryView, "Session history", icon="fa-history", category="Sessions")
+    appbuilder.add_view(BorrowView, "Borrowed seats", icon="fa-suitcase", category="Sessions")

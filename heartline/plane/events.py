@@ -19,6 +19,8 @@ class EndReason(StrEnum):
     LICENSE_SUSPENDED = "license_suspended"
     LICENSE_EXPIRED = "license_expired"
     PLANE_LOST = "plane_lost"
+    BORROW_EXPIRED = "borrow_expired"    # a borrowed seat reached its `until` (the reaper ended it)
+    BORROW_RETURNED = "borrow_returned"  # POST /v1/borrows/{id}/return
 
 
 class SessionEventKind(StrEnum):

@@ -60,7 +60,7 @@ MAX_CACHED_KEY_SETS = 200_000
 REAP_BATCH = 100
 
 SCRIPT_NAMES = ("start", "heartbeat", "end", "end_license", "due", "reap", "cache_license", "forget_license",
-                "suspend_license", "recount")
+                "suspend_license", "recount", "borrow")
 # Read once per process: the files do not change while it runs.
 SCRIPTS = {name: Script.read(name) for name in SCRIPT_NAMES}
 
@@ -131,6 +131,10 @@ class PlaneScripts:
                 *self._license(license_id), keys.heartbeat_stream(keys.shard_of(license_id, self.shards))]
         return await self._run(  # type: ignore[no-any-return]
             "heartbeat", script_keys, [license_id, token, min_gap_ms, self.max_len, self.grace_ms])
+
+    async def borrow(self, license_id: int, token: str, until_ms: int) -> list[Any]:
+        return await self._run(  # type: ignore[no-any-return]
+            "borrow", self._license(license_id), [license_id, token, until_ms, self.max_len, self.grace_ms])
 
     async def end(self, license_id: int, token: str, reason: str) -> int:
         return int(await self._run("end", self._license(license_id),

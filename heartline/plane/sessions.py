@@ -34,6 +34,10 @@ class PlaneCode(StrEnum):
     SESSION_LIMIT_REACHED = "SESSION_LIMIT_REACHED"
     SESSION_NOT_FOUND = "SESSION_NOT_FOUND"
     HEARTBEAT_TOO_FREQUENT = "HEARTBEAT_TOO_FREQUENT"
+    BORROWED = "BORROWED"
+    BORROW_NOT_ALLOWED = "BORROW_NOT_ALLOWED"
+    BORROW_TOO_LONG = "BORROW_TOO_LONG"
+    BORROW_IN_PAST = "BORROW_IN_PAST"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +47,7 @@ class StartOutcome:
     deadline_ms: int = 0
     interval_s: int = 0
     timeout_s: int = 0
+    offline_grace_s: int = 0
 
     @property
     def granted(self) -> bool:
@@ -55,6 +60,15 @@ class HeartbeatOutcome:
     deadline_ms: int = 0
     interval_s: int = 0
     retry_after_ms: int = 0
+    offline_grace_s: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BorrowOutcome:
+    code: PlaneCode
+    until_ms: int = 0           # BORROWED: the seat is held until then; BORROW_TOO_LONG: the latest allowed
+    offline_grace_s: int = 0
+    fingerprint: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +121,8 @@ class SessionPlane:
         code = PlaneCode(_text(reply[0]))
         if code in (PlaneCode.STARTED, PlaneCode.RESUMED):
             return StartOutcome(code=code, token=_text(reply[1]), deadline_ms=int(reply[2]),
-                                interval_s=int(reply[3]), timeout_s=int(reply[4]))
+                                interval_s=int(reply[3]), timeout_s=int(reply[4]),
+                                offline_grace_s=int(reply[5]))
         return StartOutcome(code=code)
 
     async def heartbeat(self, license_id: int, token: str) -> HeartbeatOutcome:
@@ -115,10 +130,23 @@ class SessionPlane:
         reply = await self.scripts.heartbeat(license_id, token, self.settings.heartbeat_min_gap_ms)
         code = PlaneCode(_text(reply[0]))
         if code is PlaneCode.OK:
-            return HeartbeatOutcome(code=code, deadline_ms=int(reply[1]), interval_s=int(reply[2]))
+            return HeartbeatOutcome(code=code, deadline_ms=int(reply[1]), interval_s=int(reply[2]),
+                                    offline_grace_s=int(reply[3]))
         if code is PlaneCode.HEARTBEAT_TOO_FREQUENT:
             return HeartbeatOutcome(code=code, retry_after_ms=int(reply[1]))
         return HeartbeatOutcome(code=code)
+
+    async def borrow(self, license_id: int, token: str, until_ms: int) -> BorrowOutcome:
+        """Hold a live session's seat until `until_ms` (Redis server clock) whether or not it beats, within
+        the license's max_borrow_s; the reaper ends it then as borrow_expired."""
+        reply = await self.scripts.borrow(license_id, token, until_ms)
+        code = PlaneCode(_text(reply[0]))
+        if code is PlaneCode.BORROWED:
+            return BorrowOutcome(code=code, until_ms=int(reply[1]), offline_grace_s=int(reply[2]),
+                                 fingerprint=_text(reply[3]))
+        if code is PlaneCode.BORROW_TOO_LONG:
+            return BorrowOutcome(code=code, until_ms=int(reply[1]))
+        return BorrowOutcome(code=code)
 
     async def end_session(self, license_id: int, token: str, reason: EndReason) -> bool:
         """End one session; False when it was not live (or had already timed out)."""

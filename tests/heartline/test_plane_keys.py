@@ -21,7 +21,7 @@ from redis.exceptions import ResponseError
 from heartline.plane import keys
 from heartline.plane.cached_license import CachedLicense
 from heartline.plane.scripts import SCRIPT_NAMES, SCRIPTS, PlaneScripts
-from heartline.plane.sessions import SessionPlane
+from heartline.plane.sessions import PlaneCode, SessionPlane
 from heartline.settings import Settings
 
 LICENSE_ID = 11
@@ -32,7 +32,7 @@ MONITOR_ARG = re.compile(r'"((?:[^"\\]|\\.)*)"')
 def _cached(**changes: Any) -> CachedLicense:
     fields: dict[str, Any] = {"license_id": LICENSE_ID, "version": 1, "status": "active", "valid_from_ms": 0,
                               "valid_until_ms": None, "device_limit": 10, "sessions_limit": 3,
-                              "interval_s": 1, "timeout_s": 2}
+                              "interval_s": 1, "timeout_s": 2, "max_borrow_s": 60}
     fields.update(changes)
     return CachedLicense(**fields)
 
@@ -121,6 +121,9 @@ async def test_every_script_declares_every_key_it_touches_and_they_share_one_slo
     first = await trace.step("start", lambda: plane.start_session(LICENSE_ID, "fp0"))
     await trace.step("start", lambda: plane.start_session(LICENSE_ID, "fp1"))
     await trace.step("start", lambda: plane.start_session(LICENSE_ID, "fp0"))  # resume
+    until = await plane.now_ms() + 30_000
+    borrowed = await trace.step("borrow", lambda: plane.borrow(LICENSE_ID, first.token, until))
+    assert borrowed.code is PlaneCode.BORROWED
     await trace.step("heartbeat", lambda: plane.heartbeat(LICENSE_ID, first.token))
     await trace.step("end", lambda: scripts.end(LICENSE_ID, first.token, "client_end"))
     await trace.step("end_license", lambda: scripts.end_license(LICENSE_ID, "device_deactivated", "fp1"))
@@ -135,6 +138,7 @@ async def test_every_script_declares_every_key_it_touches_and_they_share_one_slo
     assert due == [LICENSE_ID]
     assert await trace.step("reap", lambda: scripts.reap(shard, due)) == 1
     await trace.step("start", lambda: plane.start_session(LICENSE_ID, "fp0"))
+    await trace.step("recount", lambda: scripts.recount(shard, [LICENSE_ID]))
     await trace.step("suspend_license", lambda: plane.suspend_license(LICENSE_ID, "suspended", 3))
     await trace.step("forget_license", lambda: plane.invalidate_license(LICENSE_ID))
     await trace.step("recount", lambda: scripts.recount(shard, [LICENSE_ID]))

@@ -10,11 +10,13 @@
 from heartline_client.client import Answer, AsyncClient, Client
 from heartline_client.errors import HeartlineError, Refused, Unreachable
 from heartline_client.fingerprint import device_fingerprint
+from heartline_client.lease import Lease, LeaseError
 from heartline_client.session import AsyncSession, Callbacks, Session, SessionState, SessionStats
 from heartline_client.verify import KeySet, SignatureError, Verified, verify_answer
 
 __all__ = [
-    "Answer", "AsyncClient", "AsyncSession", "Callbacks", "Client", "HeartlineError", "KeySet", "Refused",
+    "Answer", "AsyncClient", "AsyncSession", "Callbacks", "Client", "HeartlineError", "KeySet", "Lease",
+    "LeaseError", "Refused",
     "Session", "SessionState", "SessionStats", "SignatureError", "Unreachable", "Verified",
     "device_fingerprint", "verify_answer",
 ]

@@ -27,12 +27,32 @@ DEFAULT_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
+class Evidence:
+    """What it takes to verify an answer again later, offline: the signed parts and the request's."""
+    status: int
+    headers: dict[str, str]   # content-digest, signature-input, signature
+    body: bytes
+    method: str
+    path: str
+    nonce: str
+
+    def verify(self, keys: KeySet) -> int:
+        """Verify again against `keys`; returns the signature's `created`.  Raises SignatureError."""
+        return verify_answer(keys, status=self.status, headers=self.headers, body=self.body,
+                             method=self.method, path=self.path, nonce=self.nonce).created
+
+
+SIGNATURE_HEADERS = ("content-digest", "signature-input", "signature")
+
+
+@dataclass(frozen=True)
 class Answer:
     """A verified answer: its status, its JSON body, and the key and server time that signed it."""
     status: int
     data: dict[str, Any]
     kid: str
     created: int  # Unix seconds, the server's clock (the signature's `created`)
+    evidence: Evidence | None = None
 
 
 def parse_time(text: str) -> dt.datetime:
@@ -94,7 +114,10 @@ class AsyncClient:
             error = data.get("error") or {}
             raise Refused(response.status_code, str(error.get("code", "UNKNOWN")), str(error.get("message", "")),
                           _retry_after(response))
-        return Answer(status=response.status_code, data=data, kid=verified.kid, created=verified.created)
+        evidence = Evidence(status=response.status_code, body=response.content, method=method, path=sent_path,
+                            nonce=nonce, headers={h: response.headers[h] for h in SIGNATURE_HEADERS})
+        return Answer(status=response.status_code, data=data, kid=verified.kid, created=verified.created,
+                      evidence=evidence)
 
     def _license(self, **fields: Any) -> dict[str, Any]:
         return {"license_key": self.license_key, **{k: v for k, v in fields.items() if v is not None}}
@@ -124,6 +147,13 @@ class AsyncClient:
 
     async def resources(self) -> Answer:
         return await self.call("POST", "/v1/licenses/resources", self._license())
+
+    async def borrow(self, token: str, until: dt.datetime) -> Answer:
+        """Hold the session's seat until `until` (timezone-aware) for offline use; see Lease."""
+        return await self.call("POST", f"/v1/sessions/{token}/borrow", self._license(until=until.isoformat()))
+
+    async def return_borrow(self, borrow_id: str) -> Answer:
+        return await self.call("POST", f"/v1/borrows/{borrow_id}/return", self._license())
 
 
 class _Portal:
@@ -191,3 +221,9 @@ class Client:
 
     def resources(self) -> Answer:
         return self.portal.call(self.aio.resources())
+
+    def borrow(self, token: str, until: dt.datetime) -> Answer:
+        return self.portal.call(self.aio.borrow(token, until))
+
+    def return_borrow(self, borrow_id: str) -> Answer:
+        return self.portal.call(self.aio.return_borrow(borrow_id))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import enum
 import logging
 import os
@@ -30,6 +31,7 @@ from typing import Any, Self
 
 from heartline_client.client import Answer, AsyncClient, Client, parse_time
 from heartline_client.errors import LICENSE_REFUSALS, HeartlineError, Refused, Unreachable
+from heartline_client.lease import Lease
 
 log = logging.getLogger("heartline_client")
 
@@ -104,6 +106,7 @@ class AsyncSession:
         self._task: asyncio.Task[None] | None = None
         self._sigterm_installed = False
         self._grace_reported = False
+        self.lease: Lease | None = None
 
     # -- the block ----------------------------------------------------------------------------------
 
@@ -124,7 +127,8 @@ class AsyncSession:
             self._install_sigterm()
 
     async def close(self) -> None:
-        """Stop beating and end the session on the server (best effort: the server reaps it otherwise)."""
+        """Stop beating and end the session on the server (best effort: the server reaps it otherwise).
+        A session whose seat is borrowed is left to its borrow: it ends at the lease's end or return."""
         self._uninstall_sigterm()
         if self._task is not None:
             self._task.cancel()
@@ -132,11 +136,35 @@ class AsyncSession:
                 await self._task
             self._task = None
         token, self.token = self.token, None
+        if self.lease is not None and self.lease.until > dt.datetime.now(dt.UTC):
+            token = None
         if token is not None and self.state is not SessionState.ENDED:
             try:
                 await self.client.end_session(token)
             except HeartlineError as exc:
                 log.info("heartline.session.end_failed error=%s", exc)
+        self.state = SessionState.ENDED
+
+    async def borrow(self, until: dt.datetime) -> Lease:
+        """Borrow this session's seat until `until` (at most the license's max_borrow_s from now): it stays
+        taken, online or not, until then or `return_borrow()`.  Keep the lease (`to_json`) to check it
+        offline.  Raises Refused (BORROW_NOT_ALLOWED, BORROW_TOO_LONG, …) or Unreachable."""
+        if self.token is None:
+            raise Refused(404, "SESSION_NOT_FOUND", "no live session to borrow")
+        sent = time.monotonic()
+        answer = await self.client.borrow(self.token, until)
+        self.lease = Lease.from_answer(answer)
+        remaining = self.lease.until.timestamp() - answer.created
+        self._valid_until = max(self._valid_until, sent + max(0.0, remaining))
+        return self.lease
+
+    async def return_borrow(self) -> None:
+        """Give the borrowed seat back now; the session ends with it."""
+        if self.lease is None:
+            return
+        lease, self.lease = self.lease, None
+        await self.client.return_borrow(lease.borrow_id)
+        self.token = None
         self.state = SessionState.ENDED
 
     @property
@@ -323,6 +351,16 @@ class Session:
         else:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
             os.kill(os.getpid(), signal.SIGTERM)
+
+    def borrow(self, until: dt.datetime) -> Lease:
+        return self.client.portal.call(self.aio.borrow(until))
+
+    def return_borrow(self) -> None:
+        self.client.portal.call(self.aio.return_borrow())
+
+    @property
+    def lease(self) -> Lease | None:
+        return self.aio.lease
 
     @property
     def valid(self) -> bool:

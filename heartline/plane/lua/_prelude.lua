@@ -96,14 +96,23 @@ local function append_event(stream, maxlen, ...)
   return redis.call('XADD', stream, '*', ...)
 end
 
+-- A borrowed session (borrow.lua) carries a marker beside its record in the 'ss' hash: field
+-- 'b:<token>' = the borrow's end in ms.  Its deadline in the live set is that end, so it holds its seat
+-- (and counts against the limit) whether or not the client beats.
+local function borrow_field(token)
+  return 'b:' .. token
+end
+
 -- Ends one session of a license: removes it from the live set, the fingerprint map and the session
 -- records, re-indexes the license, counts it off the shard's live count and appends exactly one `ended`
 -- event (fields: heartline/plane/events.py).  `lk` from license_keys(), `shard` from shard_keys().
--- A session already past its deadline is ended as 'timeout' whatever the caller asked, so history
--- keeps the true reason.  Returns 0 when the token was not live (nothing emitted: an end racing
--- another end or the reaper is harmless), 1 when ended with `reason`, 2 when ended as timeout.
+-- A session already past its deadline is ended as 'timeout' whatever the caller asked (as
+-- 'borrow_expired' when it was borrowed), so history keeps the true reason.  Returns 0 when the token
+-- was not live (nothing emitted: an end racing another end or the reaper is harmless), 1 when ended
+-- with `reason`, 2 when ended as timeout.
 local function end_session(lk, license_id, token, reason, now, shard)
   local score = redis.call('ZSCORE', lk.live, token)
+  local borrowed = redis.call('HDEL', lk.ss, borrow_field(token)) == 1
   if not score then
     redis.call('HDEL', lk.ss, token)
     return 0
@@ -114,6 +123,9 @@ local function end_session(lk, license_id, token, reason, now, shard)
   local result = 1
   if tonumber(score) <= now then
     reason = 'timeout'
+    if borrowed then
+      reason = 'borrow_expired'
+    end
     result = 2
   end
   local rec = read_session(lk, token) or {d = '', s = '', lh = '', n = '0', ip = '', v = ''}

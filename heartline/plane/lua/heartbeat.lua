@@ -3,7 +3,7 @@
 --       9 the shard's heartbeat stream
 -- ARGV: 1 license id, 2 token, 3 minimum gap ms, 4 stream max length,
 --       5 grace ms the session keys outlive the last write
--- Reply: {'OK', deadline ms, heartbeat interval s}
+-- Reply: {'OK', deadline ms, heartbeat interval s, offline grace s}
 --        or {'HEARTBEAT_TOO_FREQUENT', retry after ms} (nothing recorded)
 --        or {code}: LICENSE_NOT_CACHED (caller reloads the license and retries), SESSION_NOT_FOUND,
 --        LICENSE_SUSPENDED / LICENSE_REVOKED / LICENSE_NOT_YET_VALID (session ended as
@@ -14,7 +14,7 @@ local license_id, token = ARGV[1], ARGV[2]
 local lk = license_keys(1)
 local shard = shard_keys(6, ARGV[4])
 local lic = redis.call('HMGET', lk.lic, 'status', 'valid_from_ms', 'valid_until_ms', 'interval_s',
-  'timeout_s')
+  'timeout_s', 'offline_grace_s')
 if not lic[1] then
   return {'LICENSE_NOT_CACHED'}
 end
@@ -46,6 +46,10 @@ end
 
 local timeout_ms = tonumber(lic[5]) * 1000
 local deadline = now + timeout_ms
+-- Never shorten: a borrowed session keeps its borrow's end.
+if tonumber(score) > deadline then
+  deadline = tonumber(score)
+end
 redis.call('ZADD', lk.live, deadline, token)
 index_license(lk, license_id, shard)
 rec.lh = now
@@ -53,4 +57,4 @@ rec.n = (tonumber(rec.n) or 0) + 1
 write_session(lk, token, rec)
 keep_session_keys(lk, timeout_ms + tonumber(ARGV[5]))
 append_event(KEYS[9], ARGV[4], 'l', license_id, 't', token, 'd', rec.d)
-return {'OK', deadline, lic[4]}
+return {'OK', deadline, lic[4], lic[6] or 0}

@@ -5,7 +5,8 @@
 --       7 grace ms the session keys outlive the last write (memory bound if no reaper runs),
 --       8 device id offered for a fingerprint missing from the devices hash ('' = none): the id of an
 --         activation the caller holds uncommitted in PostgreSQL
--- Reply: {'STARTED' | 'RESUMED', token, deadline ms, heartbeat interval s, heartbeat timeout s}
+-- Reply: {'STARTED' | 'RESUMED', token, deadline ms, heartbeat interval s, heartbeat timeout s,
+--         offline grace s}
 --        or {code}: LICENSE_NOT_CACHED (caller reloads the license and retries), LICENSE_SUSPENDED,
 --        LICENSE_REVOKED, LICENSE_EXPIRED, LICENSE_NOT_YET_VALID, DEVICE_NOT_ACTIVATED (caller activates
 --        in PostgreSQL without committing and retries offering the device id), SESSION_LIMIT_REACHED.
@@ -16,7 +17,8 @@ local license_id, fp = ARGV[1], ARGV[2]
 local lk = license_keys(1)
 local shard = shard_keys(6, ARGV[6])
 local lic = redis.call('HMGET', lk.lic, 'status', 'valid_from_ms', 'valid_until_ms', 'sessions_limit',
-  'interval_s', 'timeout_s')
+  'interval_s', 'timeout_s', 'offline_grace_s')
+local grace = lic[7] or 0
 if not lic[1] then
   return {'LICENSE_NOT_CACHED'}
 end
@@ -52,15 +54,20 @@ end
 local timeout_ms = tonumber(lic[6]) * 1000
 local deadline = now + timeout_ms
 local current = redis.call('HGET', lk.fp, fp)
-if current and redis.call('ZSCORE', lk.live, current) then
-  -- A start is a sign of life: the resumed session gets a full timeout again.
+local current_deadline = current and redis.call('ZSCORE', lk.live, current)
+if current_deadline then
+  -- A start is a sign of life: the resumed session gets a full timeout again (a borrowed one keeps its
+  -- borrow's later end).
   if offered then
     cache_offered_device()
+  end
+  if tonumber(current_deadline) > deadline then
+    deadline = tonumber(current_deadline)
   end
   redis.call('ZADD', lk.live, deadline, current)
   index_license(lk, license_id, shard)
   keep_session_keys(lk, timeout_ms + tonumber(ARGV[7]))
-  return {'RESUMED', current, deadline, lic[5], lic[6]}
+  return {'RESUMED', current, deadline, lic[5], lic[6], grace}
 end
 if redis.call('ZCARD', lk.live) >= tonumber(lic[4]) then
   return {'SESSION_LIMIT_REACHED'}
@@ -79,4 +86,4 @@ keep_session_keys(lk, timeout_ms + tonumber(ARGV[7]))
 append_event(shard.events, shard.maxlen,
   'k', 'started', 'l', license_id, 't', token, 'd', device, 'f', fp, 's', now, 'at', now,
   'n', 0, 'v', ARGV[4], 'ip', ARGV[5])
-return {'STARTED', token, deadline, lic[5], lic[6]}
+return {'STARTED', token, deadline, lic[5], lic[6], grace}

@@ -1,0 +1,48 @@
+-- borrow: turn a live session into a borrowed seat, held until `until` whether or not the client beats.
+-- KEYS: 1-5 the license's keys (lic, dev, live, fp, ss), 6-8 the shard's keys (deadlines, events, count)
+-- ARGV: 1 license id, 2 token, 3 until ms (Redis server clock), 4 stream max length,
+--       5 grace ms the session keys outlive their last write
+-- Reply: {'BORROWED', until ms, offline grace s, the session's fingerprint}
+--        or {code}: LICENSE_NOT_CACHED (caller reloads the license and retries), LICENSE_SUSPENDED /
+--        _REVOKED / _EXPIRED / _NOT_YET_VALID, SESSION_NOT_FOUND, BORROW_NOT_ALLOWED (the license's
+--        max_borrow_s is 0), BORROW_TOO_LONG {code, latest until ms}, BORROW_IN_PAST.
+-- The session keeps its seat, so borrowed seats count against the limit in the same atomic checks as
+-- live ones; its deadline becomes `until` (heartbeats and resumes never shorten it), and the reaper
+-- ends it then as borrow_expired.  A later borrow of the same session replaces the end.
+local license_id, token = ARGV[1], ARGV[2]
+local lk = license_keys(1)
+local shard = shard_keys(6, ARGV[4])
+local lic = redis.call('HMGET', lk.lic, 'status', 'valid_from_ms', 'valid_until_ms', 'max_borrow_s',
+  'offline_grace_s')
+if not lic[1] then
+  return {'LICENSE_NOT_CACHED'}
+end
+local now = now_ms()
+local refusal = license_refusal(lic[1], lic[2], lic[3], now)
+if refusal then
+  return {refusal}
+end
+local score = redis.call('ZSCORE', lk.live, token)
+if not score then
+  return {'SESSION_NOT_FOUND'}
+end
+if tonumber(score) <= now then
+  end_session(lk, license_id, token, 'timeout', now, shard)
+  return {'SESSION_NOT_FOUND'}
+end
+local max_ms = (tonumber(lic[4]) or 0) * 1000
+if max_ms <= 0 then
+  return {'BORROW_NOT_ALLOWED'}
+end
+local until_ms = tonumber(ARGV[3])
+if until_ms <= now then
+  return {'BORROW_IN_PAST'}
+end
+if until_ms > now + max_ms then
+  return {'BORROW_TOO_LONG', now + max_ms}
+end
+redis.call('ZADD', lk.live, until_ms, token)
+redis.call('HSET', lk.ss, borrow_field(token), until_ms)
+index_license(lk, license_id, shard)
+keep_session_keys(lk, until_ms - now + tonumber(ARGV[5]))
+return {'BORROWED', until_ms, lic[5] or 0, fingerprint_of(lk, token) or ''}
