@@ -128,7 +128,7 @@ class LicenseSession(Base):
 
 
 class SessionBorrow(Base):
-    """A borrowed seat (sql/0008): held until `until` unless returned or revoked."""
+    """A borrowed seat (sql/0010): held until `until` unless returned or revoked."""
 
     __tablename__ = "session_borrows"
 

@@ -149,7 +149,7 @@ class LicenseView(ModelView):
         "quota_domains": IntegerField("Domains", default=0, validators=[NONNEGATIVE]),
         "quota_ipv4": IntegerField("IPv4 addresses", default=0, validators=[NONNEGATIVE]),
         "quota_phones": IntegerField("Phone numbers", default=0, validators=[NONNEGATIVE]),
-        # CHECKs licenses_offline_grace_range and licenses_max_borrow_range (sql/0008)
+        # CHECKs licenses_offline_grace_range and licenses_max_borrow_range (sql/0010)
         "offline_grace_s": IntegerField("Offline grace (s)", default=0, validators=[
             Optional(), NumberRange(min=0, max=2_592_000, message="Between 0 and 2592000 s (30 days).")]),
         "max_borrow_s": IntegerField("Longest borrow (s)", default=0, validators=[

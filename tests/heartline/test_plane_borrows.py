@@ -10,8 +10,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from heartline.plane import keys
+from heartline.plane.cached_license import CachedLicense
 from heartline.plane.events import EndReason, SessionEventKind, session_event_from_fields
-from heartline.plane.licenses import CachedLicense
 from heartline.plane.sessions import PlaneCode, SessionPlane
 from heartline.settings import Settings
 
