@@ -189,7 +189,7 @@ class Stack:
 
 
 def _process_env(database_url: str, redis_url: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTLINE_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTLINE_") or k == "HEARTLINE_SIGNING_KEY_SECRET"}
     env.update(HEARTLINE_DATABASE_URL=database_url, HEARTLINE_REDIS_URL=redis_url,
                HEARTLINE_SIGNING_KEY_SECRET=os.environ["HEARTLINE_SIGNING_KEY_SECRET"],
                HEARTLINE_STREAM_SHARDS=str(SHARDS), HEARTLINE_HEARTBEAT_MIN_GAP_MS="0",
