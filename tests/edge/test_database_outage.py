@@ -16,7 +16,9 @@ from heartline.settings import Settings
 
 
 async def test_edge_started_while_postgres_is_unreachable_serves_once_it_is_back(
-        edge_settings: Settings, api_key: str, make_license: Callable[..., Any]) -> None:
+        edge_settings: Settings, api_key: str, make_license: Callable[..., Any], redis: Any) -> None:
+    # `redis` flushes the plane: license ids restart at 1 per test, and an earlier test's live sessions of
+    # license 1 would otherwise fill this one's seats.
     lic = await make_license()
     url = urlsplit(edge_settings.database_url or "")
     proxy = TcpProxy(url.hostname or "127.0.0.1", url.port or 5432)
