@@ -26,6 +26,7 @@ class HeartbeatBody(msgspec.Struct, frozen=True, kw_only=True):
 class HeartbeatReply(msgspec.Struct, frozen=True, kw_only=True):
     expires_at: dt.datetime
     next_heartbeat_in_s: int
+    offline_grace_s: int = 0
 
 
 _decode = msgspec.json.Decoder(HeartbeatBody).decode
