@@ -34,7 +34,7 @@ async def test_floor_decodes_the_heartbeat_body_and_answers_like_the_edge() -> N
         ok = await client.post(f"/v1/sessions/{uuid.uuid4()}/heartbeat", json={"license_key": "HL-ABCDE"})
         bad = await client.post(f"/v1/sessions/{uuid.uuid4()}/heartbeat", json={"license": 1})
     assert ok.status_code == 200
-    assert set(ok.json()) == {"expires_at", "next_heartbeat_in_s"}
+    assert set(ok.json()) == {"expires_at", "next_heartbeat_in_s", "offline_grace_s"}
     # the same encoding as the edge's HeartbeatResponse: a msgspec datetime in UTC
     assert ok.json()["expires_at"].endswith("Z")
     assert bad.status_code == 422
