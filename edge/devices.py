@@ -91,7 +91,7 @@ async def _activate_locked(conn: asyncpg.Connection, license_id: int, fingerprin
         return lic, devices, found["id"], False
     if len(devices) >= lic["device_limit"]:
         log.info("device.activation.refused license_id=%s code=DEVICE_LIMIT_REACHED", license_id)
-        raise DeviceLimitReached()
+        raise DeviceLimitReached(details={"limit": lic["device_limit"], "in_use": len(devices)})
     # Taking the place of a device deactivated within 30 days is a device change: counted and limited.
     change = await conn.fetchval(OPEN_CHANGE, license_id, lic["device_changes_reset_at"])
     if change is not None and lic["device_change_limit"] is not None and \

@@ -89,6 +89,9 @@ class ErrorDetail(Struct, omit_defaults=True):
     # deadline (also the Retry-After header)
     seat_holders: list[SeatHolder] | None = None
     retry_after_s: int | None = None
+    # SESSION_LIMIT_REACHED and DEVICE_LIMIT_REACHED: the license's limit and how many are in use
+    limit: int | None = None
+    in_use: int | None = None
 
 
 class ErrorBody(Struct):

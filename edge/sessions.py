@@ -73,13 +73,16 @@ def refusal(code: PlaneCode) -> EdgeError:
 DEVICE_NAMES = "SELECT id, device_name, device_type FROM device_registrations WHERE id = ANY ($1::bigint[])"
 
 
-async def license_full(state: EdgeState, license_id: int) -> SessionLimitReached:
-    """SESSION_LIMIT_REACHED with who holds the seats and Retry-After = time to the earliest deadline
-    (the soonest a seat frees if its holder stopped).  Read after the refusal, on the refusal path only;
-    no session is ended to make room."""
+async def license_full(state: EdgeState, license_id: int, outcome: StartOutcome) -> SessionLimitReached:
+    """SESSION_LIMIT_REACHED with the limit and the seats in use (as the plane counted them when it
+    refused), who holds the seats and Retry-After = time to the earliest deadline (the soonest a seat
+    frees if its holder stopped).  Read after the refusal, on the refusal path only; no session is ended
+    to make room."""
+    numbers = {"limit": outcome.limit, "in_use": outcome.in_use}
     now, holders = await state.plane.seat_holders(license_id)
     if not holders:  # the seats freed since the refusal: try again at once
-        return SessionLimitReached(headers={"Retry-After": "1"}, details={"retry_after_s": 1, "seat_holders": []})
+        return SessionLimitReached(headers={"Retry-After": "1"},
+                                   details={"retry_after_s": 1, "seat_holders": [], **numbers})
     devices = {r["id"]: r for r in await state.pool.fetch(DEVICE_NAMES, [h.device_id for h in holders
                                                                           if h.device_id is not None])}
     retry_after = max(1, math.ceil((min(h.deadline_ms for h in holders) - now) / 1000))
@@ -89,7 +92,7 @@ async def license_full(state: EdgeState, license_id: int) -> SessionLimitReached
                         last_heartbeat_at=utc_from_ms(h.last_heartbeat_ms) if h.last_heartbeat_ms else None)
              for h in holders]
     return SessionLimitReached(headers={"Retry-After": str(retry_after)},
-                               details={"retry_after_s": retry_after, "seat_holders": shown})
+                               details={"retry_after_s": retry_after, "seat_holders": shown, **numbers})
 
 
 async def start(request: Request) -> Response:
@@ -102,7 +105,7 @@ async def start(request: Request) -> Response:
     if not outcome.granted:
         log.info("session.start.refused license_id=%s code=%s", license_id, outcome.code)
         if outcome.code is PlaneCode.SESSION_LIMIT_REACHED:
-            raise await license_full(state, license_id)
+            raise await license_full(state, license_id, outcome)
         raise refusal(outcome.code)
     assert outcome.token is not None
     resumed = outcome.code is PlaneCode.RESUMED

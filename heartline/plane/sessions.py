@@ -48,6 +48,9 @@ class StartOutcome:
     interval_s: int = 0
     timeout_s: int = 0
     offline_grace_s: int = 0
+    # SESSION_LIMIT_REACHED: the license's limit and the seats in use when the plane refused
+    limit: int = 0
+    in_use: int = 0
 
     @property
     def granted(self) -> bool:
@@ -123,6 +126,8 @@ class SessionPlane:
             return StartOutcome(code=code, token=_text(reply[1]), deadline_ms=int(reply[2]),
                                 interval_s=int(reply[3]), timeout_s=int(reply[4]),
                                 offline_grace_s=int(reply[5]))
+        if code is PlaneCode.SESSION_LIMIT_REACHED:
+            return StartOutcome(code=code, limit=int(reply[1]), in_use=int(reply[2]))
         return StartOutcome(code=code)
 
     async def heartbeat(self, license_id: int, token: str) -> HeartbeatOutcome:

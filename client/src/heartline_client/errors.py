@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from heartline_client.verify import SignatureError
 
 
@@ -12,12 +14,28 @@ class HeartlineError(Exception):
 class Refused(HeartlineError):
     """The server refused, with a stable `code` (e.g. SESSION_LIMIT_REACHED) in a signed answer."""
 
-    def __init__(self, status: int, code: str, message: str, retry_after_s: float | None = None) -> None:
+    def __init__(self, status: int, code: str, message: str, retry_after_s: float | None = None,
+                 details: dict[str, Any] | None = None) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status = status
         self.code = code
         self.message = message
         self.retry_after_s = retry_after_s
+        # The error object's other fields, as signed: e.g. `limit` and `in_use` of SESSION_LIMIT_REACHED
+        # and DEVICE_LIMIT_REACHED, `seat_holders`, `queue` (a queued start's ticket).
+        self.details: dict[str, Any] = details or {}
+
+    @property
+    def limit(self) -> int | None:
+        """SESSION_LIMIT_REACHED / DEVICE_LIMIT_REACHED: the license's limit."""
+        value = self.details.get("limit")
+        return value if isinstance(value, int) else None
+
+    @property
+    def in_use(self) -> int | None:
+        """SESSION_LIMIT_REACHED / DEVICE_LIMIT_REACHED: how many sessions or devices are in use."""
+        value = self.details.get("in_use")
+        return value if isinstance(value, int) else None
 
 
 class Unreachable(HeartlineError):

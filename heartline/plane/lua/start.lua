@@ -9,7 +9,8 @@
 --         offline grace s}
 --        or {code}: LICENSE_NOT_CACHED (caller reloads the license and retries), LICENSE_SUSPENDED,
 --        LICENSE_REVOKED, LICENSE_EXPIRED, LICENSE_NOT_YET_VALID, DEVICE_NOT_ACTIVATED (caller activates
---        in PostgreSQL without committing and retries offering the device id), SESSION_LIMIT_REACHED.
+--        in PostgreSQL without committing and retries offering the device id),
+--        or {'SESSION_LIMIT_REACHED', sessions limit, seats in use}.
 -- Atomic, so parallel starts can never exceed the limit; no live session is ever ended to make room.
 -- An offered device enters the devices hash only together with the session it starts: a refused start
 -- leaves no trace here, and the caller rolls its activation back, so refusals never take device slots.
@@ -69,8 +70,9 @@ if current_deadline then
   keep_session_keys(lk, timeout_ms + tonumber(ARGV[7]))
   return {'RESUMED', current, deadline, lic[5], lic[6], grace}
 end
-if redis.call('ZCARD', lk.live) >= tonumber(lic[4]) then
-  return {'SESSION_LIMIT_REACHED'}
+local in_use = redis.call('ZCARD', lk.live)
+if in_use >= tonumber(lic[4]) then
+  return {'SESSION_LIMIT_REACHED', lic[4], in_use}
 end
 
 if offered then
