@@ -154,3 +154,16 @@ local function license_refusal(status, valid_from_ms, valid_until_ms, now)
   return nil
 end
 
+-- The license check that opens the scripts granting a seat (start, borrow): the cached license's status
+-- and validity plus the fields named in `...`, in one HMGET, and the Redis time.  Returns the HMGET
+-- reply (1-3 status, valid_from_ms, valid_until_ms; 4 on the fields asked for), the time, and nil when
+-- the license serves, else why not: LICENSE_NOT_CACHED (the caller reloads it and retries) or
+-- license_refusal()'s code.
+local function serving_license(lk, ...)
+  local lic = redis.call('HMGET', lk.lic, 'status', 'valid_from_ms', 'valid_until_ms', ...)
+  if not lic[1] then
+    return lic, nil, 'LICENSE_NOT_CACHED'
+  end
+  local now = now_ms()
+  return lic, now, license_refusal(lic[1], lic[2], lic[3], now)
+end

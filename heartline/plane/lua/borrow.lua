@@ -12,13 +12,7 @@
 local license_id, token = ARGV[1], ARGV[2]
 local lk = license_keys(1)
 local shard = shard_keys(6, ARGV[4])
-local lic = redis.call('HMGET', lk.lic, 'status', 'valid_from_ms', 'valid_until_ms', 'max_borrow_s',
-  'offline_grace_s')
-if not lic[1] then
-  return {'LICENSE_NOT_CACHED'}
-end
-local now = now_ms()
-local refusal = license_refusal(lic[1], lic[2], lic[3], now)
+local lic, now, refusal = serving_license(lk, 'max_borrow_s', 'offline_grace_s')
 if refusal then
   return {refusal}
 end

@@ -17,17 +17,11 @@
 local license_id, fp = ARGV[1], ARGV[2]
 local lk = license_keys(1)
 local shard = shard_keys(6, ARGV[6])
-local lic = redis.call('HMGET', lk.lic, 'status', 'valid_from_ms', 'valid_until_ms', 'sessions_limit',
-  'interval_s', 'timeout_s', 'offline_grace_s')
-local grace = lic[7] or 0
-if not lic[1] then
-  return {'LICENSE_NOT_CACHED'}
-end
-local now = now_ms()
-local refusal = license_refusal(lic[1], lic[2], lic[3], now)
+local lic, now, refusal = serving_license(lk, 'sessions_limit', 'interval_s', 'timeout_s', 'offline_grace_s')
 if refusal then
   return {refusal}
 end
+local grace = lic[7] or 0
 local device = redis.call('HGET', lk.dev, fp)
 local offered = nil
 if not device then
