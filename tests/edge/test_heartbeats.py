@@ -100,7 +100,7 @@ async def test_heartbeat_on_suspended_license_is_refused_and_ends_session(
     ended = [e for e in events if e.kind is SessionEventKind.ENDED]
     assert [(e.session_token, e.reason) for e in ended] == [(token, EndReason.LICENSE_SUSPENDED)]
     again = await beat(client, token, lic["license_key"])
-    assert again.status_code in (403, 404)
+    assert again.status_code == 403 and again.json()["error"]["code"] == "LICENSE_SUSPENDED"
 
 
 async def test_heartbeat_after_expiry_is_refused_and_ends_session(

@@ -205,7 +205,7 @@ async def test_suspension_in_postgres_ends_live_sessions(
     assert sorted(e.session_token for e in ended) == sorted(tokens)
     assert {e.reason for e in ended} == {EndReason.LICENSE_SUSPENDED}
     r = await client.post(f"/v1/sessions/{tokens[0]}/heartbeat", json={"license_key": lic["license_key"]})
-    assert r.status_code in (403, 404)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "LICENSE_SUSPENDED"
 
 
 async def _until(probe: Callable[[], Any], expected: Any, timeout: float = 5.0) -> None:

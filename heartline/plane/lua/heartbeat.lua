@@ -5,9 +5,10 @@
 --       5 grace ms the session keys outlive the last write
 -- Reply: {'OK', deadline ms, heartbeat interval s, offline grace s}
 --        or {'HEARTBEAT_TOO_FREQUENT', retry after ms} (nothing recorded)
---        or {code}: LICENSE_NOT_CACHED (caller reloads the license and retries), SESSION_NOT_FOUND,
---        LICENSE_SUSPENDED / LICENSE_REVOKED / LICENSE_NOT_YET_VALID (session ended as
---        license_suspended), LICENSE_EXPIRED (session ended as license_expired).
+--        or {code}: LICENSE_NOT_CACHED (caller reloads the license and retries),
+--        LICENSE_SUSPENDED / LICENSE_REVOKED / LICENSE_NOT_YET_VALID (a live session ended as
+--        license_suspended), LICENSE_EXPIRED (a live session ended as license_expired) -- answered
+--        whether or not the token is still live, SESSION_NOT_FOUND.
 -- The heartbeat event goes to the stream in the same script, so an accepted heartbeat is always
 -- recorded and a refused one never is.
 local license_id, token = ARGV[1], ARGV[2]
@@ -20,21 +21,25 @@ if not lic[1] then
 end
 local now = now_ms()
 local score = redis.call('ZSCORE', lk.live, token)
+-- The license's own refusal comes first: a session that suspend_license.lua (or an earlier heartbeat)
+-- already ended still hears why, not a bare SESSION_NOT_FOUND.
+local refusal = license_refusal(lic[1], lic[2], lic[3], now)
+if refusal then
+  if score and tonumber(score) > now then
+    local reason = 'license_suspended'
+    if refusal == 'LICENSE_EXPIRED' then
+      reason = 'license_expired'
+    end
+    end_session(lk, license_id, token, reason, now, shard)
+  end
+  return {refusal}
+end
 if not score then
   return {'SESSION_NOT_FOUND'}
 end
 if tonumber(score) <= now then
   end_session(lk, license_id, token, 'timeout', now, shard)
   return {'SESSION_NOT_FOUND'}
-end
-local refusal = license_refusal(lic[1], lic[2], lic[3], now)
-if refusal then
-  local reason = 'license_suspended'
-  if refusal == 'LICENSE_EXPIRED' then
-    reason = 'license_expired'
-  end
-  end_session(lk, license_id, token, reason, now, shard)
-  return {refusal}
 end
 
 local rec = read_session(lk, token) or {d = '', s = now, lh = '', n = '0', ip = '', v = ''}
