@@ -205,10 +205,20 @@ class IndexResponse(Struct):
     calls: list[str]
 
 
-class HealthResponse(Struct):
+class HealthCheck(Struct, omit_defaults=True):
+    """One dependency a probe looked at: "ok", "down" (with why in `detail`) or "off" (not in use)."""
+    status: str
+    latency_ms: float | None = None
+    detail: str | None = None
+
+
+class HealthResponse(Struct, omit_defaults=True):
+    """/healthz and /readyz.  `redis` and `database` (readiness only) are the checks' verdicts as booleans;
+    `checks` says what was checked, with status and latency."""
     status: str
     redis: bool | None = None
     database: bool | None = None
+    checks: dict[str, HealthCheck] | None = None
 
 
 _encoder = msgspec.json.Encoder()

@@ -16,9 +16,18 @@ from heartline.settings import Settings
 
 @pytest.mark.parametrize("plane_mode", ["single", "cluster"], indirect=True)
 async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
-    assert (await client.get("/healthz")).json() == {"status": "ok", "redis": None, "database": None}
+    health = (await client.get("/healthz")).json()
+    assert health["status"] == "ok" and set(health) == {"status", "checks"}
+    assert set(health["checks"]) == {"database", "redis", "signing"}
+    for name in ("database", "redis"):
+        check = health["checks"][name]
+        assert check["status"] == "ok" and check["latency_ms"] >= 0 and "detail" not in check
+    assert health["checks"]["signing"]["status"] == "ok"
+    assert health["checks"]["signing"]["detail"].startswith("kid ")
     r = await client.get("/readyz")
-    assert r.status_code == 200 and r.json() == {"status": "ready", "redis": True, "database": True}
+    body = r.json()
+    assert r.status_code == 200 and (body["status"], body["redis"], body["database"]) == ("ready", True, True)
+    assert body["checks"]["redis"]["status"] == "ok"
 
 
 async def test_v1_answers_an_index_with_links_without_an_api_key(client: httpx.AsyncClient) -> None:
@@ -70,3 +79,34 @@ async def test_redis_unreachable_gives_503_and_unready(edge_settings: Settings, 
         assert r.headers["Retry-After"] == "1"
         ready = await http.get("/readyz")
         assert ready.status_code == 503 and ready.json()["redis"] is False
+        assert ready.json()["checks"]["redis"]["status"] == "down"
+        # liveness stays 200 (a restart would not bring Redis back) and says what is wrong
+        health = await http.get("/healthz")
+        assert health.status_code == 200 and health.json()["status"] == "degraded"
+        assert health.json()["checks"]["redis"]["status"] == "down"
+        assert health.json()["checks"]["redis"]["detail"].startswith("unreachable")
+        assert health.json()["checks"]["database"]["status"] == "ok"
+
+
+async def test_healthz_reports_postgres_and_signing_key_down_and_stays_200(edge_settings: Settings) -> None:
+    app = create_app(edge_settings.replace(database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/x"))
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://edge") as http:
+        health = await http.get("/healthz")
+        assert health.status_code == 200
+        body = health.json()
+        assert body["status"] == "degraded"
+        assert body["checks"]["database"]["status"] == "down"
+        assert body["checks"]["redis"]["status"] == "ok"
+        assert body["checks"]["signing"] == {
+            "status": "down", "detail": "signing key not loaded yet: answers go out unsigned"}
+        ready = await http.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["database"] is False
+
+
+async def test_healthz_says_signing_is_off_when_answers_are_unsigned(edge_settings: Settings) -> None:
+    app = create_app(edge_settings.replace(sign_answers=False))
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://edge") as http:
+        body = (await http.get("/healthz")).json()
+        assert body["status"] == "ok" and body["checks"]["signing"]["status"] == "off"
