@@ -49,10 +49,17 @@ class ResourceType(StrEnum):
         """The key of this type in the API response and the unit in messages."""
         return _PLURALS[self]
 
+    @property
+    def label(self) -> str:
+        """How screens name this type: "Domains", "IPv4 addresses", "Phone numbers"."""
+        return _LABELS[self]
+
 
 _QUOTA_COLUMNS = {ResourceType.DOMAIN: "quota_domains", ResourceType.IPV4: "quota_ipv4",
                   ResourceType.PHONE: "quota_phones"}
 _PLURALS = {ResourceType.DOMAIN: "domains", ResourceType.IPV4: "ipv4", ResourceType.PHONE: "phones"}
+_LABELS = {ResourceType.DOMAIN: "Domains", ResourceType.IPV4: "IPv4 addresses",
+           ResourceType.PHONE: "Phone numbers"}
 
 
 class ResourceStatus(StrEnum):
@@ -446,7 +453,7 @@ class PoolStats:
     allocated: int
     quarantined: int   # still in quarantine
     retired: int
-    low: bool          # free below settings.resource_low_watermark
+    low: bool          # stocked (total > 0) and free below settings.resource_low_watermark
 
     @property
     def total(self) -> int:
@@ -455,7 +462,8 @@ class PoolStats:
 
 def pool_stats(conn: psycopg.Connection[Any], *, settings: Settings,
                now: dt.datetime | None = None) -> list[PoolStats]:
-    """Free / allocated / quarantined / retired per type, flagging types that run low."""
+    """Free / allocated / quarantined / retired per type, flagging types that run low.  A type never
+    stocked is not "low": nothing ran out, there is simply no pool of it."""
     at = _now(conn, now)
     counts = {kind: dict.fromkeys(("free", "allocated", "quarantined", "retired"), 0) for kind in ResourceType}
     for kind, bucket, n in conn.execute(
@@ -463,7 +471,8 @@ def pool_stats(conn: psycopg.Connection[Any], *, settings: Settings,
             " WHEN status = 'quarantined' AND quarantined_until <= %s THEN 'free' ELSE status END AS bucket,"
             " count(*) FROM resource_pools GROUP BY 1, 2", (at,)).fetchall():
         counts[ResourceType(kind)][bucket] += n
-    return [PoolStats(kind, low=c["free"] < settings.resource_low_watermark, **c) for kind, c in counts.items()]
+    return [PoolStats(kind, low=sum(c.values()) > 0 and c["free"] < settings.resource_low_watermark, **c)
+            for kind, c in counts.items()]
 
 
 @dataclass(frozen=True)

@@ -139,8 +139,10 @@ def test_dashboard_shows_counts_per_type_and_warns_when_low(
                                             "text": "a.example\nb.example\nc.example\nd.example"})
     post_form(client, "/resources/import", {"resource_type": "ipv4", "text": "8.8.4.1"})
     html = client.get("/resources/").get_data(as_text=True)
-    assert re.search(r'data-type="domain"[^>]*>\s*<td>domains</td>\s*<td class="free">4</td>', html)
-    assert 'data-low="ipv4"' in html and 'data-low="phone"' in html and 'data-low="domain"' not in html
+    assert re.search(r'data-type="domain"[^>]*>\s*<td>Domains</td>\s*<td class="free">4</td>', html)
+    # phones were never stocked: no warning for them
+    assert 'data-low="ipv4"' in html and 'data-low="phone"' not in html and 'data-low="domain"' not in html
+    assert "IPv4 addresses running low" in html and "Ipv4" not in html
     found = client.get("/resources/license?q=HL-NOPE", follow_redirects=True).get_data(as_text=True)
     assert "No license with key or id" in found
 
