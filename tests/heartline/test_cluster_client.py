@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,41 @@ async def test_min_replicas_answers_after_the_replica_has_the_write(
             assert replica.get(f"r{i}") == str(i + 1).encode()
     finally:
         await client.aclose()
+
+
+async def test_min_replicas_follows_a_master_that_became_a_replica(
+        cluster_redis: Any, redis_cluster: EmbeddedRedisCluster) -> None:
+    """A master turned replica (a failover, or a killed master restarted) answers MOVED to every write and
+    refuses WAIT; the MOVED must reach the client, or its slot map stays stale and every write of those
+    slots fails as a replication timeout for good (seen in the failover test)."""
+    client = multiplexed(redis_cluster.url(), min_replicas=1)
+    assert isinstance(client, ClusterMultiplexedRedis)
+    key = keys.live_count(7)
+    slot = key_slot(key.encode())
+    old = redis_cluster.master_of_slot(slot)
+    new = redis_cluster.node(_replica_of(redis_cluster, old.port))
+    try:
+        assert await client.execute("SET", key, 1) is not None
+        assert client.node_for_slot(slot) == ("127.0.0.1", old.port)
+        _failover_to(redis_cluster, new, old)
+        assert await client.execute("INCR", key) == 2  # sent to the old master, MOVED, resent, WAITed
+        assert client.node_for_slot(slot) == ("127.0.0.1", new.port)
+    finally:
+        await client.aclose()
+        if redis_cluster.master_of_slot(slot).port != old.port:
+            _failover_to(redis_cluster, old, new)
+
+
+def _failover_to(cluster: EmbeddedRedisCluster, replica: Any, master: Any) -> None:
+    """CLUSTER FAILOVER on `replica` (coordinated: no write lost) and wait until both roles swapped."""
+    replica.client().execute_command("CLUSTER", "FAILOVER")
+    for _ in range(300):
+        if (cluster.node(replica.port).client().info("replication")["role"] == "master"
+                and master.client().info("replication").get("master_link_status") == "up"
+                and cluster.master_of_slot(key_slot(keys.live_count(7).encode())).port == replica.port):
+            return
+        time.sleep(0.1)
+    raise AssertionError("the coordinated failover did not complete")
 
 
 def _replica_of(cluster: EmbeddedRedisCluster, master_port: int) -> int:

@@ -196,16 +196,23 @@ class Connection(asyncio.Protocol):
             self.held.held.append((entry, reply))
             return
         batch, self.held = self.held, None
-        acknowledged = reply if isinstance(reply, int) else -1
-        error = None if acknowledged >= self.min_replicas else ReplicationTimeout(
-            f"write reached {max(acknowledged, 0)} of {self.min_replicas} replicas within {REPLICA_WAIT_MS} ms")
+        if isinstance(reply, _ReplyError):  # e.g. the node became a replica: WAIT is refused there
+            error: Exception | None = ReplicationTimeout(f"WAIT failed: {reply}")
+        elif isinstance(reply, int) and reply >= self.min_replicas:
+            error = None
+        else:
+            error = ReplicationTimeout(f"write reached {reply if isinstance(reply, int) else 0} of "
+                                       f"{self.min_replicas} replicas within {REPLICA_WAIT_MS} ms")
         for future, held in (batch.held if batch else []):
             if future.done():
                 continue
-            if error is not None:
-                future.set_exception(error)
-            elif isinstance(held, _ReplyError):
+            if isinstance(held, _ReplyError):
+                # a command's own error stands whatever WAIT said: nothing of it was written, and a
+                # MOVED must reach the cluster client (a master restarted as a replica answers MOVED to
+                # every write and refuses the WAIT; masking it would keep the stale slot map for good)
                 future.set_exception(as_exception(held))
+            elif error is not None:
+                future.set_exception(error)
             else:
                 future.set_result(held)
 
