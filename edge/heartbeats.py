@@ -22,7 +22,13 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edge.bodies import decode
-from edge.errors import BodyTooLarge, HeartbeatTooFrequent, InvalidSessionToken, LicenseNotFound
+from edge.errors import (
+    BodyTooLarge,
+    HeartbeatTooFrequent,
+    InvalidSessionToken,
+    LicenseNotFound,
+    SessionLimitReached,
+)
 from edge.metrics import EdgeMetrics, ResponseStatus
 from edge.schemas import HeartbeatResponse, LicenseRequest, encode, utc_from_ms
 from edge.sessions import refusal
@@ -73,6 +79,9 @@ class HeartbeatEndpoint:
         if outcome.code is PlaneCode.HEARTBEAT_TOO_FREQUENT:
             retry_after = max(1, math.ceil(outcome.retry_after_ms / 1000))
             raise HeartbeatTooFrequent(headers={"Retry-After": str(retry_after)})
+        if outcome.code is PlaneCode.SESSION_LIMIT_REACHED:
+            # lapsed, within the license's resume grace, and no seat free to revive it: retry later
+            raise SessionLimitReached(details={"limit": outcome.limit, "in_use": outcome.in_use})
         if outcome.code is not PlaneCode.SESSION_NOT_FOUND:
             log.info("session.heartbeat.refused license_id=%s code=%s", license_id, outcome.code)
         raise refusal(outcome.code)

@@ -66,7 +66,8 @@ async def validate(request: Request) -> Response:
                 device_limit=cached.device_limit, concurrent_sessions_limit=cached.sessions_limit,
                 heartbeat_interval_s=cached.interval_s, heartbeat_timeout_s=cached.timeout_s,
                 entitlements=list(cached.entitlements),
-                offline_grace_s=cached.offline_grace_s, max_borrow_s=cached.max_borrow_s),
+                offline_grace_s=cached.offline_grace_s, max_borrow_s=cached.max_borrow_s,
+                resume_grace_s=cached.resume_grace_s),
             device=DeviceInfo(hardware_fingerprint=body.hardware_fingerprint, activated=device_id is not None,
                               device_id=device_id))
     return Response(encode(result), media_type="application/json")

@@ -109,6 +109,7 @@ class LicenseInfo(Struct):
     entitlements: list[str] = []
     offline_grace_s: int = 0
     max_borrow_s: int = 0
+    resume_grace_s: int = 0
 
 
 class DeviceInfo(Struct):

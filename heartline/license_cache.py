@@ -33,7 +33,8 @@ ARRAY(SELECT e.code FROM entitlements e
        ORDER BY e.code COLLATE "C") AS entitlements"""
 LICENSE_COLUMNS = ("id, license_key, status, valid_from, valid_until, device_limit, "
                    "concurrent_sessions_limit, heartbeat_interval_s, heartbeat_timeout_s, version, "
-                   "device_change_limit, device_changes_reset_at, offline_grace_s, max_borrow_s, " + ENTITLEMENT_CODES)
+                   "device_change_limit, device_changes_reset_at, offline_grace_s, max_borrow_s, resume_grace_s, "
+                   + ENTITLEMENT_CODES)
 
 # FOR SHARE: a reload waits for a device (de)activation holding the license row FOR UPDATE, so it never
 # writes a device list older than what that activation already put into the plane.
@@ -99,6 +100,7 @@ def to_cached(row: asyncpg.Record | dict[str, Any], settings: Settings) -> Cache
         entitlements=tuple(_column(row, "entitlements") or ()),
         device_change_limit=_column(row, "device_change_limit"),
         offline_grace_s=_column(row, "offline_grace_s") or 0, max_borrow_s=_column(row, "max_borrow_s") or 0,
+        resume_grace_s=_column(row, "resume_grace_s") or 0,
     )
 
 

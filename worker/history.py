@@ -24,9 +24,9 @@ log = logging.getLogger("worker.history")
 
 _EVENTS = """
 unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::text[], $5::timestamptz[], $6::timestamptz[],
-       $7::text[], $8::bigint[], $9::text[], $10::text[], $11::timestamptz[])
+       $7::text[], $8::bigint[], $9::text[], $10::text[], $11::timestamptz[], $12::integer[])
     AS e(session_token, license_id, device_id, fingerprint, started_at, at, end_reason, heartbeat_count,
-         client_version, client_ip, last_heartbeat_at)
+         client_version, client_ip, last_heartbeat_at, lapses)
 """
 
 # A session already in history is over: its late (replayed) `started` must not bring it back.
@@ -61,14 +61,16 @@ WITH ev AS (
            ev.at AS ended_at, ev.end_reason,
            greatest(ev.heartbeat_count, c.heartbeat_count, 0) AS heartbeat_count,
            coalesce(ev.client_version, c.client_version) AS client_version,
-           coalesce(ev.client_ip::inet, c.client_ip) AS client_ip
+           coalesce(ev.client_ip::inet, c.client_ip) AS client_ip,
+           coalesce(ev.lapses, 0) AS lapses
       FROM ev LEFT JOIN closed c ON c.session_token = ev.session_token
      WHERE EXISTS (SELECT 1 FROM licenses l WHERE l.id = ev.license_id)
 )
 INSERT INTO session_history (session_token, license_id, device_id, hardware_fingerprint, started_at,
-                             ended_at, end_reason, heartbeat_count, client_version, client_ip)
+                             ended_at, end_reason, heartbeat_count, client_version, client_ip, lapses)
 SELECT r.session_token, r.license_id, dev.id, r.fingerprint, r.started_at,
-       greatest(r.ended_at, r.started_at), r.end_reason, r.heartbeat_count, r.client_version, r.client_ip
+       greatest(r.ended_at, r.started_at), r.end_reason, r.heartbeat_count, r.client_version, r.client_ip,
+       r.lapses
   FROM rows r LEFT JOIN device_registrations dev ON dev.id = r.device_id
 ON CONFLICT (session_token) DO NOTHING
 """
@@ -105,6 +107,7 @@ def _columns(events: list[SessionEvent]) -> list[list[Any]]:
         [e.client_version for e in events],
         [_valid_ip(e.client_ip) for e in events],
         [received_at(e.last_heartbeat_ms) if e.last_heartbeat_ms else None for e in events],
+        [e.lapses for e in events],
     ]
 
 
@@ -124,6 +127,8 @@ def session_events(entries: list[Entry]) -> tuple[list[SessionEvent], int]:
                 received_at(ms)  # raises OverflowError for a time PostgreSQL cannot hold
             if event.heartbeat_count > MAX_BIGINT:
                 raise ValueError("heartbeat count out of range")
+            if not 0 <= event.lapses <= 2**31 - 1:
+                raise ValueError("lapses out of range")
         except (ValueError, TypeError, OverflowError) as exc:
             malformed += 1
             log.warning("worker.history.malformed shard=%s entry=%s error=%s",

@@ -63,6 +63,7 @@ class License(Base):
     version: Mapped[int] = mapped_column(Integer, server_default=text("1"))
     offline_grace_s: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     max_borrow_s: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    resume_grace_s: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     created_at: Mapped[dt.datetime] = mapped_column(TZ, server_default=NOW)
     updated_at: Mapped[dt.datetime] = mapped_column(TZ, server_default=NOW)
 
@@ -168,6 +169,7 @@ class SessionHistory(Base):
     heartbeat_count: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     client_version: Mapped[str | None] = mapped_column(Text)
     client_ip: Mapped[str | None] = mapped_column(INET)
+    lapses: Mapped[int] = mapped_column(Integer, server_default=text("0"))
 
     license: Mapped[License] = relationship()
     device: Mapped[DeviceRegistration | None] = relationship()

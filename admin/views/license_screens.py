@@ -90,14 +90,15 @@ class LicenseView(ModelView):
                     "concurrent_sessions_limit"]
     show_columns = ["license_key", "customer", "product", "status", "valid_from", "valid_until",
                     "device_limit", "concurrent_sessions_limit", "heartbeat_interval_s",
-                    "heartbeat_timeout_s", "offline_grace_s", "max_borrow_s", "entitlements", "device_change_limit",
+                    "heartbeat_timeout_s", "offline_grace_s", "max_borrow_s", "resume_grace_s", "entitlements",
+                    "device_change_limit",
                     "device_changes",
                     "device_changes_reset_at",
                     "quota_domains", "quota_ipv4", "quota_phones", "notes", "version", "created_at",
                     "updated_at"]
     add_columns = ["customer", "product", "valid_from", "valid_until", "device_limit",
                    "concurrent_sessions_limit", "heartbeat_interval_s", "heartbeat_timeout_s", "entitlements",
-                   "device_change_limit", "offline_grace_s", "max_borrow_s", "quota_domains", "quota_ipv4", "quota_phones", "notes"]
+                   "device_change_limit", "offline_grace_s", "max_borrow_s", "resume_grace_s", "quota_domains", "quota_ipv4", "quota_phones", "notes"]
     edit_columns = add_columns
     search_columns = ["license_key", "customer", "product", "status", "valid_until"]
     order_columns = ["license_key", "product", "status", "valid_until", "device_limit"]
@@ -110,6 +111,7 @@ class LicenseView(ModelView):
         "device_changes_reset_at": "Device changes reset",
         "offline_grace_s": "Offline grace (s)",
         "max_borrow_s": "Longest borrow (s)",
+        "resume_grace_s": "Resume grace (s)",
         "quota_domains": "Domains", "quota_ipv4": "IPv4 addresses", "quota_phones": "Phone numbers",
     }
     formatters_columns = {
@@ -133,6 +135,8 @@ class LicenseView(ModelView):
                            "(signed into every answer). 0: none; at most 30 days.",
         "max_borrow_s": "The longest a client may borrow its seat for offline use. 0: borrowing not "
                         "allowed; at most 90 days.",
+        "resume_grace_s": "How long past a missed heartbeat deadline the same device may bring its session "
+                          "back (if a seat is free; the lapsed session holds none). 0: none; at most 1 day.",
     }
     # Native date-time pickers (FAB would render WTForms' obsolete type="datetime" inputs); UTC.
     add_form_extra_fields = edit_form_extra_fields = {
@@ -154,6 +158,9 @@ class LicenseView(ModelView):
             Optional(), NumberRange(min=0, max=2_592_000, message="Between 0 and 2592000 s (30 days).")]),
         "max_borrow_s": IntegerField("Longest borrow (s)", default=0, validators=[
             Optional(), NumberRange(min=0, max=7_776_000, message="Between 0 and 7776000 s (90 days).")]),
+        # CHECK licenses_resume_grace_range (sql/0012)
+        "resume_grace_s": IntegerField("Resume grace (s)", default=0, validators=[
+            Optional(), NumberRange(min=0, max=86_400, message="Between 0 and 86400 s (1 day).")]),
     }
     validators_columns = {
         "customer": [DataRequired(message="Choose the customer this license belongs to.")],
@@ -289,7 +296,8 @@ def refresh_edge_cache(license_id: int) -> None:
 
 
 def _empty_quotas_are_zero(item: License) -> None:
-    for quota in ("quota_domains", "quota_ipv4", "quota_phones", "offline_grace_s", "max_borrow_s"):
+    for quota in ("quota_domains", "quota_ipv4", "quota_phones", "offline_grace_s", "max_borrow_s",
+                  "resume_grace_s"):
         if getattr(item, quota) is None:
             setattr(item, quota, 0)
 

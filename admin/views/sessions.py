@@ -73,11 +73,12 @@ class SessionHistoryView(ModelView):
 
     list_columns = ["session_token", "license", "device", "started_at", "ended_at", "end_reason",
                     "heartbeat_count", "client_version"]
-    show_columns = list_columns + ["hardware_fingerprint", "client_ip"]
+    show_columns = list_columns + ["lapses", "hardware_fingerprint", "client_ip"]
     search_columns = ["license", "device", "end_reason", "started_at", "ended_at", "hardware_fingerprint"]
     order_columns = ["started_at", "ended_at", "end_reason", "heartbeat_count"]
     base_order = ("ended_at", "desc")
-    label_columns = {"session_token": "Session", "heartbeat_count": "Heartbeats", "end_reason": "Reason"}
+    label_columns = {"session_token": "Session", "heartbeat_count": "Heartbeats", "end_reason": "Reason",
+                     "lapses": "Missed deadlines"}
     # the reasons as a list to pick from, not a text box
     search_form_extra_fields = {
         "end_reason": SelectField("Reason", choices=[SelectChoice(r.value, r.value) for r in EndReason])}

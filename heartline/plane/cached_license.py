@@ -25,6 +25,7 @@ class CachedLicense(msgspec.Struct, frozen=True, kw_only=True):
     device_change_limit: int | None = None
     offline_grace_s: int = 0     # signed into session answers: how long a client may stay offline
     max_borrow_s: int = 0        # the longest borrow borrow.lua grants; 0 = none
+    resume_grace_s: int = 0      # how long past its deadline a lapsed session may be revived; 0 = none
 
     def fields(self) -> dict[str, str | int]:
         """Hash fields as cache_license.lua writes them; '' stands for no expiry."""
@@ -38,6 +39,7 @@ class CachedLicense(msgspec.Struct, frozen=True, kw_only=True):
             "entitlements": ",".join(self.entitlements),
             "device_change_limit": "" if self.device_change_limit is None else self.device_change_limit,
             "offline_grace_s": self.offline_grace_s, "max_borrow_s": self.max_borrow_s,
+            "resume_grace_s": self.resume_grace_s,
         }
 
     @classmethod
@@ -56,6 +58,7 @@ class CachedLicense(msgspec.Struct, frozen=True, kw_only=True):
             entitlements=tuple(code for code in get.get("entitlements", "").split(",") if code),
             device_change_limit=int(get["device_change_limit"]) if get.get("device_change_limit") else None,
             offline_grace_s=int(get.get("offline_grace_s") or 0), max_borrow_s=int(get.get("max_borrow_s") or 0),
+            resume_grace_s=int(get.get("resume_grace_s") or 0),
         )
 
     def refusal(self, now_ms: int) -> str | None:

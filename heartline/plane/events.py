@@ -42,7 +42,7 @@ class SessionEvent(msgspec.Struct, frozen=True, kw_only=True):
     """hl:{sN}:ev entry.  Fields on the wire:
     k=kind (started|ended), l=license id, t=token, d=device id, f=fingerprint, s=started ms,
     at=event ms, r=end reason (ended only), n=heartbeat count, lh=last heartbeat ms (ended only),
-    v=client version, ip=client ip.
+    v=client version, ip=client ip, lp=times the session missed its deadline (ended only; absent = 0).
     """
 
     event_id: str
@@ -58,6 +58,7 @@ class SessionEvent(msgspec.Struct, frozen=True, kw_only=True):
     last_heartbeat_ms: int | None = None
     client_version: str | None = None
     client_ip: str | None = None
+    lapses: int = 0
 
 
 def _s(value: bytes | str | None) -> str | None:
@@ -109,4 +110,5 @@ def session_event_from_fields(shard: int, entry_id: bytes | str,
         last_heartbeat_ms=_i(_key(fields, "lh")),
         client_version=_s(_key(fields, "v")),
         client_ip=_s(_key(fields, "ip")),
+        lapses=_i(_key(fields, "lp")) or 0,
     )

@@ -64,6 +64,9 @@ class HeartbeatOutcome:
     interval_s: int = 0
     retry_after_ms: int = 0
     offline_grace_s: int = 0
+    # SESSION_LIMIT_REACHED (a lapsed session no seat is free to revive): the limit and the seats in use
+    limit: int = 0
+    in_use: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +142,8 @@ class SessionPlane:
                                     offline_grace_s=int(reply[3]))
         if code is PlaneCode.HEARTBEAT_TOO_FREQUENT:
             return HeartbeatOutcome(code=code, retry_after_ms=int(reply[1]))
+        if code is PlaneCode.SESSION_LIMIT_REACHED:
+            return HeartbeatOutcome(code=code, limit=int(reply[1]), in_use=int(reply[2]))
         return HeartbeatOutcome(code=code)
 
     async def borrow(self, license_id: int, token: str, until_ms: int) -> BorrowOutcome:

@@ -117,6 +117,24 @@ def test_editing_limits_drops_the_license_from_the_edge_cache_and_is_audited(
                      r'<span class="hl-diff-new">5</span>', page)
 
 
+def test_the_resume_grace_is_edited_in_the_form_within_its_check_and_audited(
+        signed_in: tuple[FlaskClient, Admin], pg: psycopg.Connection[Any]) -> None:
+    client, admin = signed_in
+    customer_id = add_customer(client, pg)
+    lic = add_license(client, pg, customer_id)
+    assert pg.execute("SELECT resume_grace_s FROM licenses WHERE id = %s", (lic["id"],)).fetchone()[0] == 0
+    page = post_form(client, f"/licenseview/edit/{lic['id']}",
+                     license_form(customer_id, resume_grace_s=86401)).get_data(as_text=True)
+    assert "Between 0 and 86400 s (1 day)." in page
+    response = post_form(client, f"/licenseview/edit/{lic['id']}", license_form(customer_id, resume_grace_s=300))
+    assert response.status_code == 302, response.get_data(as_text=True)
+    old, new, actor = pg.execute(
+        "SELECT old_values->>'resume_grace_s', new_values->>'resume_grace_s', actor FROM audit_log "
+        "WHERE table_name = 'licenses' AND operation = 'UPDATE' ORDER BY id DESC LIMIT 1").fetchone()
+    assert (old, new, actor) == ("0", "300", f"admin:{admin.username}")
+    assert "Resume grace (s)" in client.get(f"/licenseview/show/{lic['id']}").get_data(as_text=True)
+
+
 def test_suspending_a_license_ends_its_live_sessions(
         signed_in: tuple[FlaskClient, Admin], pg: psycopg.Connection[Any], admin_settings: Settings) -> None:
     client, admin = signed_in

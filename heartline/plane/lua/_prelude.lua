@@ -74,12 +74,36 @@ local function keep_session_keys(lk, ttl_ms)
   end
 end
 
+-- Grace after a missed heartbeat (the license's resume_grace_s): a session past its deadline holds no
+-- seat (seats_in_use() counts only deadlines still ahead), but it stays in the live set until deadline
+-- + grace, and until then the same device may bring it back (revive) when a seat is free; after it, it
+-- ends as timeout.  Scripts that have the license hash read the grace there; the others (reap, end)
+-- read the copy in the session records' hash, field '!g' (ms, absent = 0), which start.lua and
+-- cache_license.lua write and which lives exactly as long as the sessions it concerns.
+local GRACE_FIELD = '!g'
+
+local function resume_grace_ms(lk)
+  return tonumber(redis.call('HGET', lk.ss, GRACE_FIELD) or 0)
+end
+
+-- The seats held at `now`: sessions whose deadline is still ahead (a lapsed session holds none).
+local function seats_in_use(lk, now)
+  return redis.call('ZCOUNT', lk.live, '(' .. now, '+inf')
+end
+
+-- A revived session's revivals so far, field 'l:<token>' of the 'ss' hash (absent until the first).
+local function lapse_field(token)
+  return 'l:' .. token
+end
+
 -- The shard's deadline index holds one entry per license with live sessions: the license id, scored
--- with its earliest session deadline (one entry per license, not per session, keeps the index small).
-local function index_license(lk, license_id, shard)
+-- with the time its earliest session is to be ended if nothing happens (one entry per license, not per
+-- session, keeps the index small): its deadline, plus the license's resume grace (`grace_ms`; nil
+-- reads the copy in the 'ss' hash).
+local function index_license(lk, license_id, shard, grace_ms)
   local first = redis.call('ZRANGE', lk.live, 0, 0, 'WITHSCORES')
   if first[1] then
-    redis.call('ZADD', shard.deadlines, first[2], license_id)
+    redis.call('ZADD', shard.deadlines, tonumber(first[2]) + (grace_ms or resume_grace_ms(lk)), license_id)
   else
     redis.call('ZREM', shard.deadlines, license_id)
   end
@@ -107,14 +131,16 @@ end
 -- records, re-indexes the license, counts it off the shard's live count and appends exactly one `ended`
 -- event (fields: heartline/plane/events.py).  `lk` from license_keys(), `shard` from shard_keys().
 -- A session already past its deadline is ended as 'timeout' whatever the caller asked (as
--- 'borrow_expired' when it was borrowed), so history keeps the true reason.  Returns 0 when the token
--- was not live (nothing emitted: an end racing another end or the reaper is harmless), 1 when ended
--- with `reason`, 2 when ended as timeout.
+-- 'borrow_expired' when it was borrowed), so history keeps the true reason.  The event carries `lp`,
+-- how many times the session missed its deadline (its revivals, plus this end when it is a timeout),
+-- when that is not 0.  Returns 0 when the token was not live (nothing emitted: an end racing another
+-- end or the reaper is harmless), 1 when ended with `reason`, 2 when ended as timeout.
 local function end_session(lk, license_id, token, reason, now, shard)
   local score = redis.call('ZSCORE', lk.live, token)
   local borrowed = redis.call('HDEL', lk.ss, borrow_field(token)) == 1
+  local lapses = tonumber(redis.call('HGET', lk.ss, lapse_field(token)) or 0)
   if not score then
-    redis.call('HDEL', lk.ss, token)
+    redis.call('HDEL', lk.ss, token, lapse_field(token))
     return 0
   end
   redis.call('ZREM', lk.live, token)
@@ -126,18 +152,31 @@ local function end_session(lk, license_id, token, reason, now, shard)
     if borrowed then
       reason = 'borrow_expired'
     end
+    lapses = lapses + 1
     result = 2
   end
   local rec = read_session(lk, token) or {d = '', s = '', lh = '', n = '0', ip = '', v = ''}
-  redis.call('HDEL', lk.ss, token)
+  redis.call('HDEL', lk.ss, token, lapse_field(token))
   local fp = fingerprint_of(lk, token)
   if fp then
     redis.call('HDEL', lk.fp, fp)
   end
-  append_event(shard.events, shard.maxlen,
-    'k', 'ended', 'l', license_id, 't', token, 'd', rec.d, 'f', fp or '', 's', rec.s,
-    'at', now, 'r', reason, 'n', rec.n, 'lh', rec.lh, 'v', rec.v, 'ip', rec.ip)
+  if lapses > 0 then
+    append_event(shard.events, shard.maxlen,
+      'k', 'ended', 'l', license_id, 't', token, 'd', rec.d, 'f', fp or '', 's', rec.s,
+      'at', now, 'r', reason, 'n', rec.n, 'lh', rec.lh, 'v', rec.v, 'ip', rec.ip, 'lp', lapses)
+  else
+    append_event(shard.events, shard.maxlen,
+      'k', 'ended', 'l', license_id, 't', token, 'd', rec.d, 'f', fp or '', 's', rec.s,
+      'at', now, 'r', reason, 'n', rec.n, 'lh', rec.lh, 'v', rec.v, 'ip', rec.ip)
+  end
   return result
+end
+
+-- Brings a lapsed session back (see resume_grace_ms): the caller checked that a seat is free.  Counts
+-- the lapse; the caller then gives it a new deadline as it would a live one.
+local function revive_session(lk, token)
+  redis.call('HINCRBY', lk.ss, lapse_field(token), 1)
 end
 
 -- Why a cached license refuses service at `now`, or nil when it serves.

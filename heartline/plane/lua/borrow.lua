@@ -12,7 +12,7 @@
 local license_id, token = ARGV[1], ARGV[2]
 local lk = license_keys(1)
 local shard = shard_keys(6, ARGV[4])
-local lic, now, refusal = serving_license(lk, 'max_borrow_s', 'offline_grace_s')
+local lic, now, refusal = serving_license(lk, 'max_borrow_s', 'offline_grace_s', 'resume_grace_s')
 if refusal then
   return {refusal}
 end
@@ -20,8 +20,12 @@ local score = redis.call('ZSCORE', lk.live, token)
 if not score then
   return {'SESSION_NOT_FOUND'}
 end
+local resume_ms = (tonumber(lic[6]) or 0) * 1000
 if tonumber(score) <= now then
-  end_session(lk, license_id, token, 'timeout', now, shard)
+  -- lapsed: not borrowable (a heartbeat or a start revives it within the resume grace)
+  if tonumber(score) + resume_ms <= now then
+    end_session(lk, license_id, token, 'timeout', now, shard)
+  end
   return {'SESSION_NOT_FOUND'}
 end
 local max_ms = (tonumber(lic[4]) or 0) * 1000
@@ -37,6 +41,6 @@ if until_ms > now + max_ms then
 end
 redis.call('ZADD', lk.live, until_ms, token)
 redis.call('HSET', lk.ss, borrow_field(token), until_ms)
-index_license(lk, license_id, shard)
-keep_session_keys(lk, until_ms - now + tonumber(ARGV[5]))
+index_license(lk, license_id, shard, resume_ms)
+keep_session_keys(lk, until_ms - now + resume_ms + tonumber(ARGV[5]))
 return {'BORROWED', until_ms, lic[5] or 0, fingerprint_of(lk, token) or ''}

@@ -30,6 +30,18 @@ if #ARGV > 5 + 2 * n then
   redis.call('EXPIRE', lk.dev, ARGV[3])
 end
 
+-- The resume grace's copy beside the sessions it concerns (resume_grace_ms in the prelude), and the
+-- license re-indexed with it.
+if redis.call('EXISTS', lk.ss) == 1 then
+  local resume_ms = (tonumber(redis.call('HGET', lk.lic, 'resume_grace_s')) or 0) * 1000
+  if resume_ms > 0 then
+    redis.call('HSET', lk.ss, GRACE_FIELD, resume_ms)
+  else
+    redis.call('HDEL', lk.ss, GRACE_FIELD)
+  end
+  index_license(lk, license_id, shard, resume_ms)
+end
+
 local ended = 0
 local now = nil
 local live_devices = redis.call('HGETALL', lk.fp)

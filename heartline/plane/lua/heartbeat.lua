@@ -5,6 +5,9 @@
 --       5 grace ms the session keys outlive the last write
 -- Reply: {'OK', deadline ms, heartbeat interval s, offline grace s}
 --        or {'HEARTBEAT_TOO_FREQUENT', retry after ms} (nothing recorded)
+--        or {'SESSION_LIMIT_REACHED', sessions limit, seats in use}: the session lapsed (missed its
+--        deadline), is within the license's resume grace, and no seat is free to revive it (nothing
+--        recorded; it stays revivable until the grace runs out)
 --        or {code}: LICENSE_NOT_CACHED (caller reloads the license and retries),
 --        LICENSE_SUSPENDED / LICENSE_REVOKED / LICENSE_NOT_YET_VALID (a live session ended as
 --        license_suspended), LICENSE_EXPIRED (a live session ended as license_expired) -- answered
@@ -15,7 +18,7 @@ local license_id, token = ARGV[1], ARGV[2]
 local lk = license_keys(1)
 local shard = shard_keys(6, ARGV[4])
 local lic = redis.call('HMGET', lk.lic, 'status', 'valid_from_ms', 'valid_until_ms', 'interval_s',
-  'timeout_s', 'offline_grace_s')
+  'timeout_s', 'offline_grace_s', 'resume_grace_s', 'sessions_limit')
 if not lic[1] then
   return {'LICENSE_NOT_CACHED'}
 end
@@ -37,7 +40,9 @@ end
 if not score then
   return {'SESSION_NOT_FOUND'}
 end
-if tonumber(score) <= now then
+local resume_ms = (tonumber(lic[7]) or 0) * 1000
+local lapsed = tonumber(score) <= now
+if lapsed and (tonumber(score) + resume_ms <= now or redis.call('HEXISTS', lk.ss, borrow_field(token)) == 1) then
   end_session(lk, license_id, token, 'timeout', now, shard)
   return {'SESSION_NOT_FOUND'}
 end
@@ -49,6 +54,16 @@ if gap > 0 and last and now - last < gap then
   return {'HEARTBEAT_TOO_FREQUENT', gap - (now - last)}
 end
 
+-- A lapsed session within its resume grace comes back if a seat is free; else it stays lapsed and
+-- nothing is recorded.
+if lapsed then
+  local in_use = seats_in_use(lk, now)
+  if in_use >= tonumber(lic[8]) then
+    return {'SESSION_LIMIT_REACHED', lic[8], in_use}
+  end
+  revive_session(lk, token)
+end
+
 local timeout_ms = tonumber(lic[5]) * 1000
 local deadline = now + timeout_ms
 -- Never shorten: a borrowed session keeps its borrow's end.
@@ -56,10 +71,10 @@ if tonumber(score) > deadline then
   deadline = tonumber(score)
 end
 redis.call('ZADD', lk.live, deadline, token)
-index_license(lk, license_id, shard)
+index_license(lk, license_id, shard, resume_ms)
 rec.lh = now
 rec.n = (tonumber(rec.n) or 0) + 1
 write_session(lk, token, rec)
-keep_session_keys(lk, timeout_ms + tonumber(ARGV[5]))
+keep_session_keys(lk, timeout_ms + resume_ms + tonumber(ARGV[5]))
 append_event(KEYS[9], ARGV[4], 'l', license_id, 't', token, 'd', rec.d)
 return {'OK', deadline, lic[4], lic[6] or 0}

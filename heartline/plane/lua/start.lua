@@ -6,7 +6,7 @@
 --       8 device id offered for a fingerprint missing from the devices hash ('' = none): the id of an
 --         activation the caller holds uncommitted in PostgreSQL
 -- Reply: {'STARTED' | 'RESUMED', token, deadline ms, heartbeat interval s, heartbeat timeout s,
---         offline grace s}
+--         offline grace s} (RESUMED also when the device's lapsed session is revived: resume grace)
 --        or {code}: LICENSE_NOT_CACHED (caller reloads the license and retries), LICENSE_SUSPENDED,
 --        LICENSE_REVOKED, LICENSE_EXPIRED, LICENSE_NOT_YET_VALID, DEVICE_NOT_ACTIVATED (caller activates
 --        in PostgreSQL without committing and retries offering the device id),
@@ -17,11 +17,14 @@
 local license_id, fp = ARGV[1], ARGV[2]
 local lk = license_keys(1)
 local shard = shard_keys(6, ARGV[6])
-local lic, now, refusal = serving_license(lk, 'sessions_limit', 'interval_s', 'timeout_s', 'offline_grace_s')
+local lic, now, refusal = serving_license(lk, 'sessions_limit', 'interval_s', 'timeout_s', 'offline_grace_s',
+  'resume_grace_s')
 if refusal then
   return {refusal}
 end
 local grace = lic[7] or 0
+local resume_ms = (tonumber(lic[8]) or 0) * 1000
+local limit = tonumber(lic[4])
 local device = redis.call('HGET', lk.dev, fp)
 local offered = nil
 if not device then
@@ -40,9 +43,9 @@ local function cache_offered_device()
   device = offered
 end
 
--- Sessions past their deadline stop counting now, not when the reaper comes by; each still gets its
--- ended(timeout) event.
-for _, token in ipairs(redis.call('ZRANGEBYSCORE', lk.live, '-inf', now)) do
+-- Sessions past their deadline stop counting now (seats_in_use), not when the reaper comes by; those
+-- past their resume grace too are ended here, each with its ended(timeout) event.
+for _, token in ipairs(redis.call('ZRANGEBYSCORE', lk.live, '-inf', now - resume_ms)) do
   end_session(lk, license_id, token, 'timeout', now, shard)
 end
 
@@ -50,6 +53,21 @@ local timeout_ms = tonumber(lic[6]) * 1000
 local deadline = now + timeout_ms
 local current = redis.call('HGET', lk.fp, fp)
 local current_deadline = current and redis.call('ZSCORE', lk.live, current)
+if current_deadline and tonumber(current_deadline) <= now then
+  -- The device's session lapsed (missed its deadline) and is within its resume grace: it comes back
+  -- with its token if a seat is free; otherwise the start is refused and the session stays lapsed
+  -- (the reaper ends it as timeout when the grace runs out).  A borrow that ran out does not come back.
+  if redis.call('HEXISTS', lk.ss, borrow_field(current)) == 1 then
+    end_session(lk, license_id, current, 'timeout', now, shard)
+    current_deadline = nil
+  else
+    local in_use = seats_in_use(lk, now)
+    if in_use >= limit then
+      return {'SESSION_LIMIT_REACHED', limit, in_use}
+    end
+    revive_session(lk, current)
+  end
+end
 if current_deadline then
   -- A start is a sign of life: the resumed session gets a full timeout again (a borrowed one keeps its
   -- borrow's later end).
@@ -60,13 +78,13 @@ if current_deadline then
     deadline = tonumber(current_deadline)
   end
   redis.call('ZADD', lk.live, deadline, current)
-  index_license(lk, license_id, shard)
-  keep_session_keys(lk, timeout_ms + tonumber(ARGV[7]))
+  index_license(lk, license_id, shard, resume_ms)
+  keep_session_keys(lk, timeout_ms + resume_ms + tonumber(ARGV[7]))
   return {'RESUMED', current, deadline, lic[5], lic[6], grace}
 end
-local in_use = redis.call('ZCARD', lk.live)
-if in_use >= tonumber(lic[4]) then
-  return {'SESSION_LIMIT_REACHED', lic[4], in_use}
+local in_use = seats_in_use(lk, now)
+if in_use >= limit then
+  return {'SESSION_LIMIT_REACHED', limit, in_use}
 end
 
 if offered then
@@ -74,11 +92,14 @@ if offered then
 end
 local token = ARGV[3]
 redis.call('ZADD', lk.live, deadline, token)
-index_license(lk, license_id, shard)
+index_license(lk, license_id, shard, resume_ms)
 redis.call('INCR', shard.count)
 redis.call('HSET', lk.fp, fp, token)
 write_session(lk, token, {d = device, s = now, lh = '', n = 0, ip = ARGV[5], v = ARGV[4]})
-keep_session_keys(lk, timeout_ms + tonumber(ARGV[7]))
+if resume_ms > 0 then
+  redis.call('HSET', lk.ss, GRACE_FIELD, resume_ms)
+end
+keep_session_keys(lk, timeout_ms + resume_ms + tonumber(ARGV[7]))
 append_event(shard.events, shard.maxlen,
   'k', 'started', 'l', license_id, 't', token, 'd', device, 'f', fp, 's', now, 'at', now,
   'n', 0, 'v', ARGV[4], 'ip', ARGV[5])
