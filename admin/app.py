@@ -17,7 +17,7 @@ from flask_appbuilder.models.sqla.base import SQLA
 from flask_login import current_user
 from flask_wtf.csrf import CSRFProtect
 
-from admin import actor, errors
+from admin import actor, errors, logs
 from admin import config as config_module
 from admin.backup_banner import backup_problems
 from admin.config import flask_config
@@ -57,6 +57,7 @@ def create_app(settings: Settings, view_modules: list[str] | None = None, *,
     require_keys: refuse to build without HEARTLINE_ADMIN_SECRET_KEY and HEARTLINE_ADMIN_TOTP_KEYS; off
     only for helpers that neither sign sessions nor touch TOTP secrets (`create-admin`).
     """
+    logs.quiet_fab()
     app = Flask(__name__, static_folder="static", template_folder="templates")
     app.config.update(flask_config(settings))
     app.config["FAB_UPDATE_PERMS"] = update_permissions
@@ -107,6 +108,7 @@ def main(settings: Settings, argv: list[str]) -> int:
     args = parser.parse_args(argv)
     settings = services.resolve(settings)
     app = create_app(settings)
+    logs.quiet_waitress(args.threads)
     log.info("admin.started host=%s port=%s", args.host, args.port)
     waitress.serve(app, host=args.host, port=args.port, threads=args.threads, ident="heartline-admin")
     return 0

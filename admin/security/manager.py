@@ -66,13 +66,21 @@ def pending() -> dict[str, Any] | None:
     return dict(state)
 
 
+def safe_next(url: str | None) -> str:
+    """Where to go after the sign-in: `url` when it stays on this site, else the index.  No `next` at all
+    is the normal case (FAB's get_safe_redirect would log "Invalid redirect detected" for it)."""
+    if not url:
+        return str(current_app.appbuilder.get_url_for_index)  # type: ignore[attr-defined]
+    return str(get_safe_redirect(url))
+
+
 def finish_login(user: Any) -> Response:
     state = session.pop(PENDING_KEY, None) or {}
     login_user(user, remember=False)
     username = user.username
     # this browser completed a sign-in: the account's password lock no longer applies to it
     after_this_request(lambda response: remember_device(response, username))
-    return redirect(get_safe_redirect(state.get("next") or ""))
+    return redirect(safe_next(state.get("next")))
 
 
 class HeartlineAuthDBView(AuthDBView):
@@ -87,7 +95,7 @@ class HeartlineAuthDBView(AuthDBView):
             return redirect(self._get_safe_next_url())
         form = LoginForm_db()
         if form.validate_on_submit():
-            next_url = get_safe_redirect(request.args.get("next", ""))
+            next_url = safe_next(request.args.get("next"))
             username = form.username.data or ""
             lockout = None if known_device(username) else account_lockout(self.appbuilder.sm)
             locked_until = lockout.locked_until(account_key(username)) if lockout else None

@@ -11,6 +11,7 @@ from flask_appbuilder.models.sqla.interface import SQLAInterface
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from admin.plane import AdminPlane
+from admin.views import filters
 from heartline.settings import Settings
 
 # What the database's named constraints mean, in the words a form error would use.  Forms check these
@@ -45,8 +46,28 @@ def refusal_message(exc: SQLAlchemyError) -> str:
     return "The database refused the change."
 
 
-class ReadableInterface(SQLAInterface):
-    """SQLAInterface whose refusals read as sentences instead of SQL errors."""
+class HeartlineInterface(SQLAInterface):
+    """SQLAInterface that knows PostgreSQL's UUID, INET and ARRAY columns: search filters that work and
+    text fields in forms (admin/views/filters.py), instead of FAB's warnings on every screen."""
+
+    filter_converter_class = filters.FilterConverter
+
+    def is_uuid(self, col_name: str) -> bool:
+        return filters.is_uuid(self, col_name)
+
+    def is_inet(self, col_name: str) -> bool:
+        return filters.is_inet(self, col_name)
+
+    def is_array(self, col_name: str) -> bool:
+        return filters.is_array(self, col_name)
+
+    def is_string(self, col_name: str) -> bool:
+        # forms (add, edit, search) show tokens and addresses as text fields
+        return super().is_string(col_name) or self.is_uuid(col_name) or self.is_inet(col_name)
+
+
+class ReadableInterface(HeartlineInterface):
+    """HeartlineInterface whose refusals read as sentences instead of SQL errors."""
 
     def add(self, item: Any, commit: bool = True) -> None:
         try:

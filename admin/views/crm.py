@@ -12,7 +12,6 @@ from typing import Any
 
 from flask import Response, flash, g, redirect, request, url_for
 from flask_appbuilder import AppBuilder, BaseView, ModelView, expose
-from flask_appbuilder.models.sqla.interface import SQLAInterface
 from flask_appbuilder.security.decorators import has_access
 from markupsafe import escape
 from sqlalchemy.orm import Session
@@ -20,6 +19,7 @@ from wtforms import BooleanField, DateTimeLocalField, Field, Form, SelectField
 from wtforms.validators import DataRequired, Email, Optional, ValidationError
 
 from admin.models.crm import Activity, Contact, Institution
+from admin.views.base import HeartlineInterface
 from admin.views.resources import MAX_ID, service_transaction
 from heartline import crm
 from heartline.crm import ActivityKind, CrmError, Stage
@@ -43,7 +43,7 @@ def _due_only_for_tasks(form: Form, field: Field) -> None:
 
 
 class ContactView(ModelView):
-    datamodel = SQLAInterface(Contact)
+    datamodel = HeartlineInterface(Contact)
     class_permission_name = CONTACTS
     list_title = show_title = add_title = edit_title = "Contacts"
 
@@ -58,7 +58,7 @@ class ContactView(ModelView):
 
 
 class ActivityView(ModelView):
-    datamodel = SQLAInterface(Activity)
+    datamodel = HeartlineInterface(Activity)
     class_permission_name = ACTIVITIES
     list_title = show_title = add_title = edit_title = "Activities"
 
@@ -84,7 +84,7 @@ class ActivityView(ModelView):
 
 
 class InstitutionView(ModelView):
-    datamodel = SQLAInterface(Institution)
+    datamodel = HeartlineInterface(Institution)
     class_permission_name = INSTITUTIONS
     list_title = show_title = add_title = edit_title = "Institutions"
     related_views = [ContactView, ActivityView]

@@ -15,12 +15,12 @@ import psycopg
 from flask import Response, current_app, flash, redirect, request, url_for
 from flask_appbuilder import AppBuilder, BaseView, ModelView, expose
 from flask_appbuilder.actions import action
-from flask_appbuilder.models.sqla.interface import SQLAInterface
 from flask_appbuilder.security.decorators import has_access
 from sqlalchemy.orm import Session
 
 from admin import actor as admin_actor
 from admin.models.resources import ResourceAllocation, ResourcePool
+from admin.views.base import HeartlineInterface
 from heartline import resources
 from heartline.resources import ResourceError, ResourceType
 from heartline.settings import Settings
@@ -28,7 +28,9 @@ from heartline.settings import Settings
 # Permission (view) names, as FAB stores them; the Admin role gets all of them.
 RESOURCE_POOLS = "ResourcePools"
 RESOURCE_ALLOCATIONS = "ResourceAllocations"
-RESOURCES = "Resources"
+# Not "Resources": that is the menu category's name, and FAB would prune the category's menu_access as a
+# permission of this view at every start (admin/permissions.py).
+RESOURCES = "ResourceDashboard"
 
 CATEGORY = "Resources"
 # Ids in URLs and forms are bigint: larger numbers are a 404 / a refusal, not a database error.
@@ -68,7 +70,7 @@ def _parse_type(raw: str | None) -> ResourceType | None:
 class ResourcePoolView(ModelView):
     """Every pool entry; filter by type and status. Entries come in through the import screen."""
 
-    datamodel = SQLAInterface(ResourcePool)
+    datamodel = HeartlineInterface(ResourcePool)
     class_permission_name = RESOURCE_POOLS
     list_title = show_title = edit_title = "Resource pool"
     base_permissions = ["can_list", "can_show", "can_edit", "can_retire", "can_reinstate"]
@@ -106,7 +108,7 @@ class ResourcePoolView(ModelView):
 class ResourceAllocationView(ModelView):
     """Allocation history: who got which resource when, and who released it."""
 
-    datamodel = SQLAInterface(ResourceAllocation)
+    datamodel = HeartlineInterface(ResourceAllocation)
     class_permission_name = RESOURCE_ALLOCATIONS
     list_title = show_title = "Allocation history"
     base_permissions = ["can_list", "can_show"]

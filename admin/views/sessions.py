@@ -34,11 +34,13 @@ class LiveSessionView(ModelView):
     list_columns = ["session_token", "license", "device", "started_at", "last_heartbeat_at",
                     "heartbeat_count", "client_version", "client_ip"]
     show_columns = list_columns + ["hardware_fingerprint"]
-    search_columns = ["license", "device", "started_at", "last_heartbeat_at", "client_version"]
+    # support gets a token or an address from a customer: both searchable (admin/views/filters.py)
+    search_columns = ["session_token", "client_ip", "license", "device", "started_at", "last_heartbeat_at",
+                      "client_version"]
     order_columns = ["started_at", "last_heartbeat_at", "heartbeat_count"]
     base_order = ("started_at", "desc")
     label_columns = {"session_token": "Session", "heartbeat_count": "Heartbeats",
-                     "last_heartbeat_at": "Last heartbeat"}
+                     "last_heartbeat_at": "Last heartbeat", "client_ip": "Client IP"}
     formatters_columns = timestamps("started_at", "last_heartbeat_at")
 
     @action("terminate", "Terminate", "End the selected sessions now? The clients must start new ones.",
@@ -74,11 +76,12 @@ class SessionHistoryView(ModelView):
     list_columns = ["session_token", "license", "device", "started_at", "ended_at", "end_reason",
                     "heartbeat_count", "client_version"]
     show_columns = list_columns + ["lapses", "hardware_fingerprint", "client_ip"]
-    search_columns = ["license", "device", "end_reason", "started_at", "ended_at", "hardware_fingerprint"]
+    search_columns = ["session_token", "client_ip", "license", "device", "end_reason", "started_at", "ended_at",
+                      "hardware_fingerprint"]
     order_columns = ["started_at", "ended_at", "end_reason", "heartbeat_count"]
     base_order = ("ended_at", "desc")
     label_columns = {"session_token": "Session", "heartbeat_count": "Heartbeats", "end_reason": "Reason",
-                     "lapses": "Missed deadlines"}
+                     "lapses": "Missed deadlines", "client_ip": "Client IP"}
     # the reasons as a list to pick from, not a text box
     search_form_extra_fields = {
         "end_reason": SelectField("Reason", choices=[SelectChoice(r.value, r.value) for r in EndReason])}

@@ -45,7 +45,9 @@ class WebhookAttemptView(ModelView):
     datamodel = ReadableInterface(WebhookAttempt)
     class_permission_name = permissions.WEBHOOK_DELIVERIES
     list_title = "Delivery attempts"
-    base_permissions = ["can_list"]
+    # The same permission set as WebhookDeliveryView, whose permission name it shares: a narrower set
+    # would make FAB try to prune the deliveries' can_show / resend at every start (and log its refusal).
+    base_permissions = ["can_list", "can_show", "resend"]
     list_columns = ["attempted_at", "status_code", "latency_ms", "response_excerpt", "error", "manual"]
     base_order = ("attempted_at", "desc")
     label_columns = {"status_code": "HTTP status", "latency_ms": "Latency (ms)", "response_excerpt": "Response"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from typing import Any
 
 import psycopg
@@ -66,3 +67,38 @@ def test_history_filters_by_license_device_reason_and_time(
     assert listed(f"_flt_0_device={dev}") == {t_admin}
     since = (now - dt.timedelta(days=1)).strftime("%Y-%m-%d %H:%M:%S")
     assert listed(f"_flt_1_ended_at={since}") == {t_admin, t_other}
+
+
+def test_sessions_are_searchable_by_token_and_client_ip(
+        signed_in: tuple[FlaskClient, Admin], pg: psycopg.Connection[Any]) -> None:
+    """What support gets from a customer: a token (or its first characters) and an address."""
+    client, _ = signed_in
+    lic = license_row(pg)
+    tokens = [str(uuid.uuid4()) for _ in range(3)]
+    for n, (token, ip) in enumerate(zip(tokens, ("203.0.113.7", "203.0.113.99", "198.51.100.1"), strict=True)):
+        mirror_session(pg, lic["id"], token, f"fp-{n}")
+        pg.execute("UPDATE license_sessions SET client_ip = %s WHERE session_token = %s", (ip, token))
+    ended = history(pg, lic["id"], "timeout", ended=dt.datetime.now(dt.UTC))
+    pg.execute("UPDATE session_history SET client_ip = '203.0.113.7' WHERE session_token = %s", (ended,))
+
+    def listed(view: str, query: str) -> set[str]:
+        answer = client.get(f"/{view}/list/?{query}")
+        assert answer.status_code == 200, query
+        page = answer.get_data(as_text=True)
+        return {t for t in (*tokens, ended) if t in page}
+
+    # filters: 0 = equal, 1 = starts with (tokens) / in network (addresses)
+    assert listed("livesessionview", f"_flt_0_session_token={tokens[1]}") == {tokens[1]}
+    assert listed("livesessionview", f"_flt_1_session_token={tokens[2][:8]}") == {tokens[2]}
+    assert listed("livesessionview", f"_flt_0_session_token={tokens[0].upper()}") == {tokens[0]}
+    assert listed("livesessionview", "_flt_0_client_ip=203.0.113.7") == {tokens[0]}
+    assert listed("livesessionview", "_flt_1_client_ip=203.0.113.0/24") == {tokens[0], tokens[1]}
+    assert listed("sessionhistoryview", "_flt_0_client_ip=203.0.113.7") == {ended}
+    assert listed("sessionhistoryview", f"_flt_1_session_token={ended[:13]}") == {ended}
+    # what is not a token or an address finds nothing, and is no error
+    for query in ("_flt_0_session_token=not-a-token", "_flt_1_session_token=%25%27", "_flt_0_client_ip=999.1.1.1",
+                  "_flt_1_client_ip=nonsense"):
+        assert listed("livesessionview", query) == set()
+    # the search form offers both, as text boxes
+    page = client.get("/livesessionview/list/").get_data(as_text=True)
+    assert "Client IP" in page and "In network" in page and "Starts with" in page
