@@ -125,7 +125,8 @@ async def activate_device(state: EdgeState, license_id: int, fingerprint: str, d
 
 
 async def start_on_new_device(state: EdgeState, license_id: int, fingerprint: str, device_name: str | None,
-                              device_type: str | None, *, client_version: str, client_ip: str) -> StartOutcome:
+                              device_type: str | None, *, client_version: str, client_ip: str,
+                              queue: bool = False, ticket: str | None = None) -> StartOutcome:
     """Start a session on a device the plane does not know, activating it on the fly: the activation
     is committed only if the plane grants the session, so a refused start takes no device slot.
 
@@ -140,7 +141,8 @@ async def start_on_new_device(state: EdgeState, license_id: int, fingerprint: st
             _lic, _devices, device_id, created = await _activate_locked(conn, license_id, fingerprint,
                                                                         device_name, device_type)
             outcome = await state.plane.start_session(license_id, fingerprint, client_version=client_version,
-                                                      client_ip=client_ip, device_id=device_id)
+                                                      client_ip=client_ip, device_id=device_id, queue=queue,
+                                                      ticket=ticket)
         except BaseException:
             await transaction.rollback()
             raise

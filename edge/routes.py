@@ -74,8 +74,9 @@ OPERATIONS: tuple[Operation, ...] = (
               {201: (SessionResponse, "Session started"),
                200: (SessionResponse, "The device's live session, resumed (same token)")},
               {404: "LICENSE_NOT_FOUND", 403: LICENSE_REFUSED,
-               409: "SESSION_LIMIT_REACHED (with the seat holders and Retry-After), DEVICE_LIMIT_REACHED or "
-                    "DEVICE_CHANGE_LIMIT_REACHED"}),
+               409: "SESSION_LIMIT_REACHED (with limit, in_use, the seat holders and Retry-After; with "
+                    "\"queue\": true also the caller's seat queue ticket and position), DEVICE_LIMIT_REACHED "
+                    "(with limit and in_use) or DEVICE_CHANGE_LIMIT_REACHED"}),
     Operation("POST", "/v1/sessions/{token}/heartbeat", heartbeats.heartbeat, "Keep a session alive",
               LicenseRequest, {200: (HeartbeatResponse, "Session extended")},
               {404: "SESSION_NOT_FOUND (start a new session) or LICENSE_NOT_FOUND", 403: LICENSE_REFUSED +

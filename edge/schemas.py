@@ -52,12 +52,21 @@ class ActivateRequest(Struct):
     device_type: DeviceType | None = None
 
 
+Ticket = Annotated[str, Meta(pattern=r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+                              extra_json_schema={"format": "uuid"},
+                              description="A seat queue ticket from an earlier refused start")]
+
+
 class StartSessionRequest(Struct):
     license_key: LicenseKey
     hardware_fingerprint: Fingerprint
     device_name: DeviceName | None = None
     device_type: DeviceType | None = None
     client_version: ClientVersion | None = None
+    # The seat queue: refused for the limit, take a ticket (or renew `ticket`, implied by sending one)
+    queue: Annotated[bool, Meta(description=(
+        "When the license is full, queue for a seat: the refusal carries a ticket and its position"))] = False
+    ticket: Ticket | None = None
 
 
 class BorrowRequest(Struct):
@@ -82,6 +91,14 @@ class SeatHolder(Struct):
     last_heartbeat_at: dt.datetime | None
 
 
+class QueueTicket(Struct):
+    """A place in the license's seat queue: repeat the start with this ticket within renew_within_s to
+    keep it; seats go to live tickets in their order."""
+    ticket: Annotated[str, Meta(extra_json_schema={"format": "uuid"})]
+    position: Annotated[int, Meta(ge=1, description="1: the next seat that frees is held for this ticket")]
+    renew_within_s: int
+
+
 class ErrorDetail(Struct, omit_defaults=True):
     code: str
     message: str
@@ -92,6 +109,10 @@ class ErrorDetail(Struct, omit_defaults=True):
     # SESSION_LIMIT_REACHED and DEVICE_LIMIT_REACHED: the license's limit and how many are in use
     limit: int | None = None
     in_use: int | None = None
+    # SESSION_LIMIT_REACHED of a start with "queue": true: the caller's ticket (absent when the queue is
+    # full), and how many live tickets wait in all
+    queue: QueueTicket | None = None
+    waiting: int | None = None
 
 
 class ErrorBody(Struct):

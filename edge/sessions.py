@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -21,6 +22,7 @@ from edge.errors import (
 from edge.schemas import (
     EndResponse,
     LicenseRequest,
+    QueueTicket,
     SeatHolder,
     SessionResponse,
     StartSessionRequest,
@@ -41,7 +43,8 @@ async def start_or_resume(state: EdgeState, license_id: int, body: StartSessionR
     """The plane decides; the edge only supplies what it lacks (license cache, device activation)."""
     for _ in range(START_ATTEMPTS):
         outcome = await state.plane.start_session(license_id, body.hardware_fingerprint,
-                                                  client_version=body.client_version or "", client_ip=ip)
+                                                  client_version=body.client_version or "", client_ip=ip,
+                                                  queue=body.queue, ticket=body.ticket)
         if outcome.code is PlaneCode.LICENSE_NOT_CACHED:
             if await state.licenses.load(license_id) is None:
                 raise LicenseNotFound()
@@ -50,7 +53,8 @@ async def start_or_resume(state: EdgeState, license_id: int, body: StartSessionR
             # kept only if the session is granted.
             outcome = await start_on_new_device(state, license_id, body.hardware_fingerprint,
                                                 body.device_name, body.device_type,
-                                                client_version=body.client_version or "", client_ip=ip)
+                                                client_version=body.client_version or "", client_ip=ip,
+                                                queue=body.queue, ticket=body.ticket)
             if outcome.code is not PlaneCode.LICENSE_NOT_CACHED:
                 return outcome
             if await state.licenses.load(license_id) is None:
@@ -78,14 +82,21 @@ async def license_full(state: EdgeState, license_id: int, outcome: StartOutcome)
     refused), who holds the seats and Retry-After = time to the earliest deadline (the soonest a seat
     frees if its holder stopped).  Read after the refusal, on the refusal path only; no session is ended
     to make room."""
-    numbers = {"limit": outcome.limit, "in_use": outcome.in_use}
+    numbers: dict[str, Any] = {"limit": outcome.limit, "in_use": outcome.in_use}
+    renew_s = state.settings.queue_ticket_s
+    if outcome.ticket:
+        numbers["queue"] = QueueTicket(ticket=outcome.ticket, position=outcome.position, renew_within_s=renew_s)
+    if outcome.ticket or outcome.waiting:
+        numbers["waiting"] = outcome.waiting
     now, holders = await state.plane.seat_holders(license_id)
-    if not holders:  # the seats freed since the refusal: try again at once
+    if not holders:  # the seats freed since the refusal (or are held for queue tickets): try again soon
         return SessionLimitReached(headers={"Retry-After": "1"},
                                    details={"retry_after_s": 1, "seat_holders": [], **numbers})
     devices = {r["id"]: r for r in await state.pool.fetch(DEVICE_NAMES, [h.device_id for h in holders
                                                                           if h.device_id is not None])}
     retry_after = max(1, math.ceil((min(h.deadline_ms for h in holders) - now) / 1000))
+    if outcome.ticket:  # a queued client must come back before its ticket runs out
+        retry_after = min(retry_after, max(1, renew_s // 2))
     shown = [SeatHolder(device_name=devices[h.device_id]["device_name"] if h.device_id in devices else None,
                         device_type=devices[h.device_id]["device_type"] if h.device_id in devices else None,
                         started_at=utc_from_ms(h.started_ms),

@@ -72,6 +72,10 @@ class Settings:
     Cluster master: several per master spread the load (operations/cluster.md, choosing it). Fixed for a
     deployment: changing it moves licenses to other keys.
     """
+    queue_ticket_s: int = 10
+    """Seat queue (`POST /v1/sessions` with `"queue": true`): a ticket not renewed within this many seconds
+    expires and leaves the queue, and the seat held for it goes to the next ticket (1–3600).
+    """
     stream_max_len: int = 0
     """0: the edge never trims the streams, so a PostgreSQL outage grows them and loses nothing (the
     worker trims what it stored). A positive value caps each shard's stream and drops unstored entries
@@ -223,6 +227,8 @@ class Settings:
             )
         if not 1 <= self.stream_shards <= 1024:
             raise SettingsError(f"{PREFIX}STREAM_SHARDS must be between 1 and 1024")
+        if not 1 <= self.queue_ticket_s <= 3600:
+            raise SettingsError(f"{PREFIX}QUEUE_TICKET_S must be between 1 and 3600")
         if self.webhook_max_attempts < 1:
             raise SettingsError(f"{PREFIX}WEBHOOK_MAX_ATTEMPTS must be at least 1")
         if self.webhook_timeout_s <= 0 or self.webhook_retry_first_s <= 0:

@@ -45,6 +45,11 @@ DEVICES_SUFFIX = "dev"
 LIVE_SUFFIX = "live"
 FINGERPRINTS_SUFFIX = "fp"
 SESSIONS_SUFFIX = "ss"
+QUEUE_SUFFIX = "q"
+QUEUE_EXPIRY_SUFFIX = "qx"
+
+# Most tickets one license's seat queue holds; a refused start beyond it gets no ticket.
+QUEUE_MAX_TICKETS = 1000
 
 
 def license_base(license_id: int, shards: int) -> str:
@@ -78,6 +83,22 @@ def sessions(license_id: int, shards: int) -> str:
 def fingerprints(license_id: int, shards: int) -> str:
     """Hash: fingerprint -> live session token (so the same device resumes its session)."""
     return license_base(license_id, shards) + FINGERPRINTS_SUFFIX
+
+
+def queue(license_id: int, shards: int) -> str:
+    """Zset: '<ticket>|<fingerprint>' -> arrival order, the license's seat queue (FIFO)."""
+    return license_base(license_id, shards) + QUEUE_SUFFIX
+
+
+def queue_expiry(license_id: int, shards: int) -> str:
+    """Zset: '<ticket>|<fingerprint>' -> ms the ticket expires unless renewed."""
+    return license_base(license_id, shards) + QUEUE_EXPIRY_SUFFIX
+
+
+def queue_keys(license_id: int, shards: int) -> list[str]:
+    """The seat queue's two keys in the order start.lua declares them (queue_keys() in the prelude)."""
+    base = license_base(license_id, shards)
+    return [base + QUEUE_SUFFIX, base + QUEUE_EXPIRY_SUFFIX]
 
 
 def deadlines(shard: int) -> str:

@@ -116,11 +116,13 @@ class PlaneScripts:
                                                                                           self.shards))
 
     async def start(self, license_id: int, fingerprint: str, token: str, client_version: str,
-                    client_ip: str, device_id: int | None = None) -> list[Any]:
+                    client_ip: str, device_id: int | None = None, *, queue: bool = False, ticket: str = "",
+                    new_ticket: str = "", ticket_ms: int = 0) -> list[Any]:
         return await self._run(  # type: ignore[no-any-return]
-            "start", self._license(license_id),
+            "start", self._license(license_id) + keys.queue_keys(license_id, self.shards),
             [license_id, fingerprint, token, client_version, client_ip, self.max_len, self.grace_ms,
-             "" if device_id is None else device_id])
+             "" if device_id is None else device_id, "1" if queue else "0", ticket, new_ticket, ticket_ms,
+             keys.QUEUE_MAX_TICKETS])
 
     async def heartbeat(self, license_id: int, token: str, min_gap_ms: int) -> list[Any]:
         script_keys = self._heartbeat_keys.get(license_id)
@@ -128,7 +130,8 @@ class PlaneScripts:
             if len(self._heartbeat_keys) >= MAX_CACHED_KEY_SETS:
                 self._heartbeat_keys.clear()
             script_keys = self._heartbeat_keys[license_id] = [
-                *self._license(license_id), keys.heartbeat_stream(keys.shard_of(license_id, self.shards))]
+                *self._license(license_id), keys.heartbeat_stream(keys.shard_of(license_id, self.shards)),
+                keys.queue_expiry(license_id, self.shards)]
         return await self._run(  # type: ignore[no-any-return]
             "heartbeat", script_keys, [license_id, token, min_gap_ms, self.max_len, self.grace_ms])
 

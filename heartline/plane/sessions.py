@@ -48,9 +48,13 @@ class StartOutcome:
     interval_s: int = 0
     timeout_s: int = 0
     offline_grace_s: int = 0
-    # SESSION_LIMIT_REACHED: the license's limit and the seats in use when the plane refused
+    # SESSION_LIMIT_REACHED: the license's limit and the seats in use when the plane refused, the live
+    # queue tickets waiting, and the caller's ticket ('' unless queued) with its 1-based position
     limit: int = 0
     in_use: int = 0
+    waiting: int = 0
+    ticket: str = ""
+    position: int = 0
 
     @property
     def granted(self) -> bool:
@@ -116,21 +120,26 @@ class SessionPlane:
 
     async def start_session(self, license_id: int, fingerprint: str, *, client_version: str = "",
                             client_ip: str = "", token: str | None = None,
-                            device_id: int | None = None) -> StartOutcome:
+                            device_id: int | None = None, queue: bool = False,
+                            ticket: str | None = None) -> StartOutcome:
         """Start a session for an activated device, or resume the device's live one (same token).
 
         `device_id`: an activation of `fingerprint` not yet committed in PostgreSQL; the device enters
         the plane's devices cache only if the session is granted (the caller commits then, and rolls
-        back otherwise)."""
+        back otherwise).  `queue`: refused for the limit, the device takes a ticket in the license's
+        seat queue (or renews `ticket`, the one it holds); seats go to live tickets in their order."""
         reply = await self.scripts.start(license_id, fingerprint, token or new_session_token(),
-                                         client_version, client_ip, device_id)
+                                         client_version, client_ip, device_id, queue=queue or bool(ticket),
+                                         ticket=ticket or "", new_ticket=new_session_token(),
+                                         ticket_ms=self.settings.queue_ticket_s * 1000)
         code = PlaneCode(_text(reply[0]))
         if code in (PlaneCode.STARTED, PlaneCode.RESUMED):
             return StartOutcome(code=code, token=_text(reply[1]), deadline_ms=int(reply[2]),
                                 interval_s=int(reply[3]), timeout_s=int(reply[4]),
                                 offline_grace_s=int(reply[5]))
         if code is PlaneCode.SESSION_LIMIT_REACHED:
-            return StartOutcome(code=code, limit=int(reply[1]), in_use=int(reply[2]))
+            return StartOutcome(code=code, limit=int(reply[1]), in_use=int(reply[2]), waiting=int(reply[3]),
+                                ticket=_text(reply[4]), position=int(reply[5]))
         return StartOutcome(code=code)
 
     async def heartbeat(self, license_id: int, token: str) -> HeartbeatOutcome:

@@ -64,3 +64,17 @@ async def test_the_numbers_are_plain_json_fields_of_the_error(
     error = devices.json()["error"]
     assert (error["code"], error["limit"], error["in_use"]) == ("DEVICE_LIMIT_REACHED", 3, 3)
     assert "signature" in {h.lower() for h in full.headers} and "signature" in {h.lower() for h in devices.headers}
+
+
+async def test_the_client_library_queues_and_renews_its_ticket(
+        licensed_client: Callable[..., Any], license_with_devices: Callable[..., Any]) -> None:
+    lic, _ = await license_with_devices(devices=2, device_limit=2, concurrent_sessions_limit=1)
+    async with licensed_client(lic["license_key"]) as client:
+        holder = await client.start_session("fp0")
+        with pytest.raises(Refused) as queued:
+            await client.start_session("fp1", queue=True)
+        ticket = queued.value.details["queue"]["ticket"]
+        assert queued.value.details["queue"]["position"] == 1
+        await client.end_session(holder.data["session_token"])
+        granted = await client.start_session("fp1", ticket=ticket)
+        assert granted.status == 201

@@ -138,7 +138,13 @@ async def test_every_script_declares_every_key_it_touches_and_they_share_one_slo
     assert due == [LICENSE_ID]
     assert await trace.step("reap", lambda: scripts.reap(shard, due)) == 1
     await trace.step("start", lambda: plane.start_session(LICENSE_ID, "fp0"))
-    await trace.step("suspend_license", lambda: plane.suspend_license(LICENSE_ID, "suspended", 3))
+    # the seat queue: a queued start refused for the limit takes a ticket, and renews it
+    await trace.step("cache_license", lambda: plane.cache_license(_cached(version=3, sessions_limit=1),
+                                                                  {"fp0": 100, "fp1": 101}))
+    queued = await trace.step("start", lambda: plane.start_session(LICENSE_ID, "fp1", queue=True))
+    assert queued.code is PlaneCode.SESSION_LIMIT_REACHED and queued.ticket
+    await trace.step("start", lambda: plane.start_session(LICENSE_ID, "fp1", ticket=queued.ticket))
+    await trace.step("suspend_license", lambda: plane.suspend_license(LICENSE_ID, "suspended", 4))
     await trace.step("forget_license", lambda: plane.invalidate_license(LICENSE_ID))
     await trace.step("recount", lambda: scripts.recount(shard, [LICENSE_ID]))
     ran = await finish()

@@ -135,10 +135,13 @@ class AsyncClient:
         return await self.call("POST", "/v1/devices/deactivate", self._license(hardware_fingerprint=fingerprint))
 
     async def start_session(self, fingerprint: str, device_name: str | None = None,
-                            device_type: str | None = None, client_version: str | None = None) -> Answer:
+                            device_type: str | None = None, client_version: str | None = None, *,
+                            queue: bool = False, ticket: str | None = None) -> Answer:
+        """queue/ticket: the seat queue; a refusal's `Refused.details["queue"]` holds the ticket to send
+        back within its renew_within_s."""
         return await self.call("POST", "/v1/sessions", self._license(
             hardware_fingerprint=fingerprint, device_name=device_name, device_type=device_type,
-            client_version=client_version))
+            client_version=client_version, queue=queue or None, ticket=ticket))
 
     async def heartbeat(self, token: str) -> Answer:
         return await self.call("POST", f"/v1/sessions/{token}/heartbeat", self._license())
@@ -211,8 +214,10 @@ class Client:
         return self.portal.call(self.aio.deactivate(fingerprint))
 
     def start_session(self, fingerprint: str, device_name: str | None = None, device_type: str | None = None,
-                      client_version: str | None = None) -> Answer:
-        return self.portal.call(self.aio.start_session(fingerprint, device_name, device_type, client_version))
+                      client_version: str | None = None, *, queue: bool = False,
+                      ticket: str | None = None) -> Answer:
+        return self.portal.call(self.aio.start_session(fingerprint, device_name, device_type, client_version,
+                                                       queue=queue, ticket=ticket))
 
     def heartbeat(self, token: str) -> Answer:
         return self.portal.call(self.aio.heartbeat(token))

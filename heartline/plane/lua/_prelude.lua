@@ -206,3 +206,19 @@ local function serving_license(lk, ...)
   local now = now_ms()
   return lic, now, license_refusal(lic[1], lic[2], lic[3], now)
 end
+
+-- The seat queue of a license (start.lua with queue): two zsets over the same members '<ticket>|<fp>'
+-- (a ticket is bound to the device that took it): `q` scores them by arrival (FIFO), `qx` by the time
+-- they expire unless renewed.  A ticket is live while its expiry is ahead.  Seats are granted in ticket
+-- order: a start with the live ticket ranked r among live tickets (0 = head) gets a seat only when more
+-- than r seats are free, any other start (or a revival) only when more seats are free than live tickets
+-- wait; so no seat goes to a later arrival while an earlier live ticket waits, and the seats that free
+-- are held for the head of the queue for as long as it renews.
+local function queue_keys(first)
+  return {q = KEYS[first], qx = KEYS[first + 1]}
+end
+
+-- Live tickets waiting, without touching the queue (heartbeat: only the expiry zset is declared there).
+local function tickets_waiting(qx, now)
+  return redis.call('ZCOUNT', qx, '(' .. now, '+inf')
+end

@@ -1,13 +1,14 @@
 -- heartbeat: keep one session alive and record the heartbeat, in one round trip.
 -- KEYS: 1-5 the license's keys (lic, dev, live, fp, ss), 6-8 the shard's keys (deadlines, events, count),
---       9 the shard's heartbeat stream
+--       9 the shard's heartbeat stream, 10 the license's seat queue expiry zset (qx)
 -- ARGV: 1 license id, 2 token, 3 minimum gap ms, 4 stream max length,
 --       5 grace ms the session keys outlive the last write
 -- Reply: {'OK', deadline ms, heartbeat interval s, offline grace s}
 --        or {'HEARTBEAT_TOO_FREQUENT', retry after ms} (nothing recorded)
 --        or {'SESSION_LIMIT_REACHED', sessions limit, seats in use}: the session lapsed (missed its
 --        deadline), is within the license's resume grace, and no seat is free to revive it (nothing
---        recorded; it stays revivable until the grace runs out)
+--        recorded; it stays revivable until the grace runs out); seats held for live queue tickets are
+--        not free
 --        or {code}: LICENSE_NOT_CACHED (caller reloads the license and retries),
 --        LICENSE_SUSPENDED / LICENSE_REVOKED / LICENSE_NOT_YET_VALID (a live session ended as
 --        license_suspended), LICENSE_EXPIRED (a live session ended as license_expired) -- answered
@@ -58,7 +59,7 @@ end
 -- nothing is recorded.
 if lapsed then
   local in_use = seats_in_use(lk, now)
-  if in_use >= tonumber(lic[8]) then
+  if in_use + tickets_waiting(KEYS[10], now) >= tonumber(lic[8]) then
     return {'SESSION_LIMIT_REACHED', lic[8], in_use}
   end
   revive_session(lk, token)
