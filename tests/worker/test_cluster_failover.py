@@ -23,6 +23,7 @@ import asyncpg
 import httpx
 import pytest
 from redis.crc import key_slot
+from redis.exceptions import ResponseError
 
 from edge.app import create_app
 from heartline.apikeys import create_api_key
@@ -54,18 +55,30 @@ async def edge(worker_settings: Settings, worker_ctx: dict[str, Any], run_loops:
         yield client
 
 
-async def _rows_settled(db: asyncpg.Connection, quiet_s: float = 2.0, limit_s: float = 60.0) -> int:
-    """license_heartbeats' row count once the worker has stopped adding rows for `quiet_s`."""
+async def _drained(cluster_redis: Any, shards: int) -> bool:
+    """Every heartbeat stream's group has been delivered its last entry and acknowledged everything."""
+    for shard in keys.all_shards(shards):
+        key = keys.heartbeat_stream(shard)
+        try:
+            last = (await cluster_redis.xinfo_stream(key))["last-generated-id"]
+            groups = await cluster_redis.xinfo_groups(key)
+        except ResponseError:
+            continue  # no heartbeat ever reached this shard
+        for group in groups:
+            if group["last-delivered-id"] != last or int(group["pending"]):
+                return False
+    return True
+
+
+async def _rows_settled(db: asyncpg.Connection, cluster_redis: Any, shards: int,
+                        limit_s: float = 120.0) -> int:
+    """license_heartbeats' row count once the worker has drained every heartbeat stream.  A quiet spell of
+    the row count is not enough: after the outage the worker's loops may still be backing off (up to
+    30 s) while entries wait."""
     deadline = time.monotonic() + limit_s
-    last, since = -1, time.monotonic()
-    while time.monotonic() < deadline:
-        rows = int(await db.fetchval("SELECT count(*) FROM license_heartbeats"))
-        if rows != last:
-            last, since = rows, time.monotonic()
-        elif time.monotonic() - since >= quiet_s:
-            return rows
-        await asyncio.sleep(0.2)
-    return last
+    while time.monotonic() < deadline and not await _drained(cluster_redis, shards):
+        await asyncio.sleep(0.3)
+    return int(await db.fetchval("SELECT count(*) FROM license_heartbeats"))
 
 
 @pytest.mark.slow
@@ -74,7 +87,7 @@ async def _rows_settled(db: asyncpg.Connection, quiet_s: float = 2.0, limit_s: f
 @pytest.mark.parametrize("worker_settings", [1, 0], indirect=True, ids=["min_replicas_1", "min_replicas_0"])
 async def test_master_killed_while_heartbeats_flow(
         edge: httpx.AsyncClient, db: asyncpg.Connection, make_license: Any, redis_cluster: EmbeddedRedisCluster,
-        worker_settings: Settings) -> None:
+        cluster_redis: Any, worker_settings: Settings) -> None:
     shards = worker_settings.stream_shards
     sessions: list[tuple[str, str, int]] = []  # token, license key, shard
     for _ in range(SESSIONS):
@@ -141,7 +154,7 @@ async def test_master_killed_while_heartbeats_flow(
         assert recovered, f"the edge still failed {RECOVERY_LIMIT_S:.0f} s after the kill"
         assert after and set(after) == {200}
 
-        rows = await _rows_settled(db)
+        rows = await _rows_settled(db, cluster_redis, shards)
         stored = {r["t"]: r["c"] for r in await db.fetch(
             "SELECT session_token::text AS t, count(*) AS c, count(DISTINCT event_id) AS d "
             "FROM license_heartbeats GROUP BY 1 HAVING count(*) = count(DISTINCT event_id)")}
