@@ -17,7 +17,7 @@ from flask_appbuilder.models.sqla.base import SQLA
 from flask_login import current_user
 from flask_wtf.csrf import CSRFProtect
 
-from admin import actor, errors, logs
+from admin import actor, errors, logs, widgets
 from admin import config as config_module
 from admin.backup_banner import backup_problems
 from admin.config import flask_config
@@ -75,6 +75,7 @@ def create_app(settings: Settings, view_modules: list[str] | None = None, *,
         for name in VIEW_MODULES if view_modules is None else view_modules:
             importlib.import_module(name).register(appbuilder)
         appbuilder.post_init()
+        widgets.install(app, appbuilder)
     errors.install(app, appbuilder)
     headers.install(app)
 

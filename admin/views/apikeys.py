@@ -1,15 +1,16 @@
-"""System API keys: the list with a revoke action, and the "Lizenzserver Administration" page that
-generates a key and shows it once (the seed system's page of that name did the same)."""
+"""System API keys: one screen lists and revokes them (System → API keys); its "New API key" button opens
+the page that generates a key and shows it once.  That page keeps the seed system's name, "Lizenzserver
+Administration", as its subtitle, so those who knew the old page find it."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from flask import flash, g, redirect, url_for
+from flask import flash, g, url_for
 from flask_appbuilder import AppBuilder, BaseView, ModelView, action, expose, has_access
 from flask_wtf import FlaskForm
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 from wtforms import StringField
 from wtforms.validators import DataRequired, Length
@@ -17,7 +18,7 @@ from wtforms.validators import DataRequired, Length
 from admin import permissions
 from admin.audit import current_admin
 from admin.models.core import ApiKey
-from admin.views.base import ReadableInterface, settings, timestamps
+from admin.views.base import ReadableInterface, back_to_origin, settings, timestamps
 from heartline.apikeys import display_prefix, generate_key, hash_key
 
 log = logging.getLogger("admin.apikeys")
@@ -49,6 +50,7 @@ class ApiKeyView(ModelView):
     class_permission_name = permissions.API_KEYS
     list_title = show_title = "API keys"
     base_permissions = ["can_list", "can_show"]
+    list_template = "heartline/apikeys_list.html"
 
     list_columns = ["name", "display_prefix", "created_at", "created_by", "last_used_at", "revoked_at"]
     show_columns = list_columns
@@ -70,7 +72,7 @@ class ApiKeyView(ModelView):
                       "success")
             else:
                 flash(f"API key {item} was already revoked.", "info")
-        return redirect(self.get_redirect())
+        return back_to_origin(self)
 
 
 class NewKeyForm(FlaskForm):
@@ -78,7 +80,7 @@ class NewKeyForm(FlaskForm):
 
 
 class SystemAdministrationView(BaseView):
-    """'Lizenzserver Administration': generate the system API key; the key list beside it."""
+    """Generate a system API key (subtitle: 'Lizenzserver Administration', the seed's name for it)."""
 
     route_base = "/system"
     default_view = "index"
@@ -96,13 +98,15 @@ class SystemAdministrationView(BaseView):
             session.commit()
             log.info("api_key.created api_key_id=%s actor=%s", key_id, g.get("heartline_actor"))
             form = NewKeyForm(formdata=None)
-        keys = session.scalars(select(ApiKey).order_by(ApiKey.id.desc()).limit(50)).all()
-        return self.render_template("heartline/system.html", form=form, new_key=new_key, keys=keys,
+        counted = select(func.count()).select_from(ApiKey)
+        active = session.execute(counted.where(ApiKey.revoked_at.is_(None))).scalar_one()
+        revoked = session.execute(counted.where(ApiKey.revoked_at.is_not(None))).scalar_one()
+        return self.render_template("heartline/system.html", form=form, new_key=new_key, active=active,
+                                    revoked=revoked,
                                     cache_s=settings().api_key_cache_s,
                                     list_url=url_for("ApiKeyView.list"))
 
 
 def register(appbuilder: AppBuilder) -> None:
-    appbuilder.add_view(SystemAdministrationView, "Lizenzserver Administration", icon="fa-server",
-                        category="System", category_icon="fa-server")
-    appbuilder.add_view(ApiKeyView, "API keys", icon="fa-plug", category="System")
+    appbuilder.add_view(ApiKeyView, "API keys", icon="fa-plug", category="System", category_icon="fa-server")
+    appbuilder.add_view_no_menu(SystemAdministrationView)

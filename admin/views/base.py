@@ -5,10 +5,12 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
-from flask import current_app
+from flask import current_app, redirect, request, url_for
 from flask_appbuilder.models.sqla.interface import SQLAInterface
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from werkzeug.wrappers import Response
 
 from admin.plane import AdminPlane
 from admin.views import filters
@@ -112,3 +114,17 @@ def when(value: dt.datetime | None) -> str:
 def timestamps(*columns: str) -> dict[str, Callable[[Any], str]]:
     """formatters_columns entries rendering `columns` with `when`."""
     return {column: when for column in columns}
+
+
+def back_to_origin(view: Any) -> Response:
+    """Where an action lands: the page it was started from — the list, with its filters, page and order,
+    or the show page — as the browser's Referer names it (same site only), else the view's list.
+
+    FAB's get_redirect pops its page history once too often after a list action and lands on the page
+    *before* the list (the dashboard, say)."""
+    referrer = request.referrer
+    if referrer:
+        parts = urlsplit(referrer)
+        if parts.netloc in ("", request.host) and parts.path.startswith("/") and "/action" not in parts.path:
+            return redirect(parts.path + (f"?{parts.query}" if parts.query else ""))
+    return redirect(url_for(f"{type(view).__name__}.list"))

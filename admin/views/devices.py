@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import flash, g, redirect
+from flask import flash, g
 from flask_appbuilder import AppBuilder, ModelView, action
 from sqlalchemy import text
 
@@ -13,7 +13,7 @@ from admin import permissions
 from admin.audit import current_admin
 from admin.models.core import DeviceRegistration
 from admin.plane import PlaneError
-from admin.views.base import ReadableInterface, plane, timestamps
+from admin.views.base import ReadableInterface, back_to_origin, plane, timestamps
 from heartline.plane.events import EndReason
 
 log = logging.getLogger("admin.devices")
@@ -55,7 +55,7 @@ class DeviceView(ModelView):
             log.info("device.deactivated license_id=%s device_id=%s sessions_ended=%s by=%s",
                      item.license_id, item.id, ended, current_admin())
             flash(f"Device {item} deactivated; {ended} live session(s) ended.", "success")
-        return redirect(self.get_redirect())
+        return back_to_origin(self)
 
 
 def register(appbuilder: AppBuilder) -> None:

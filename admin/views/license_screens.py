@@ -10,19 +10,20 @@ import datetime as dt
 import logging
 from typing import Any
 
-from flask import flash, g, redirect, request, url_for
+from flask import current_app, flash, g, request, url_for
 from flask_appbuilder import AppBuilder, ModelView, action
 from markupsafe import Markup
 from sqlalchemy import text
 from wtforms import Form
-from wtforms.fields import DateTimeLocalField, Field, IntegerField, StringField
+from wtforms.fields import Field
 from wtforms.validators import DataRequired, NumberRange, Optional, ValidationError
 
 from admin import permissions
 from admin.audit import current_admin
+from admin.fields import NumberField, TextField, UtcDateTimeField
 from admin.models.core import License
 from admin.plane import PlaneError
-from admin.views.base import ReadableInterface, plane, timestamps, when
+from admin.views.base import ReadableInterface, back_to_origin, plane, timestamps, when
 from admin.views.devices import DeviceView
 from admin.views.sessions import LiveSessionView, SessionHistoryView
 from heartline.license_keys import new_license_key
@@ -84,7 +85,9 @@ class LicenseView(ModelView):
     related_views = [DeviceView, LiveSessionView, SessionHistoryView]
     # No delete: a license's history and audit trail outlive it; suspend or revoke instead.
     base_permissions = ["can_list", "can_show", "can_add", "can_edit"]
-    show_template = "appbuilder/general/model/show_cascade.html"
+    # the license's key and status above the form / the details (heartline/license_*.html)
+    show_template = "heartline/license_show.html"
+    edit_template = "heartline/license_edit.html"
 
     list_columns = ["license_key", "customer", "product", "status", "valid_until", "device_limit",
                     "concurrent_sessions_limit"]
@@ -112,7 +115,8 @@ class LicenseView(ModelView):
         "offline_grace_s": "Offline grace (s)",
         "max_borrow_s": "Longest borrow (s)",
         "resume_grace_s": "Resume grace (s)",
-        "quota_domains": "Domains", "quota_ipv4": "IPv4 addresses", "quota_phones": "Phone numbers",
+        "quota_domains": "Quota: domains", "quota_ipv4": "Quota: IPv4 addresses",
+        "quota_phones": "Quota: phone numbers",
     }
     formatters_columns = {
         "license_key": lambda key: Markup('{} <a class="small" href="{}">heartbeats</a>').format(
@@ -138,28 +142,28 @@ class LicenseView(ModelView):
         "resume_grace_s": "How long past a missed heartbeat deadline the same device may bring its session "
                           "back (if a seat is free; the lapsed session holds none). 0: none; at most 1 day.",
     }
-    # Native date-time pickers (FAB would render WTForms' obsolete type="datetime" inputs); UTC.
+    # Timestamps typed as YYYY-MM-DD HH:MM, 24-hour UTC (admin/fields.py); every field as wide as FAB's.
     add_form_extra_fields = edit_form_extra_fields = {
-        "valid_from": DateTimeLocalField("Valid from (UTC)", validators=[Optional()],
-                                         format=["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M"],
-                                         description="Empty: now."),
-        "valid_until": DateTimeLocalField("Valid until (UTC)",
-                                          validators=[Optional(), valid_until_after_valid_from],
-                                          format=["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M"],
-                                          description="Empty: never expires."),
+        "valid_from": UtcDateTimeField("Valid from (UTC)", validators=[Optional()],
+                                       description="YYYY-MM-DD HH:MM, 24-hour UTC. Empty: now."),
+        "valid_until": UtcDateTimeField("Valid until (UTC)", validators=[Optional(), valid_until_after_valid_from],
+                                        description="YYYY-MM-DD HH:MM, 24-hour UTC. Empty: never expires."),
         # The database defaults, shown in the form (FAB would leave these required fields empty).
-        "product": StringField("Product", default="default",
+        "product": TextField("Product", default="default",
                                validators=[DataRequired(message="Name the product this license is for.")]),
-        "quota_domains": IntegerField("Domains", default=0, validators=[NONNEGATIVE]),
-        "quota_ipv4": IntegerField("IPv4 addresses", default=0, validators=[NONNEGATIVE]),
-        "quota_phones": IntegerField("Phone numbers", default=0, validators=[NONNEGATIVE]),
+        "quota_domains": NumberField("Quota: domains", default=0, validators=[NONNEGATIVE],
+                                     description="How many pooled domains the license may hold."),
+        "quota_ipv4": NumberField("Quota: IPv4 addresses", default=0, validators=[NONNEGATIVE],
+                                  description="How many pooled IPv4 addresses the license may hold."),
+        "quota_phones": NumberField("Quota: phone numbers", default=0, validators=[NONNEGATIVE],
+                                    description="How many pooled phone numbers the license may hold."),
         # CHECKs licenses_offline_grace_range and licenses_max_borrow_range (sql/0010)
-        "offline_grace_s": IntegerField("Offline grace (s)", default=0, validators=[
+        "offline_grace_s": NumberField("Offline grace (s)", default=0, validators=[
             Optional(), NumberRange(min=0, max=2_592_000, message="Between 0 and 2592000 s (30 days).")]),
-        "max_borrow_s": IntegerField("Longest borrow (s)", default=0, validators=[
+        "max_borrow_s": NumberField("Longest borrow (s)", default=0, validators=[
             Optional(), NumberRange(min=0, max=7_776_000, message="Between 0 and 7776000 s (90 days).")]),
         # CHECK licenses_resume_grace_range (sql/0012)
-        "resume_grace_s": IntegerField("Resume grace (s)", default=0, validators=[
+        "resume_grace_s": NumberField("Resume grace (s)", default=0, validators=[
             Optional(), NumberRange(min=0, max=86_400, message="Between 0 and 86400 s (1 day).")]),
     }
     validators_columns = {
@@ -236,7 +240,7 @@ class LicenseView(ModelView):
             refresh_edge_cache(item.id)
             log.info("license.%s license_id=%s sessions_ended=%s by=%s", verb, item.id, ended, current_admin())
             flash(f"{item.license_key} {verb}; {ended} live session(s) ended.", "success")
-        return redirect(self.get_redirect())
+        return back_to_origin(self)
 
     @action("reactivate", "Reactivate", "Reactivate the selected licenses?", "fa-play")
     def reactivate(self, items: Any) -> Any:
@@ -247,7 +251,7 @@ class LicenseView(ModelView):
             refresh_edge_cache(item.id)
             log.info("license.reactivated license_id=%s by=%s", item.id, current_admin())
             flash(f"{item.license_key} is active again.", "success")
-        return redirect(self.get_redirect())
+        return back_to_origin(self)
 
     @action("reset_device_changes", "Reset device changes", "Start the selected licenses' device-change count "
             "from zero?", "fa-undo")
@@ -259,7 +263,7 @@ class LicenseView(ModelView):
             session.commit()
             refresh_edge_cache(item.id)
             flash(f"{item.license_key}: device changes counted from now on.", "success")
-        return redirect(self.get_redirect())
+        return back_to_origin(self)
 
     @action("extend", "Extend by 1 year", "Extend the selected licenses by one year?", "fa-calendar-plus-o")
     def extend(self, items: Any) -> Any:
@@ -273,8 +277,8 @@ class LicenseView(ModelView):
             session.commit()
             refresh_edge_cache(item.id)
             log.info("license.extended license_id=%s valid_until=%s by=%s", item.id, new_end, current_admin())
-            flash(f"{item.license_key} valid until {new_end:%Y-%m-%d}.", "success")
-        return redirect(self.get_redirect())
+            flash(f"{item.license_key} valid until {when(new_end)}.", "success")
+        return back_to_origin(self)
 
     def _set_status(self, item: License, status: str) -> int:
         """Set the status; returns the row's new version."""
@@ -306,5 +310,17 @@ def _as_list(items: Any) -> list[Any]:
     return list(items) if isinstance(items, list) else [items]
 
 
+def license_for_header(pk: Any) -> License | None:
+    """The license a show / edit page is about, for its header (None for a pk that is not one)."""
+    try:
+        license_id = int(pk)
+    except (TypeError, ValueError):
+        return None
+    if not 0 < license_id < 2**63:
+        return None
+    return current_app.appbuilder.session.get(License, license_id)  # type: ignore[attr-defined,no-any-return]
+
+
 def register(appbuilder: AppBuilder) -> None:
+    current_app.jinja_env.globals["hl_license"] = license_for_header  # register runs in the app context
     appbuilder.add_view(LicenseView, "Licenses", icon="fa-key", category="Licensing")

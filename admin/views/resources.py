@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from admin import actor as admin_actor
 from admin.models.resources import ResourceAllocation, ResourcePool
-from admin.views.base import HeartlineInterface
+from admin.views.base import HeartlineInterface, back_to_origin
 from heartline import resources
 from heartline.resources import ResourceError, ResourceType
 from heartline.settings import Settings
@@ -94,7 +94,7 @@ class ResourcePoolView(ModelView):
             count = resources.retire(conn, self._ids(items), actor=actor)
         flash(f"Retired {count} resource(s); allocated ones are left alone.", "info")
         self.update_redirect()
-        return redirect(self.get_redirect())
+        return back_to_origin(self)
 
     @action("reinstate", "Reinstate", "Put the selected retired resources back into the pool?", "fa-undo")
     def reinstate(self, items: Any) -> Response:
@@ -102,7 +102,7 @@ class ResourcePoolView(ModelView):
             count = resources.reinstate(conn, self._ids(items), actor=actor)
         flash(f"Reinstated {count} resource(s).", "info")
         self.update_redirect()
-        return redirect(self.get_redirect())
+        return back_to_origin(self)
 
 
 class ResourceAllocationView(ModelView):

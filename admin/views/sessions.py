@@ -6,7 +6,7 @@ import datetime as dt
 import logging
 from typing import Any
 
-from flask import flash, g, redirect
+from flask import flash, g
 from flask_appbuilder import AppBuilder, ModelView, action
 from wtforms import SelectField
 from wtforms.fields.choices import SelectChoice
@@ -15,7 +15,7 @@ from admin import permissions
 from admin.audit import current_admin, record_event
 from admin.models.core import LicenseSession, SessionBorrow, SessionHistory
 from admin.plane import PlaneError
-from admin.views.base import ReadableInterface, plane, timestamps
+from admin.views.base import ReadableInterface, back_to_origin, plane, timestamps
 from heartline.plane.events import EndReason
 
 log = logging.getLogger("admin.sessions")
@@ -64,7 +64,7 @@ class LiveSessionView(ModelView):
                       "success")
             else:
                 flash(f"Session {item.session_token} had already ended.", "info")
-        return redirect(self.get_redirect())
+        return back_to_origin(self)
 
 
 class SessionHistoryView(ModelView):
@@ -125,7 +125,7 @@ class BorrowView(ModelView):
                 continue
             log.info("session.borrow.revoked license_id=%s borrow_id=%s", item.license_id, item.id)
             flash(f"Borrow {item.id} revoked; its seat is free.", "success")
-        return redirect(self.get_redirect())
+        return back_to_origin(self)
 
 
 def register(appbuilder: AppBuilder) -> None:

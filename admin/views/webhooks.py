@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import flash, g, redirect
+from flask import flash, g
 from flask_appbuilder import AppBuilder, ModelView, action
 from markupsafe import Markup
 from sqlalchemy import text
@@ -19,7 +19,7 @@ from wtforms.validators import DataRequired, Length, ValidationError
 
 from admin import permissions
 from admin.models.webhooks import WebhookAttempt, WebhookDelivery, WebhookEndpoint
-from admin.views.base import ReadableInterface, settings, timestamps, when
+from admin.views.base import ReadableInterface, back_to_origin, settings, timestamps, when
 from heartline.webhooks.catalogue import EventType
 from heartline.webhooks.secrets import SecretBox, new_secret
 from heartline.webhooks.targets import WebhookTargetRefused, check_target
@@ -90,7 +90,7 @@ class WebhookDeliveryView(ModelView):
         flash(f"{len(items)} delivery(ies) queued; the worker sends them within seconds.", "success")
         if disabled:
             flash(f"Disabled endpoints get nothing until enabled again: {', '.join(disabled)}.", "warning")
-        return redirect(self.get_redirect())
+        return back_to_origin(self)
 
 
 class WebhookEndpointView(ModelView):
@@ -146,7 +146,7 @@ class WebhookEndpointView(ModelView):
                             {"s": SecretBox(settings()).seal(secret), "id": item.id})
             session.commit()
             _show_secret(item.url, secret)
-        return redirect(self.get_redirect())
+        return back_to_origin(self)
 
     @action("enable", "Enable", "Enable the selected endpoints? Deliveries still pending are sent again.",
             "fa-play")
@@ -170,7 +170,7 @@ class WebhookEndpointView(ModelView):
                             {"ids": ids, "why": f"disabled by {g.get('heartline_actor', 'admin')}"})
         session.commit()
         flash(f"{len(ids)} endpoint(s) {'enabled' if enabled else 'disabled'}.", "success")
-        return redirect(self.get_redirect())
+        return back_to_origin(self)
 
 
 def _show_secret(url: str, secret: str) -> None:

@@ -1,5 +1,5 @@
-"""System API keys: generated on the "Lizenzserver Administration" page and shown once, revoked from the
-list."""
+"""System API keys: generated on the "New API key" page (subtitle "Lizenzserver Administration") and shown
+once, listed and revoked in one place."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ def test_generating_a_key_shows_it_once_and_stores_only_its_hash(
     client, admin = signed_in
     page = client.get("/system/").get_data(as_text=True)
     assert "Lizenzserver Administration" in page and "No API keys yet" in page
+    assert 'id="system-subtitle"' in page  # the seed's name, as the subtitle only
     page = post_form(client, "/system/", {"name": "ERP connector"}).get_data(as_text=True)
     key = re.search(r'id="new-api-key">(AF-\d{4}-[A-Za-z0-9]{32})<', page)
     assert key, page
@@ -26,8 +27,11 @@ def test_generating_a_key_shows_it_once_and_stores_only_its_hash(
     assert bytes(key_hash) == hashlib.sha256(key.group(1).encode()).digest()
     assert key.group(1)[:12] in prefix
     again = client.get("/system/").get_data(as_text=True)
-    assert key.group(1) not in again and prefix in again  # shown once; the list shows the prefix only
-    assert key.group(1) not in client.get("/apikeyview/list/").get_data(as_text=True)
+    assert key.group(1) not in again and "1 active key(s), 0 revoked" in again  # shown once
+    # one place lists the keys: the API keys screen, with the prefix only, and a way back to a new key
+    assert prefix not in again
+    listed = client.get("/apikeyview/list/").get_data(as_text=True)
+    assert key.group(1) not in listed and prefix in listed and 'id="new-api-key-link"' in listed
     assert pg.execute("SELECT actor FROM audit_log WHERE table_name = 'api_keys'").fetchone()[0] == \
         f"admin:{admin.username}"
 

@@ -43,10 +43,13 @@ class DevProcess:
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
-        threading.Thread(target=lambda: [self.lines.put(line) for line in self.proc.stdout or []],
-                         daemon=True).start()
+        self.reader = threading.Thread(target=lambda: [self.lines.put(line) for line in self.proc.stdout or []],
+                                       daemon=True)
+        self.reader.start()
 
     def drain(self) -> str:
+        """Everything printed, once the process has ended and its output is read to the end."""
+        self.reader.join(timeout=30)
         while not self.lines.empty():
             self.seen.append(self.lines.get())
         return "".join(self.seen)
@@ -137,7 +140,6 @@ async def test_fresh_dev_start_and_every_menu_entry_log_no_warning_or_error(fres
     assert [v for v in visited if v[2] != 200] == [], visited
     assert page_errors == []
     assert {"Live sessions", "Session history", "Heartbeats", "Licenses"} <= {t for t, _, _ in visited}
-    time.sleep(1)  # the last requests' log lines
     assert fresh_dev.stop() == 0
     log = fresh_dev.drain()
     problems = [line for line in log.splitlines() if PROBLEM.search(line)]

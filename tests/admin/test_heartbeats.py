@@ -8,7 +8,7 @@ import uuid
 from typing import Any
 
 import psycopg
-from admin_rows import license_row
+from admin_rows import device, license_row
 from admin_support import Admin
 from flask.testing import FlaskClient
 
@@ -40,7 +40,8 @@ def test_heartbeats_page_newest_first_without_gaps_or_repeats(
     pages = 0
     while url:
         page = client.get(url).get_data(as_text=True)
-        seen += re.findall(r"<code>(\d+-\d{5})</code>", page)
+        seen += re.findall(r'data-event="(\d+-\d{5})"', page)
+        assert not re.search(r">\d+-\d{5}<", page)  # the stream's ids are page markers, never shown
         older = re.search(r'id="older"\s+href="([^"]+)"', page)
         url = "/heartbeats/" + older.group(1).replace("&amp;", "&") if older else ""
         pages += 1
@@ -48,10 +49,28 @@ def test_heartbeats_page_newest_first_without_gaps_or_repeats(
     assert seen == [f"{lic['id']}-{i:05d}" for i in reversed(range(121))]
 
 
-def test_heartbeats_need_a_license(signed_in: tuple[FlaskClient, Admin], pg: psycopg.Connection[Any]) -> None:
+def test_heartbeats_list_recent_ones_before_a_license_is_named_with_device_names(
+        signed_in: tuple[FlaskClient, Admin], pg: psycopg.Connection[Any]) -> None:
     client, _ = signed_in
     page = client.get("/heartbeats/").get_data(as_text=True)
-    assert 'id="heartbeats"' not in page
+    assert 'id="heartbeats"' in page and "No heartbeats." in page
+    lic, other = license_row(pg), license_row(pg)
+    dev = device(pg, lic["id"], "fp-office", device_name="office laptop")
+    insert_heartbeats(pg, lic["id"], 3, dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5))
+    insert_heartbeats(pg, other["id"], 60, dt.datetime.now(dt.UTC) - dt.timedelta(hours=2))
+    pg.execute("UPDATE license_heartbeats SET device_id = %s WHERE license_id = %s", (dev, lic["id"]))
+    page = client.get("/heartbeats/").get_data(as_text=True)
+    events = re.findall(r'data-event="(\d+-\d{5})"', page)
+    assert len(events) == 50 and events[:3] == [f"{lic['id']}-{i:05d}" for i in (2, 1, 0)]
+    assert "office laptop (fp-office)" in page and lic["license_key"] in page and other["license_key"] in page
+    assert 'id="older"' not in page  # no paging through everything
+    page = client.get(f"/heartbeats/?license={lic['license_key']}").get_data(as_text=True)
+    assert page.count("office laptop (fp-office)") == 3 and other["license_key"] not in page
+
+
+def test_heartbeats_of_a_license_refuse_bad_input(signed_in: tuple[FlaskClient, Admin],
+                                                  pg: psycopg.Connection[Any]) -> None:
+    client, _ = signed_in
     page = client.get("/heartbeats/?license=HL-NOPE").get_data(as_text=True)
     assert "No license with key or id" in page
     lic = license_row(pg)
