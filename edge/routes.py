@@ -80,7 +80,9 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("POST", "/v1/sessions/{token}/heartbeat", heartbeats.heartbeat, "Keep a session alive",
               LicenseRequest, {200: (HeartbeatResponse, "Session extended")},
               {404: "SESSION_NOT_FOUND (start a new session) or LICENSE_NOT_FOUND", 403: LICENSE_REFUSED +
-               " (the session has been ended)", 429: "HEARTBEAT_TOO_FREQUENT (see Retry-After)"}),
+               " (the session has been ended)", 429: "HEARTBEAT_TOO_FREQUENT (see Retry-After)",
+               409: "SESSION_LIMIT_REACHED (with limit and in_use): the session missed its deadline, the "
+                    "license's resume grace has not run out and no seat is free to bring it back; retry later"}),
     Operation("POST", "/v1/sessions/{token}/end", sessions.end, "End a session", LicenseRequest,
               {200: (EndResponse, "Session ended")}, {404: "SESSION_NOT_FOUND or LICENSE_NOT_FOUND"}),
     Operation("POST", "/v1/sessions/{token}/borrow", borrows.borrow,
