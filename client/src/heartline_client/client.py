@@ -111,10 +111,10 @@ class AsyncClient:
         except ValueError as exc:
             raise Unreachable(f"{method} {path}: the signed answer is not JSON", exc) from None
         if response.status_code >= 400:
-            error = data.get("error") or {}
-            raise Refused(response.status_code, str(error.get("code", "UNKNOWN")), str(error.get("message", "")),
-                          _retry_after(response),
-                          {k: v for k, v in error.items() if k not in ("code", "message")})
+            refusal: dict[str, Any] = data.get("error") or {}
+            raise Refused(response.status_code, str(refusal.get("code", "UNKNOWN")),
+                          str(refusal.get("message", "")), _retry_after(response),
+                          {k: v for k, v in refusal.items() if k not in ("code", "message")})
         evidence = Evidence(status=response.status_code, body=response.content, method=method, path=sent_path,
                             nonce=nonce, headers={h: response.headers[h] for h in SIGNATURE_HEADERS})
         return Answer(status=response.status_code, data=data, kid=verified.kid, created=verified.created,

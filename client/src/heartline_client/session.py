@@ -183,8 +183,8 @@ class AsyncSession:
 
     async def _start(self) -> None:
         sent = time.monotonic()
-        answer = await self.client.start_session(self.fingerprint, client_version=self.client_version,
-                                                 **self.device)
+        answer = await self.client.start_session(self.fingerprint, self.device.get("device_name"),
+                                                 self.device.get("device_type"), self.client_version)
         self.token = answer.data["session_token"]
         self.resumed = bool(answer.data.get("resumed"))
         self.interval_s = float(answer.data["heartbeat_interval_s"])
