@@ -304,3 +304,123 @@ async def test_the_admin_works_under_its_content_security_policy(
     await page.wait_for_load_state()
     assert "suspended" in await page.inner_text(".alert-success")
     assert violations == []
+
+
+async def signed_in_page(page: Any, admin: Admin) -> None:
+    """Password, TOTP enrolment from the shown secret, recovery codes: on the dashboard."""
+    await sign_in_with_password(page, admin)
+    await page.wait_for_url("**/totp/enroll")
+    # mid-sign-in: the navbar offers no "Login" (the password was accepted)
+    assert await page.locator(".navbar a:has-text('Login')").count() == 0
+    secret = (await page.inner_text("#totp-secret")).strip()
+    await page.fill("#code", code_for(secret, current_step()))
+    await page.click("#confirm")
+    await page.click("#continue")
+    await page.wait_for_url("**/dashboard/")
+
+
+async def literal_cells(page: Any) -> list[str]:
+    """Table cells (lists and show pages) that print a Python literal instead of a value."""
+    cells = await page.locator("table td").all_inner_texts()
+    return [c for c in cells if c.strip() in ("None", "True", "False", "[]")]
+
+
+async def test_license_pages_show_which_license_and_guard_the_destructive_action(
+        browser_page: Any, make_admin: Callable[..., Admin], pg: psycopg.Connection[Any]) -> None:
+    from admin_rows import license_row
+
+    page = browser_page
+    await signed_in_page(page, make_admin("polish"))
+    # notes, device-change limit, heartbeat values: all empty in this row
+    lic = license_row(pg, valid_until=None)
+    for url in ("/licenseview/list/", f"/licenseview/show/{lic['id']}", "/customerview/list/",
+                "/users/list/", "/apikeyview/list/"):
+        await page.goto(url)
+        assert await literal_cells(page) == [], url
+    await page.goto(f"/licenseview/show/{lic['id']}")
+    assert (await page.inner_text("#license-header-key")).strip() == lic["license_key"]
+    assert (await page.inner_text("#license-header-status")).strip() == "active"
+    assert "never expires" in await page.inner_text("#license-header")
+    assert await page.locator("td:has-text('—')").count() >= 2
+    assert await page.locator(".favicon, link[rel=icon]").count() == 1
+    # an active license offers no Reactivate; Revoke is the destructive one, in red
+    actions = page.locator(".hl-show-actions")
+    assert await actions.locator("a:has-text('Reactivate')").count() == 0
+    revoke = actions.locator("a:has-text('Revoke')")
+    assert "btn-danger" in (await revoke.get_attribute("class") or "")
+
+    # Edit from the show page: the form says which license it edits, dates as 24-hour UTC text
+    await page.click("#hl-edit")
+    await page.wait_for_url(f"**/licenseview/edit/{lic['id']}")
+    assert (await page.inner_text("#license-header-key")).strip() == lic["license_key"]
+    assert await page.get_attribute("#valid_from", "type") == "text"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d", await page.input_value("#valid_from"))
+    assert "Quota: domains" in await page.inner_text("#model_form")
+    widths = {await page.eval_on_selector(f"#{field}", "e => e.getBoundingClientRect().width")
+              for field in ("product", "valid_from", "device_limit", "quota_domains", "offline_grace_s")}
+    assert len(widths) == 1, widths
+
+    # Revoke asks first; Cancel changes nothing
+    await page.goto(f"/licenseview/show/{lic['id']}")
+    await page.click(".hl-show-actions a:has-text('Revoke')")
+    dialog = page.locator("#modal-confirm").first  # one per embedded list, too: the first is the page's
+    await dialog.wait_for(state="visible")
+    assert "for good" in await dialog.inner_text()
+    await dialog.locator("button:has-text('Cancel')").click()
+    await dialog.wait_for(state="hidden")
+    assert pg.execute("SELECT status FROM licenses WHERE id = %s", (lic["id"],)).fetchone() == ("active",)
+    # OK revokes, and the admin is back on the license's page, which now offers Reactivate
+    await page.click(".hl-show-actions a:has-text('Revoke')")
+    await dialog.wait_for(state="visible")
+    await page.click("#modal-confirm-ok")
+    await page.wait_for_url(f"**/licenseview/show/{lic['id']}")
+    assert "revoked" in await page.inner_text(".alert-success")
+    assert pg.execute("SELECT status FROM licenses WHERE id = %s", (lic["id"],)).fetchone() == ("revoked",)
+    assert (await page.inner_text("#license-header-status")).strip() == "revoked"
+    assert await actions.locator("a:has-text('Reactivate')").count() == 1
+    assert await actions.locator("a:has-text('Revoke')").count() == 0
+
+
+async def test_sessions_found_by_token_and_terminated_from_the_filtered_list(
+        browser_page: Any, make_admin: Callable[..., Admin], pg: psycopg.Connection[Any],
+        admin_settings: Settings) -> None:
+    from admin_rows import license_row, mirror_session
+    from admin_support import is_live, start_live_session
+
+    page = browser_page
+    lic = license_row(pg)
+    tokens = [await asyncio.to_thread(start_live_session, admin_settings, lic["id"], f"fp-{n}") for n in range(2)]
+    for n, token in enumerate(tokens):
+        mirror_session(pg, lic["id"], token, f"fp-{n}")
+    await signed_in_page(page, make_admin("support"))
+    await page.goto("/livesessionview/list/")
+    assert await literal_cells(page) == []
+    body = await page.inner_text("table.table-bordered")
+    assert tokens[0] in body and tokens[1] in body
+
+    # Search → Add filter → Session, the token a customer read out, Search
+    await page.click("a.accordion-toggle:has-text('Search')")
+    await page.click("#filter_form button.dropdown-toggle")
+    await page.click("#filter_form a.filter[name=session_token]")
+    await page.fill("#filter_form input.filter_val", tokens[1])
+    await page.click("#filter_form button[type=submit]")
+    await page.wait_for_url("**_flt_0_session_token=*")
+    filtered = page.url.split("#")[0]
+    body = await page.inner_text("table.table-bordered")
+    assert tokens[1] in body and tokens[0] not in body
+
+    # terminate it from there: the admin lands back on the same filtered list, not on the dashboard
+    await page.check(f"input.action_check[value='{tokens[1]}']")
+    await page.click("button.dropdown-toggle:has-text('Actions')")
+    menu_item = page.locator(".terminate_menu_item")
+    assert await menu_item.evaluate("e => getComputedStyle(e).color") == "rgb(201, 48, 44)"  # red
+    await menu_item.click()
+    await page.click("#modal-confirm-ok")
+    await page.wait_for_load_state()
+    assert page.url.split("#")[0] == filtered
+    assert "terminated" in await page.inner_text(".alert-success")
+    assert not await asyncio.to_thread(is_live, admin_settings, lic["id"], tokens[1])
+    assert await asyncio.to_thread(is_live, admin_settings, lic["id"], tokens[0])
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.goto(f"/licenseview/show/{lic['id']}")
+    await page.screenshot(path=str(ARTIFACTS / "admin-license-page.png"), full_page=True)
