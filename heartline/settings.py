@@ -165,7 +165,7 @@ class Settings:
     resource_allow_private_ipv4: bool = False
     """Admit private, shared and documentation IPv4 ranges into the resource pool."""
     resource_low_watermark: int = 10
-    """The pool dashboard warns when fewer free resources of a type remain."""
+    """The pool dashboard warns when fewer free resources of a type remain (types never stocked: no warning)."""
 
     # Backups
     backup_dir: Path = Path(".heartline/backups")
