@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
+
+# A connection of its own (connect) or one acquired from a pool (pool.acquire()).
+Conn: TypeAlias = "asyncpg.Connection | asyncpg.pool.PoolConnectionProxy"
 
 
 def actor_settings(actor: str) -> dict[str, str]:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import redis
 
@@ -143,7 +144,7 @@ class EmbeddedRedisCluster:
                 text = info.decode() if isinstance(info, bytes) else str(info)
                 if "cluster_state:ok" not in text:
                     return False
-                replication = client.info("replication")
+                replication = cast(dict[str, Any], client.info("replication"))
                 if replication.get("role") == "slave" and replication.get("master_link_status") != "up":
                     return False
             return len(self.master_ports()) == self.masters

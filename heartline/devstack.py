@@ -26,7 +26,7 @@ import socket
 import stat
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -71,7 +71,7 @@ def _new_fernet_key() -> str:
     return base64.urlsafe_b64encode(os.urandom(32)).decode()
 
 
-_DEV_SECRET_FACTORIES = {
+_DEV_SECRET_FACTORIES: dict[str, Callable[[], str]] = {
     "admin_secret_key": lambda: secrets.token_urlsafe(48),
     "admin_totp_keys": _new_fernet_key,
     "postgres_password": lambda: secrets.token_urlsafe(24),
@@ -164,12 +164,11 @@ class EmbeddedPostgres:
     def _run(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         # group and extra_groups too: a process left in root's group would be judged by the (often
         # empty) group bits of root-owned folders above the data folder
-        drop: dict[str, object] = {}
-        if self._run_as:
-            drop = {"user": self._run_as, "group": self._run_as, "extra_groups": []}
+        run_as = self._run_as or None
         env = {**os.environ, "PGPASSWORD": self.password} if self.password else None
         return subprocess.run(list(args), check=False, capture_output=True, text=True, cwd="/", env=env,
-                              input=stdin, **drop)  # type: ignore[call-overload]
+                              input=stdin, user=run_as, group=run_as,
+                              extra_groups=[] if run_as else None)
 
     def _prepare_root_user(self) -> None:
         if os.name != "posix" or os.geteuid() != 0:

@@ -132,4 +132,5 @@ async def schema_version(conn: asyncpg.Connection) -> str | None:
     exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
     if not exists:
         return None
-    return await conn.fetchval("SELECT max(name) FROM schema_migrations")
+    newest: str | None = await conn.fetchval("SELECT max(name) FROM schema_migrations")
+    return newest

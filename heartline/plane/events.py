@@ -98,7 +98,7 @@ def session_event_from_fields(shard: int, entry_id: bytes | str,
     reason = _s(_key(fields, "r"))
     return SessionEvent(
         event_id=f"{shard}-{sid}",
-        kind=SessionEventKind(_s(_key(fields, "k"))),
+        kind=SessionEventKind(_s(_key(fields, "k")) or ""),
         license_id=int(_s(_key(fields, "l")) or 0),
         session_token=_s(_key(fields, "t")) or "",
         at_ms=_i(_key(fields, "at")) or int(sid.split("-", 1)[0]),

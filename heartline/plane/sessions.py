@@ -8,9 +8,10 @@ edge's business.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 
@@ -226,7 +227,9 @@ class SessionPlane:
         if not live:
             return now, []
         tokens = [_text(token) for token, _ in live]
-        records = await self.redis.hmget(keys.sessions(license_id, self.shards), tokens)
+        # redis-py types its hash commands for both clients (Awaitable[T] | T); this one is asyncio's
+        records = await cast("Awaitable[list[bytes | str | None]]",
+                             self.redis.hmget(keys.sessions(license_id, self.shards), tokens))
         holders = []
         for (_token, deadline), record in zip(live, records, strict=True):
             # 'device id|started ms|last heartbeat ms|count|ip|client version' (keys.sessions)
@@ -270,15 +273,18 @@ class SessionPlane:
         await self.scripts.forget_license(license_id)
 
     async def cached_license(self, license_id: int) -> CachedLicense | None:
-        raw: Any = await self.redis.hgetall(keys.license_hash(license_id, self.shards))
+        raw = await cast("Awaitable[dict[bytes, bytes] | dict[str, str]]",
+                         self.redis.hgetall(keys.license_hash(license_id, self.shards)))
         return CachedLicense.from_hash(raw)
 
     async def cached_entitlements(self, license_id: int) -> list[str]:
         """The entitlement codes of the cached license (empty when it has none or is not cached)."""
-        raw = await self.redis.hget(keys.license_hash(license_id, self.shards), "entitlements")
+        raw = await cast("Awaitable[bytes | str | None]",
+                         self.redis.hget(keys.license_hash(license_id, self.shards), "entitlements"))
         text = _text(raw) if raw is not None else ""
         return [code for code in text.split(",") if code]
 
     async def cached_device(self, license_id: int, fingerprint: str) -> int | None:
-        raw = await self.redis.hget(keys.devices(license_id, self.shards), fingerprint)
+        raw = await cast("Awaitable[bytes | str | None]", self.redis.hget(keys.devices(license_id, self.shards),
+                                                                  fingerprint))
         return int(raw) if raw is not None else None

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from heartline.db import Conn
 from heartline.settings import PREFIX, Settings, SettingsError
 
 log = logging.getLogger("heartline.signing")
@@ -147,7 +148,7 @@ async def create_key(conn: asyncpg.Connection, box: KeyBox, *, activate: bool = 
     return await _get(conn, kid)
 
 
-async def _insert_key(conn: asyncpg.Connection, box: KeyBox, *, activate: bool) -> str:
+async def _insert_key(conn: Conn, box: KeyBox, *, activate: bool) -> str:
     """Insert a fresh key inside the caller's transaction, which holds the rotation lock."""
     private_key = Ed25519PrivateKey.generate()
     kid = new_kid()
@@ -212,12 +213,12 @@ async def load_active_key(pool: asyncpg.Pool, box: KeyBox) -> ActiveKey | None:
     return None if row is None else ActiveKey(kid=row["kid"], private_key=box.open(row["kid"], bytes(row["sealed"])))
 
 
-async def _activate(conn: asyncpg.Connection, kid: str) -> None:
+async def _activate(conn: Conn, kid: str) -> None:
     await conn.execute("UPDATE signing_keys SET status = 'published' WHERE status = 'active' AND kid <> $1", kid)
     await conn.execute("UPDATE signing_keys SET status = 'active', activated_at = now() WHERE kid = $1", kid)
 
 
-async def _get(conn: asyncpg.Connection, kid: str) -> PublicKey:
+async def _get(conn: Conn, kid: str) -> PublicKey:
     row = await conn.fetchrow(GET_KEY, kid)
     assert row is not None
     return _row(row)

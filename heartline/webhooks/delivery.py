@@ -29,7 +29,7 @@ def retry_delay_s(attempts: int, settings: Settings) -> float | None:
     """
     if attempts >= settings.webhook_max_attempts:
         return None
-    base = min(settings.webhook_retry_max_delay_s, settings.webhook_retry_first_s * 4 ** (attempts - 1))
+    base = min(settings.webhook_retry_max_delay_s, settings.webhook_retry_first_s * 4.0 ** (attempts - 1))
     return base * (1 + random.random() * 0.1)
 
 

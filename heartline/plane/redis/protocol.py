@@ -146,7 +146,8 @@ class Connection(asyncio.Protocol):
         if self.transport is None or self.transport.is_closing() or not self.outgoing:
             return
         if self.min_replicas:
-            self.outgoing.append(hiredis.pack_command(("WAIT", self.min_replicas, REPLICA_WAIT_MS)))
+            # hiredis's stub declares a one-element tuple for pack_command
+            self.outgoing.append(hiredis.pack_command(("WAIT", self.min_replicas, REPLICA_WAIT_MS)))  # type: ignore[arg-type]
             self.waiting.append(_Wait())
         data = b"".join(self.outgoing) if len(self.outgoing) > 1 else self.outgoing[0]
         self.outgoing.clear()

@@ -129,9 +129,10 @@ class MultiplexedRedis:
         handshake = []
         if self.password is not None:
             auth = ("AUTH", self.username, self.password) if self.username else ("AUTH", self.password)
-            handshake.append(protocol.send(hiredis.pack_command(auth)))
+            # hiredis's stub declares a one-element tuple for pack_command
+            handshake.append(protocol.send(hiredis.pack_command(auth)))  # type: ignore[arg-type]
         if self.db:
-            handshake.append(protocol.send(hiredis.pack_command(("SELECT", self.db))))
+            handshake.append(protocol.send(hiredis.pack_command(("SELECT", self.db))))  # type: ignore[arg-type]
         try:
             await asyncio.gather(*handshake)
         except BaseException:
