@@ -25,8 +25,9 @@ class _ShortQueue(logging.Filter):
         self.threads = threads
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.msg == "Task queue depth is %d" and record.args:
-            return int(record.args[0]) >= self.threads  # type: ignore[index]
+        if record.msg == "Task queue depth is %d" and isinstance(record.args, tuple) and record.args:
+            depth = record.args[0]
+            return isinstance(depth, int) and depth >= self.threads
         return True
 
 

@@ -11,7 +11,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -25,6 +24,7 @@ from edge.errors import (
 )
 from edge.schemas import ActivateRequest, ActivateResponse, DeactivateResponse, DeviceRequest, encode
 from edge.state import EdgeState, edge_state
+from heartline.db import Conn
 from heartline.license_cache import ACTIVE_DEVICES, LICENSE_COLUMNS, to_cached
 from heartline.plane.events import EndReason
 from heartline.plane.sessions import StartOutcome
@@ -75,7 +75,7 @@ class Activation:
     device_limit: int
 
 
-async def _activate_locked(conn: asyncpg.Connection, license_id: int, fingerprint: str,
+async def _activate_locked(conn: Conn, license_id: int, fingerprint: str,
                            device_name: str | None, device_type: str | None) -> tuple[Any, dict[str, int], int, bool]:
     """Inside the caller's transaction: lock the license row, refuse a license that does not serve or a
     full device limit, activate the device.  Returns the license row, the active devices (this one

@@ -27,25 +27,26 @@ EntitlementCode = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63
 
 
 class Struct(msgspec.Struct, frozen=True, kw_only=True):
-    pass
+    """Base of every body. Subclasses repeat frozen=True: msgspec inherits it, mypy's dataclass_transform
+    does not."""
 
 
 # -- requests ----------------------------------------------------------------------------------------
 
-class DeviceRequest(Struct):
+class DeviceRequest(Struct, frozen=True):
     """Body of validate and deactivate: a license and a device."""
     license_key: LicenseKey
     hardware_fingerprint: Fingerprint
 
 
-class ValidateRequest(Struct):
+class ValidateRequest(Struct, frozen=True):
     """Body of validate: a license and a device, and optionally the entitlements the caller needs."""
     license_key: LicenseKey
     hardware_fingerprint: Fingerprint
     entitlements: Annotated[list[EntitlementCode], Meta(max_length=64)] | None = None
 
 
-class ActivateRequest(Struct):
+class ActivateRequest(Struct, frozen=True):
     license_key: LicenseKey
     hardware_fingerprint: Fingerprint
     device_name: DeviceName | None = None
@@ -57,7 +58,7 @@ Ticket = Annotated[str, Meta(pattern=r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F
                               description="A seat queue ticket from an earlier refused start")]
 
 
-class StartSessionRequest(Struct):
+class StartSessionRequest(Struct, frozen=True):
     license_key: LicenseKey
     hardware_fingerprint: Fingerprint
     device_name: DeviceName | None = None
@@ -69,21 +70,21 @@ class StartSessionRequest(Struct):
     ticket: Ticket | None = None
 
 
-class BorrowRequest(Struct):
+class BorrowRequest(Struct, frozen=True):
     """Body of a borrow: the license, and until when the seat is to be held (at most the license's
     max_borrow_s from now)."""
     license_key: LicenseKey
     until: dt.datetime
 
 
-class LicenseRequest(Struct):
+class LicenseRequest(Struct, frozen=True):
     """Body of heartbeat, end and resources: the license the session or resources belong to."""
     license_key: LicenseKey
 
 
 # -- responses ---------------------------------------------------------------------------------------
 
-class SeatHolder(Struct):
+class SeatHolder(Struct, frozen=True):
     """Who holds a seat of a full license: the device's name and type, never its fingerprint."""
     device_name: str | None
     device_type: str | None
@@ -91,7 +92,7 @@ class SeatHolder(Struct):
     last_heartbeat_at: dt.datetime | None
 
 
-class QueueTicket(Struct):
+class QueueTicket(Struct, frozen=True):
     """A place in the license's seat queue: repeat the start with this ticket within renew_within_s to
     keep it; seats go to live tickets in their order."""
     ticket: Annotated[str, Meta(extra_json_schema={"format": "uuid"})]
@@ -99,7 +100,7 @@ class QueueTicket(Struct):
     renew_within_s: int
 
 
-class ErrorDetail(Struct, omit_defaults=True):
+class ErrorDetail(Struct, frozen=True, omit_defaults=True):
     code: str
     message: str
     # SESSION_LIMIT_REACHED only: the sessions holding the seats, and the seconds until the earliest
@@ -115,11 +116,11 @@ class ErrorDetail(Struct, omit_defaults=True):
     waiting: int | None = None
 
 
-class ErrorBody(Struct):
+class ErrorBody(Struct, frozen=True):
     error: ErrorDetail
 
 
-class LicenseInfo(Struct):
+class LicenseInfo(Struct, frozen=True):
     status: str
     valid_from: dt.datetime
     valid_until: dt.datetime | None
@@ -133,13 +134,13 @@ class LicenseInfo(Struct):
     resume_grace_s: int = 0
 
 
-class DeviceInfo(Struct):
+class DeviceInfo(Struct, frozen=True):
     hardware_fingerprint: str
     activated: bool
     device_id: int | None = None
 
 
-class ValidateResponse(Struct):
+class ValidateResponse(Struct, frozen=True):
     valid: bool
     code: str
     license: LicenseInfo | None = None
@@ -148,7 +149,7 @@ class ValidateResponse(Struct):
     missing_entitlements: list[str] | None = None
 
 
-class ActivateResponse(Struct):
+class ActivateResponse(Struct, frozen=True):
     device_id: int
     hardware_fingerprint: str
     newly_activated: bool
@@ -156,7 +157,7 @@ class ActivateResponse(Struct):
     device_limit: int
 
 
-class DeactivateResponse(Struct):
+class DeactivateResponse(Struct, frozen=True):
     hardware_fingerprint: str
     deactivated: bool
     sessions_ended: int
@@ -166,7 +167,7 @@ OfflineGrace = Annotated[int, Meta(ge=0, description=(
     "Seconds past expires_at the client may go on without reaching the edge (the license's offline grace)"))]
 
 
-class SessionResponse(Struct):
+class SessionResponse(Struct, frozen=True):
     session_token: Annotated[str, Meta(extra_json_schema={"format": "uuid"})]
     resumed: bool
     heartbeat_interval_s: int
@@ -176,13 +177,13 @@ class SessionResponse(Struct):
     offline_grace_s: OfflineGrace = 0
 
 
-class HeartbeatResponse(Struct):
+class HeartbeatResponse(Struct, frozen=True):
     expires_at: dt.datetime
     next_heartbeat_in_s: int
     offline_grace_s: OfflineGrace = 0
 
 
-class BorrowResponse(Struct):
+class BorrowResponse(Struct, frozen=True):
     """The lease: signed like every answer, so a client can keep it and verify it offline."""
     borrow_id: Annotated[str, Meta(extra_json_schema={"format": "uuid"})]
     session_token: Annotated[str, Meta(extra_json_schema={"format": "uuid"})]
@@ -191,21 +192,21 @@ class BorrowResponse(Struct):
     offline_grace_s: OfflineGrace = 0
 
 
-class ReturnResponse(Struct):
+class ReturnResponse(Struct, frozen=True):
     returned: bool
 
 
-class EndResponse(Struct):
+class EndResponse(Struct, frozen=True):
     ended: bool
 
 
-class ResourcesResponse(Struct):
+class ResourcesResponse(Struct, frozen=True):
     domains: list[str]
     ipv4: list[str]
     phones: list[str]
 
 
-class Jwk(Struct):
+class Jwk(Struct, frozen=True):
     """An Ed25519 public key (RFC 8037): `x` is the raw key, base64url without padding."""
     kty: str
     crv: str
@@ -215,11 +216,11 @@ class Jwk(Struct):
     use: str
 
 
-class JwksResponse(Struct):
+class JwksResponse(Struct, frozen=True):
     keys: list[Jwk]
 
 
-class IndexResponse(Struct):
+class IndexResponse(Struct, frozen=True):
     name: str
     openapi: str
     docs: str
@@ -227,14 +228,14 @@ class IndexResponse(Struct):
     calls: list[str]
 
 
-class HealthCheck(Struct, omit_defaults=True):
+class HealthCheck(Struct, frozen=True, omit_defaults=True):
     """One dependency a probe looked at: "ok", "down" (with why in `detail`) or "off" (not in use)."""
     status: str
     latency_ms: float | None = None
     detail: str | None = None
 
 
-class HealthResponse(Struct, omit_defaults=True):
+class HealthResponse(Struct, frozen=True, omit_defaults=True):
     """/healthz and /readyz.  `redis` and `database` (readiness only) are the checks' verdicts as booleans;
     `checks` says what was checked, with status and latency."""
     status: str

@@ -29,6 +29,7 @@ import phonenumbers
 import psycopg
 from psycopg.rows import dict_row
 
+from heartline.db import Conn
 from heartline.errors import HeartlineError
 from heartline.settings import Settings
 
@@ -515,7 +516,7 @@ LICENSE_RESOURCES_SQL = (
     " ORDER BY resource_type, value")
 
 
-async def license_resources(conn: asyncpg.Connection, license_id: int) -> dict[str, list[str]]:
+async def license_resources(conn: Conn, license_id: int) -> dict[str, list[str]]:
     """The resources a license holds, for POST /v1/licenses/resources: {"domains", "ipv4", "phones"}."""
     result: dict[str, list[str]] = {kind.plural: [] for kind in ResourceType}
     for record in await conn.fetch(LICENSE_RESOURCES_SQL, license_id):

@@ -21,8 +21,10 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 
@@ -276,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         import uvloop
-        runner = uvloop.run
+        runner: Callable[[Coroutine[Any, Any, Any]], Any] = uvloop.run
     except ImportError:  # pragma: no cover
         runner = asyncio.run
     result = runner(_drive(args.url, read_requests(args.requests), args.api_key, args.duration,

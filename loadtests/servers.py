@@ -16,7 +16,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -69,7 +69,7 @@ def redis_cpu_s(url: str) -> float:
     """CPU seconds the Redis server has used so far (INFO cpu)."""
     client = redis.Redis.from_url(url)
     try:
-        info = client.info("cpu")
+        info = cast(dict[str, Any], client.info("cpu"))
     finally:
         client.close()
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])

@@ -17,7 +17,7 @@ import resource
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -34,7 +34,8 @@ def _cpu_s() -> float:
 
 
 def _commands(ports: list[int]) -> int:
-    return sum(int(redis.Redis(port=p).info("stats")["total_commands_processed"]) for p in ports)
+    return sum(int(cast(dict[str, Any], redis.Redis(port=p).info("stats"))["total_commands_processed"])
+               for p in ports)
 
 
 async def _idle(settings: Settings, seconds: float, ports: list[int]) -> tuple[float, float]:

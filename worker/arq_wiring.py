@@ -240,11 +240,12 @@ def _cron_jobs(settings: Settings) -> list[CronJob]:
 def worker_settings(settings: Settings) -> type:
     """arq's WorkerSettings for these settings (arq reads the class attributes)."""
     assert settings.redis_url
+    arq_redis = RedisSettings.from_dsn(settings.redis_url)
 
     class WorkerSettings:
         functions = (maintain_heartbeat_partitions,)
         cron_jobs = _cron_jobs(settings)
-        redis_settings = RedisSettings.from_dsn(settings.redis_url)
+        redis_settings = arq_redis
         on_startup = startup
         on_shutdown = shutdown
         ctx: ClassVar[dict[str, Any]] = {"settings": settings}

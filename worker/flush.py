@@ -18,6 +18,7 @@ from typing import Any
 
 import asyncpg
 
+from heartline.db import Conn
 from heartline.plane.events import heartbeat_from_fields
 from worker.streams import Entry, StreamConsumer
 
@@ -144,7 +145,7 @@ async def store_heartbeats(pool: asyncpg.Pool, records: list[tuple[Any, ...]], s
     raise AssertionError("unreachable")
 
 
-async def _insert_once(conn: asyncpg.Connection, records: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+async def _insert_once(conn: Conn, records: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """Insert the rows not stored yet; return (received_at, session_token, device_id) of those inserted.
 
     Almost every batch is new: it is COPYed straight into license_heartbeats.  Only a batch delivered
@@ -161,7 +162,7 @@ async def _insert_once(conn: asyncpg.Connection, records: list[tuple[Any, ...]])
         return [(r["received_at"], r["session_token"], r["device_id"]) for r in rows]
 
 
-async def _update_sessions_and_devices(conn: asyncpg.Connection, inserted: list[tuple[Any, ...]]) -> None:
+async def _update_sessions_and_devices(conn: Conn, inserted: list[tuple[Any, ...]]) -> None:
     sessions: dict[Any, list[Any]] = {}
     devices: dict[int, datetime] = {}
     for at, token, device_id in inserted:

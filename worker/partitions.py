@@ -82,8 +82,8 @@ async def _maintain(conn: asyncpg.Connection, today: date, ahead_months: int, re
     # on 2027-01-15, 2025-12 goes and 2026-01 stays.
     cutoff = add_months(current, -retention_months)
     for name in sorted(existing):
-        month = partition_month(name)
-        if month is None or add_months(month, 1) > cutoff:
+        first_day = partition_month(name)
+        if first_day is None or add_months(first_day, 1) > cutoff:
             continue
         async with conn.transaction():
             # Short lock timeout: a flush holding the parent must not queue every later flush behind us.

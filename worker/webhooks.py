@@ -126,6 +126,7 @@ async def queue_change_webhooks(ctx: dict[str, Any]) -> int:
         rows = await store.take_outbox(conn, OUTBOX_BATCH)
         messages = [m for m in map(outbox_message, rows) if m is not None]
         cursor = await conn.fetchrow(store.EXPIRY_CURSOR)
+        assert cursor is not None  # an upsert ... RETURNING always returns its row
         expired = await conn.fetch(store.EXPIRED_SINCE, cursor["position"], cursor["now"])
         messages += [expiry_message(r) for r in expired]
         await conn.execute(store.MOVE_EXPIRY_CURSOR, cursor["now"])

@@ -13,12 +13,13 @@ from typing import Any
 from sqlalchemy import BigInteger, Boolean, ForeignKey, Integer, LargeBinary, Text, text
 from sqlalchemy.dialects.postgresql import INET, JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column, object_session, relationship
+from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.types import TIMESTAMP
 
 from admin.models.base import Base
 
-TZ = TIMESTAMP(timezone=True)
-NOW = text("now()")
+TZ: TIMESTAMP = TIMESTAMP(timezone=True)
+NOW: TextClause = text("now()")
 
 
 class Customer(Base):

@@ -16,11 +16,12 @@ import io
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Any, cast
 
 import pyotp
 import qrcode
 import qrcode.image.svg
-from sqlalchemy import select, text, update
+from sqlalchemy import Table, select, text, update
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -92,6 +93,11 @@ def qr_svg(uri: str) -> str:
     image.save(buffer)
     svg = buffer.getvalue().decode()
     return svg[svg.index("<svg"):]  # drop the XML declaration: the SVG is embedded in HTML
+
+
+def _table(model: type[Any]) -> Table:
+    """The model's table: declarative types __table__ as any FromClause, these models map one Table."""
+    return cast(Table, model.__table__)
 
 
 class TotpService:
@@ -183,7 +189,7 @@ class TotpService:
 
     def new_recovery_codes(self, user_id: int) -> list[str]:
         """Replace the admin's recovery codes with ten new ones; returned in clear once, stored hashed."""
-        self.session.execute(AdminRecoveryCode.__table__.delete()
+        self.session.execute(_table(AdminRecoveryCode).delete()
                              .where(AdminRecoveryCode.user_id == user_id))
         codes = [new_recovery_code() for _ in range(RECOVERY_CODE_COUNT)]
         for code in codes:
@@ -195,8 +201,8 @@ class TotpService:
 
     def reset(self, user_id: int) -> None:
         """Forget the admin's second factor: the next login enrols anew."""
-        self.session.execute(AdminTotp.__table__.delete().where(AdminTotp.user_id == user_id))
-        self.session.execute(AdminRecoveryCode.__table__.delete()
+        self.session.execute(_table(AdminTotp).delete().where(AdminTotp.user_id == user_id))
+        self.session.execute(_table(AdminRecoveryCode).delete()
                              .where(AdminRecoveryCode.user_id == user_id))
 
     def _check_code(self, row: AdminTotp, code: str, client: str, now: float | None) -> Check:

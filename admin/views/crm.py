@@ -11,6 +11,7 @@ import datetime as dt
 from typing import Any
 
 from flask import Response, flash, g, redirect, request, url_for
+from flask.typing import ResponseReturnValue
 from flask_appbuilder import AppBuilder, BaseView, ModelView, expose
 from flask_appbuilder.security.decorators import has_access
 from markupsafe import escape
@@ -140,7 +141,7 @@ class CrmView(BaseView):
 
     @expose(f"/institution/<int(max={MAX_ID}):institution_id>/stage", methods=["POST"])
     @has_access
-    def change_stage(self, institution_id: int) -> Response:
+    def change_stage(self, institution_id: int) -> ResponseReturnValue:
         """Move the institution to another stage (audited, noted on the timeline)."""
         try:
             with service_transaction(self._db()) as (conn, actor):
@@ -152,7 +153,7 @@ class CrmView(BaseView):
 
     @expose(f"/institution/<int(max={MAX_ID}):institution_id>/convert", methods=["POST"])
     @has_access
-    def convert(self, institution_id: int) -> Response:
+    def convert(self, institution_id: int) -> ResponseReturnValue:
         """Create the customer of a won institution, once."""
         try:
             with service_transaction(self._db()) as (conn, actor):
@@ -168,7 +169,7 @@ class CrmView(BaseView):
 
     @expose(f"/institution/<int(max={MAX_ID}):institution_id>/activity", methods=["POST"])
     @has_access
-    def add_activity(self, institution_id: int) -> Response:
+    def add_activity(self, institution_id: int) -> ResponseReturnValue:
         """Log a call / e-mail / meeting / note or create a task on the timeline."""
         form = request.form
         due_at: dt.datetime | None = None
@@ -200,7 +201,7 @@ class CrmView(BaseView):
 
     @expose(f"/tasks/<int(max={MAX_ID}):activity_id>/done", methods=["POST"])
     @has_access
-    def task_done(self, activity_id: int) -> Response:
+    def task_done(self, activity_id: int) -> ResponseReturnValue:
         """Tick a task off."""
         try:
             with service_transaction(self._db()) as (conn, actor):
@@ -221,7 +222,7 @@ class CrmView(BaseView):
 
     @expose("/export.csv")
     @has_access
-    def export(self) -> Response:
+    def export(self) -> ResponseReturnValue:
         """Institutions as CSV, optionally one stage."""
         stage = request.args.get("stage") or None
         try:

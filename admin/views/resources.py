@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 from flask import Response, current_app, flash, redirect, request, url_for
+from flask.typing import ResponseReturnValue
 from flask_appbuilder import AppBuilder, BaseView, ModelView, expose
 from flask_appbuilder.actions import action
 from flask_appbuilder.security.decorators import has_access
@@ -89,7 +90,7 @@ class ResourcePoolView(ModelView):
         return [item.id for item in (items if isinstance(items, list) else [items])]
 
     @action("retire", "Retire", "Take the selected free resources out of service?", "fa-ban")
-    def retire(self, items: Any) -> Response:
+    def retire(self, items: Any) -> ResponseReturnValue:
         with service_transaction(self.datamodel.session) as (conn, actor):
             count = resources.retire(conn, self._ids(items), actor=actor)
         flash(f"Retired {count} resource(s); allocated ones are left alone.", "info")
@@ -97,7 +98,7 @@ class ResourcePoolView(ModelView):
         return back_to_origin(self)
 
     @action("reinstate", "Reinstate", "Put the selected retired resources back into the pool?", "fa-undo")
-    def reinstate(self, items: Any) -> Response:
+    def reinstate(self, items: Any) -> ResponseReturnValue:
         with service_transaction(self.datamodel.session) as (conn, actor):
             count = resources.reinstate(conn, self._ids(items), actor=actor)
         flash(f"Reinstated {count} resource(s).", "info")
@@ -144,7 +145,7 @@ class ResourcesView(BaseView):
 
     @expose("/quarantine/release", methods=["POST"])
     @has_access
-    def release_quarantine(self) -> Response:
+    def release_quarantine(self) -> ResponseReturnValue:
         """Return resources whose quarantine is over to available."""
         with service_transaction(self._db()) as (conn, actor):
             count = resources.release_quarantined(conn, actor=actor)
@@ -160,13 +161,15 @@ class ResourcesView(BaseView):
             # Refused before the body is parsed: a pasted text is no cheaper to hold than a file.
             return Response(f"An import is limited to {MAX_IMPORT_BYTES // (1024 * 1024)} MB.\n",
                             status=413, mimetype="text/plain")
-        form = {"resource_type": request.form.get("resource_type", ResourceType.DOMAIN.value),
-                "text": request.form.get("text", ""), "dry_run": bool(request.form.get("dry_run"))}
+        resource_type = request.form.get("resource_type", ResourceType.DOMAIN.value)
+        pasted = request.form.get("text", "")
+        dry_run = bool(request.form.get("dry_run"))
+        form = {"resource_type": resource_type, "text": pasted, "dry_run": dry_run}
         if request.method == "GET":
             return self.render_template("resources/import.html", form=form, report=None,
                                         types=list(ResourceType), settings=settings)
-        kind = _parse_type(form["resource_type"])
-        text, problem = self._import_text(form["text"])
+        kind = _parse_type(resource_type)
+        text, problem = self._import_text(pasted)
         if kind is None:
             problem = "Choose a resource type."
         if problem or kind is None:
@@ -175,7 +178,7 @@ class ResourcesView(BaseView):
                                         types=list(ResourceType), settings=settings), 400
         with service_transaction(self._db()) as (conn, actor):
             report = resources.import_resources(conn, kind, text, actor=actor, settings=settings,
-                                                dry_run=form["dry_run"])
+                                                dry_run=dry_run)
         verb = "Would add" if report.dry_run else "Added"
         flash(f"{verb} {report.added}, skipped {report.duplicates} duplicate(s), refused {report.refused}.",
               "warning" if report.refused else "success")
@@ -200,7 +203,7 @@ class ResourcesView(BaseView):
 
     @expose("/license")
     @has_access
-    def find_license(self) -> Response:
+    def find_license(self) -> ResponseReturnValue:
         """Open the allocation page of the license with the given key or id."""
         query = (request.args.get("q") or "").strip()
         with service_transaction(self._db()) as (conn, _actor):
@@ -234,7 +237,7 @@ class ResourcesView(BaseView):
 
     @expose(f"/license/<int(max={MAX_ID}):license_id>/allocate", methods=["POST"])
     @has_access
-    def allocate(self, license_id: int) -> Response:
+    def allocate(self, license_id: int) -> ResponseReturnValue:
         """Allocate n free resources of a type; over-quota and empty-pool requests are refused."""
         kind = _parse_type(request.form.get("resource_type"))
         try:
@@ -254,7 +257,7 @@ class ResourcesView(BaseView):
 
     @expose(f"/license/<int(max={MAX_ID}):license_id>/release", methods=["POST"])
     @has_access
-    def release(self, license_id: int) -> Response:
+    def release(self, license_id: int) -> ResponseReturnValue:
         """Release the selected resources into quarantine."""
         try:
             ids = [int(v) for v in request.form.getlist("resource_id")]

@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 
+from heartline.db import Conn
 from heartline.webhooks.catalogue import WebhookMessage
 from heartline.webhooks.secrets import SecretBox, new_secret
 
@@ -141,7 +142,7 @@ async def create_endpoint(conn: asyncpg.Connection, box: SecretBox, url: str, *,
     return int(endpoint_id), secret
 
 
-async def enqueue(conn: asyncpg.Connection, messages: list[WebhookMessage]) -> int:
+async def enqueue(conn: Conn, messages: list[WebhookMessage]) -> int:
     """Queue `messages` for every endpoint that wants them; returns the deliveries added."""
     if not messages:
         return 0
@@ -150,7 +151,7 @@ async def enqueue(conn: asyncpg.Connection, messages: list[WebhookMessage]) -> i
     return int(status.rsplit(" ", 1)[-1])
 
 
-async def take_outbox(conn: asyncpg.Connection, limit: int) -> list[OutboxRow]:
+async def take_outbox(conn: Conn, limit: int) -> list[OutboxRow]:
     """Remove up to `limit` outbox rows (call inside the transaction that enqueues their messages)."""
     rows = await conn.fetch(TAKE_OUTBOX, limit)
     return [OutboxRow(r["id"], r["event_type"], _json(r["data"]), r["created_at"])

@@ -42,7 +42,7 @@ class TcpProxy:
         self.mode = ProxyMode.REFUSING
         self._server: asyncio.Server | None = None
         self._flowing = asyncio.Event()
-        self._transports: set[asyncio.BaseTransport] = set()
+        self._transports: set[asyncio.WriteTransport] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:

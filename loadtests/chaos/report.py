@@ -47,10 +47,11 @@ def latencies(ledger: Ledger) -> dict[str, dict[str, float]]:
         if status != NO_ANSWER:
             by_route[route].append(took)
     out = {}
-    for route, took in sorted(by_route.items()):
-        took.sort()
-        out[route] = {f"p{q}": round(took[min(len(took) - 1, len(took) * q // 100)], 3) for q in (50, 95, 99)}
-        out[route]["max"] = round(took[-1], 3)
+    for route, times in sorted(by_route.items()):
+        times.sort()
+        out[route] = {f"p{q}": round(times[min(len(times) - 1, len(times) * q // 100)], 3)
+                      for q in (50, 95, 99)}
+        out[route]["max"] = round(times[-1], 3)
     return out
 
 

@@ -164,6 +164,7 @@ def _parse_dictionary(text: str) -> dict[str, tuple[Any, Params]]:
         if match is None:
             raise SignatureError("malformed signature header")
         key, pos = match.group(), match.end()
+        value: Bare | list[tuple[Bare, Params]]
         if pos < len(text) and text[pos] == "=":
             pos += 1
             if text[pos:pos + 1] == "(":
