@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-import asyncpg
 import idna
 import phonenumbers
 import psycopg
