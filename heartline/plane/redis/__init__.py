@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import unquote
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster, get_node_name
 
 from heartline.plane.redis.cluster import ClusterMultiplexedRedis
 from heartline.plane.redis.single import MultiplexedRedis
@@ -59,6 +59,35 @@ def parse_cluster_url(url: str) -> ClusterURL:
     return ClusterURL(seeds=seeds, username=username, password=password)
 
 
+class SeededRedisCluster(RedisCluster):
+    """redis-py's RedisCluster that never forgets the seed nodes of its URL.
+
+    On a connection error redis-py drops the node it was talking to from its startup nodes and closes
+    every connection; with several tasks failing at once during a master failover, each closes the
+    others' connections, and the healthy nodes get dropped too until none is left.  From then on every
+    command fails with "Redis Cluster cannot be connected ... reachable node: None" for good, whatever
+    the cluster does (redis-py issue #3221; seen as a worker whose loops all stopped after a failover).
+    Before each re-initialisation the seeds are put back, so the client finds the cluster again.
+    """
+
+    def __init__(self, *, seeds: list[tuple[str, int]], **kwargs: Any) -> None:
+        super().__init__(startup_nodes=[ClusterNode(host, port) for host, port in seeds], **kwargs)
+        self._seeds = list(seeds)
+
+    def restore_seeds(self) -> None:
+        manager = self.nodes_manager
+        for host, port in self._seeds:
+            if get_node_name(host, port) not in manager.startup_nodes:
+                node = ClusterNode(host, port, **manager.connection_kwargs)
+                manager.startup_nodes[node.name] = node
+
+    async def initialize(self) -> SeededRedisCluster:
+        if self._initialize:
+            self.restore_seeds()
+        await super().initialize()
+        return self
+
+
 def connect(url: str, **kwargs: Any) -> Any:
     """redis-py's asyncio client for `url`: Redis, or RedisCluster for a cluster URL.
 
@@ -66,8 +95,8 @@ def connect(url: str, **kwargs: Any) -> Any:
     if not is_cluster_url(url):
         return aioredis.Redis.from_url(url, **kwargs)
     parsed = parse_cluster_url(url)
-    return RedisCluster(startup_nodes=[ClusterNode(host, port) for host, port in parsed.seeds],
-                        username=parsed.username, password=parsed.password, **kwargs)
+    return SeededRedisCluster(seeds=parsed.seeds, username=parsed.username, password=parsed.password,
+                              **kwargs)
 
 
 def multiplexed(url: str, **kwargs: Any) -> MultiplexedRedis | ClusterMultiplexedRedis | None:
