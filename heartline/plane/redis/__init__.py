@@ -95,8 +95,10 @@ def connect(url: str, **kwargs: Any) -> Any:
     if not is_cluster_url(url):
         return aioredis.Redis.from_url(url, **kwargs)
     parsed = parse_cluster_url(url)
-    return SeededRedisCluster(seeds=parsed.seeds, username=parsed.username, password=parsed.password,
-                              **kwargs)
+    # redis-py declares `connection_pool` abstract on its commands mixin; RedisCluster never sets it (it
+    # pools per node), and mypy only sees that once the class is subclassed.
+    return SeededRedisCluster(seeds=parsed.seeds, username=parsed.username,  # type: ignore[abstract]
+                              password=parsed.password, **kwargs)
 
 
 def multiplexed(url: str, **kwargs: Any) -> MultiplexedRedis | ClusterMultiplexedRedis | None:
