@@ -14,6 +14,7 @@ from typing import Any
 
 from flask import Flask
 from flask_appbuilder import AppBuilder, ModelView
+from flask_appbuilder.security.views import RoleListWidget
 from flask_appbuilder.widgets import ListWidget, ShowWidget
 from markupsafe import Markup
 
@@ -49,6 +50,10 @@ class HeartlineShowWidget(ShowWidget):
     template = "heartline/widgets/show.html"
 
 
+class HeartlineRoleListWidget(RoleListWidget):
+    template = "heartline/widgets/roles_list.html"
+
+
 def _views(appbuilder: AppBuilder) -> Iterable[ModelView]:
     return (v for v in appbuilder.baseviews if isinstance(v, ModelView))
 
@@ -67,5 +72,7 @@ def install(app: Flask, appbuilder: AppBuilder) -> None:
     for view in _views(appbuilder):
         if view.list_widget is ListWidget:
             view.list_widget = HeartlineListWidget
+        elif view.list_widget is RoleListWidget:
+            view.list_widget = HeartlineRoleListWidget
         if view.show_widget is ShowWidget:
             view.show_widget = HeartlineShowWidget

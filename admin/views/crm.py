@@ -16,9 +16,10 @@ from flask_appbuilder import AppBuilder, BaseView, ModelView, expose
 from flask_appbuilder.security.decorators import has_access
 from markupsafe import escape
 from sqlalchemy.orm import Session
-from wtforms import BooleanField, DateTimeLocalField, Field, Form, SelectField
+from wtforms import BooleanField, Field, Form, SelectField
 from wtforms.validators import DataRequired, Email, Optional, ValidationError
 
+from admin.fields import UtcDateTimeField
 from admin.models.crm import Activity, Contact, Institution
 from admin.views.base import HeartlineInterface
 from admin.views.resources import MAX_ID, service_transaction
@@ -69,14 +70,14 @@ class ActivityView(ModelView):
     search_columns = ["kind", "subject", "institution", "owner", "done", "due_at"]
     order_columns = ["occurred_at", "kind", "due_at", "done"]
     base_order = ("occurred_at", "desc")
-    # Native date-time pickers (FAB would render WTForms' obsolete type="datetime" inputs); UTC.
+    # Timestamps typed as YYYY-MM-DD HH:MM, 24-hour UTC (admin/fields.py).
     add_form_extra_fields = edit_form_extra_fields = {
         "kind": SelectField("Kind", choices=[k.value for k in ActivityKind],
                             validators=[DataRequired()]),
         # NOT NULL would make FAB's checkbox required, i.e. only done activities could be saved.
         "done": BooleanField("Done", default=False),
-        "due_at": DateTimeLocalField("Due (UTC, tasks only)", validators=[Optional(), _due_only_for_tasks],
-                                     format=DATETIME_FORMATS),
+        "due_at": UtcDateTimeField("Due (UTC, tasks only)", validators=[Optional(), _due_only_for_tasks],
+                                   format=DATETIME_FORMATS, description="YYYY-MM-DD HH:MM, 24-hour UTC."),
     }
     validators_columns = {"subject": [DataRequired()], "institution": [DataRequired()]}
 
@@ -180,7 +181,7 @@ class CrmView(BaseView):
                     due_at = due_at.replace(tzinfo=dt.UTC)
             kind = ActivityKind(form.get("kind", ""))
         except ValueError:
-            flash("Choose a kind, and give the due date as YYYY-MM-DD.", "danger")
+            flash("Choose a kind, and give the due date as YYYY-MM-DD (or YYYY-MM-DD HH:MM, 24-hour UTC).", "danger")
             return redirect(url_for("CrmView.institution", institution_id=institution_id))
         try:
             with service_transaction(self._db()) as (conn, actor):

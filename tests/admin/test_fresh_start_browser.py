@@ -130,10 +130,18 @@ async def test_fresh_dev_start_and_every_menu_entry_log_no_warning_or_error(fres
             links = menu_links(await page.eval_on_selector_all(
                 ".navbar a[href]", "els => els.map(e => [e.textContent.trim(), e.getAttribute('href')])"))
             assert len(links) >= 20, links
-            for text, href in links:
+            # every menu entry, and the demo license's own pages (show, edit, heartbeats)
+            for text, href in [*links, ("license", "/licenseview/show/1"), ("license form", "/licenseview/edit/1"),
+                               ("license heartbeats", "/heartbeats/?license=1")]:
                 answer = await page.goto(href)
                 assert answer is not None
                 visited.append((text, href, answer.status))
+                # the demo data fills the screens: no cell prints a Python literal
+                cells = await page.locator("table td").all_inner_texts()
+                literals = [c for c in cells if c.strip() in ("None", "True", "False", "[]")]
+                assert literals == [], (href, literals)
+                # the navbar fits on one row at 1366 px (one row is ~50 px high)
+                assert await page.eval_on_selector(".navbar", "e => e.getBoundingClientRect().height") < 60, href
         finally:
             await context.close()
             await browser.close()
