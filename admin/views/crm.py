@@ -73,7 +73,7 @@ class ActivityView(ModelView):
     # Timestamps typed as YYYY-MM-DD HH:MM, 24-hour UTC (admin/fields.py).
     add_form_extra_fields = edit_form_extra_fields = {
         "kind": SelectField("Kind", choices=[k.value for k in ActivityKind],
-                            validators=[DataRequired()]),
+                            validators=[DataRequired()], render_kw={"class": "form-control"}),
         # NOT NULL would make FAB's checkbox required, i.e. only done activities could be saved.
         "done": BooleanField("Done", default=False),
         "due_at": UtcDateTimeField("Due (UTC, tasks only)", validators=[Optional(), _due_only_for_tasks],

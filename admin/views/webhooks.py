@@ -117,7 +117,8 @@ class WebhookEndpointView(ModelView):
         "event_types": "None selected: every event.",
     }
     add_form_extra_fields = edit_form_extra_fields = {
-        "event_types": SelectMultipleField("Events", choices=EVENT_CHOICES, default=[]),
+        "event_types": SelectMultipleField("Events", choices=EVENT_CHOICES, default=[],
+                                           render_kw={"class": "form-control"}),
     }
     validators_columns = {"url": [DataRequired(message="Enter the URL to send events to."),
                                   Length(max=2000), safe_target]}
