@@ -17,16 +17,18 @@ from starlette.responses import Response
 from edge.bodies import read_struct
 from edge.errors import (
     LICENSE_REFUSALS,
+    PLANE_DOWN,
     DeviceChangeLimitReached,
     DeviceLimitReached,
     DeviceNotFound,
+    EdgeError,
     LicenseNotFound,
 )
 from edge.schemas import ActivateRequest, ActivateResponse, DeactivateResponse, DeviceRequest, encode
 from edge.state import EdgeState, edge_state
 from heartline.db import Conn
 from heartline.license_cache import ACTIVE_DEVICES, LICENSE_COLUMNS, to_cached
-from heartline.plane.events import EndReason
+from heartline.plane.events import EndReason, RefusalOperation
 from heartline.plane.sessions import StartOutcome
 
 log = logging.getLogger("heartline.edge.devices")
@@ -65,6 +67,23 @@ SELECT id FROM device_changes WHERE license_id = $1 AND replaced_at IS NULL AND 
 """
 CHANGES_IN_WINDOW = f"SELECT count(*) FROM device_changes WHERE license_id = $1 AND replaced_at > {CHANGE_WINDOW}"
 TAKE_CHANGE = "UPDATE device_changes SET replaced_at = now(), replaced_by = $2 WHERE id = $1"
+
+
+# Refusals decided here from PostgreSQL that denial analytics records (start.lua records its own).
+RECORDED_REFUSALS: tuple[type[EdgeError], ...] = (DeviceLimitReached, DeviceChangeLimitReached,
+                                                  *LICENSE_REFUSALS.values())
+
+
+async def record_refusal(state: EdgeState, license_id: int, refusal: EdgeError, fingerprint: str,
+                         operation: RefusalOperation) -> None:
+    """One `refused` event for a refusal PostgreSQL decided, after its transaction rolled back (on the
+    refusal path of a start or activation only).  The client hears its refusal even when the plane is
+    unreachable; the event is then lost, and logged."""
+    try:
+        await state.plane.record_refusal(license_id, refusal.code, fingerprint, None, operation)
+    except PLANE_DOWN as exc:
+        log.warning("edge.refusal.not_recorded license_id=%s code=%s error=%s", license_id, refusal.code,
+                    type(exc).__name__)
 
 
 @dataclass(frozen=True)
@@ -112,14 +131,19 @@ async def _activate_locked(conn: Conn, license_id: int, fingerprint: str,
 
 async def activate_device(state: EdgeState, license_id: int, fingerprint: str, device_name: str | None,
                           device_type: str | None) -> Activation:
-    """Activate a device (idempotent for an active one); raises the license or device-limit refusal."""
-    async with state.pool.acquire() as conn, conn.transaction():
-        lic, devices, device_id, created = await _activate_locked(conn, license_id, fingerprint, device_name,
-                                                                  device_type)
-        if created:
-            log.info("device.activated license_id=%s device_id=%s", license_id, device_id)
-        # Still under the row lock: the plane sees this device list before any later change.
-        await state.plane.cache_license(to_cached(lic, state.settings), devices)
+    """Activate a device (idempotent for an active one); raises the license or device-limit refusal
+    (recorded as a `refused` event)."""
+    try:
+        async with state.pool.acquire() as conn, conn.transaction():
+            lic, devices, device_id, created = await _activate_locked(conn, license_id, fingerprint,
+                                                                      device_name, device_type)
+            if created:
+                log.info("device.activated license_id=%s device_id=%s", license_id, device_id)
+            # Still under the row lock: the plane sees this device list before any later change.
+            await state.plane.cache_license(to_cached(lic, state.settings), devices)
+    except RECORDED_REFUSALS as refused:
+        await record_refusal(state, license_id, refused, fingerprint, RefusalOperation.ACTIVATE)
+        raise
     return Activation(device_id=device_id, newly_activated=created, active_devices=len(devices),
                       device_limit=lic["device_limit"])
 
@@ -134,6 +158,18 @@ async def start_on_new_device(state: EdgeState, license_id: int, fingerprint: st
     the script adds the device to the plane's cache only together with the session it grants.  Should
     the commit fail after a grant, the session is ended and the device dropped from the cache again.
     """
+    try:
+        return await _start_on_new_device(state, license_id, fingerprint, device_name, device_type,
+                                          client_version=client_version, client_ip=client_ip, queue=queue,
+                                          ticket=ticket)
+    except RECORDED_REFUSALS as refused:  # decided from PostgreSQL; the plane records its own
+        await record_refusal(state, license_id, refused, fingerprint, RefusalOperation.START)
+        raise
+
+
+async def _start_on_new_device(state: EdgeState, license_id: int, fingerprint: str, device_name: str | None,
+                               device_type: str | None, *, client_version: str, client_ip: str,
+                               queue: bool, ticket: str | None) -> StartOutcome:
     async with state.pool.acquire() as conn:
         transaction = conn.transaction()
         await transaction.start()

@@ -38,6 +38,7 @@ TEST_DATABASE = f"heartline_test_{os.getpid()}"
 
 # Tables emptied between tests, children first (FKs), audit_log last.
 BUSINESS_TABLES = (
+    "license_refusals_daily", "license_refusal_events",
     "webhook_attempts", "webhook_deliveries", "webhook_messages", "webhook_endpoints", "webhook_outbox",
     "webhook_cursors", "license_entitlements", "product_entitlements", "entitlements", "device_changes", "crm_activities", "crm_contacts", "crm_institutions", "resource_allocations", "resource_pools",
     "license_heartbeats", "session_history", "license_sessions", "device_registrations", "licenses",

@@ -38,6 +38,7 @@ from worker.metrics import WorkerMetrics, serve_metrics
 from worker.partitions import maintain_heartbeat_partitions
 from worker.reaper import reap_expired_sessions
 from worker.reconcile import LostSessions, close_lost_sessions
+from worker.refusals import prune_refusal_ids
 from worker.streams import StreamConsumer
 from worker.webhooks import (
     http_client,
@@ -173,6 +174,7 @@ def _loops(ctx: dict[str, Any]) -> list[tuple[str, Callable[[], Awaitable[bool]]
 
     async def webhook_prune() -> bool:
         await prune_webhook_messages(ctx)
+        await prune_refusal_ids(ctx)
         return False
 
     done: dict[str, date] = {}

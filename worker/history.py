@@ -1,5 +1,6 @@
 """Session events into PostgreSQL: `started` -> a `license_sessions` row, `ended` -> one `session_history`
-row with its end reason, and the live row removed.
+row with its end reason, and the live row removed; `refused` -> counted in `license_refusals_daily`
+(worker/refusals.py).
 
 One transaction per batch, acknowledged after the commit.  Idempotent on the session token: a replayed
 `started` whose session already has history adds no live row, a replayed `ended` writes nothing twice,
@@ -16,8 +17,9 @@ from typing import Any
 
 import asyncpg
 
-from heartline.plane.events import SessionEvent, SessionEventKind, session_event_from_fields
+from heartline.plane.events import RefusalEvent, SessionEvent, SessionEventKind, session_event_from_fields
 from worker.flush import LOCK_SHARDS, MAX_BIGINT, received_at
+from worker.refusals import is_refusal, refusal_events, roll_up
 from worker.streams import Entry, StreamConsumer
 
 log = logging.getLogger("worker.history")
@@ -82,6 +84,7 @@ class HistoryResult:
     started: int      # live rows added
     ended: int        # history rows written (a replay writes none)
     malformed: int
+    refused: int = 0  # refused events counted (a replay counts none)
 
 
 def _valid_ip(value: str | None) -> str | None:
@@ -112,10 +115,13 @@ def _columns(events: list[SessionEvent]) -> list[list[Any]]:
 
 
 def session_events(entries: list[Entry]) -> tuple[list[SessionEvent], int]:
-    """Parsed events in stream order, and the number of malformed entries skipped."""
+    """Parsed started/ended events in stream order, and the number of malformed entries skipped
+    (`refused` entries are not session events: see refusal_events)."""
     events: list[SessionEvent] = []
     malformed = 0
     for entry in entries:
+        if is_refusal(entry):
+            continue
         try:
             event = session_event_from_fields(entry.shard, entry.entry_id, entry.fields)
             uuid.UUID(event.session_token)
@@ -138,8 +144,10 @@ def session_events(entries: list[Entry]) -> tuple[list[SessionEvent], int]:
     return events, malformed
 
 
-async def store_session_events(pool: asyncpg.Pool, events: list[SessionEvent]) -> tuple[int, int]:
-    """Apply the events in one transaction: starts first, then ends (which remove what they end)."""
+async def store_session_events(pool: asyncpg.Pool, events: list[SessionEvent],
+                               refusals: list[RefusalEvent] | None = None) -> tuple[int, int, int]:
+    """Apply the events in one transaction: starts first, then ends (which remove what they end), and
+    the refusals' counts.  Returns live rows added, history rows written, refusals counted."""
     started = [e for e in events if e.kind is SessionEventKind.STARTED]
     ended = [e for e in events if e.kind is SessionEventKind.ENDED]
     async with pool.acquire() as conn, conn.transaction():
@@ -148,7 +156,8 @@ async def store_session_events(pool: asyncpg.Pool, events: list[SessionEvent]) -
             await conn.execute(LOCK_SHARDS, sorted({int(e.event_id.split("-", 1)[0]) for e in started}))
         n_started = _count(await conn.execute(RECORD_STARTED, *_columns(started))) if started else 0
         n_ended = _count(await conn.execute(RECORD_ENDED, *_columns(ended))) if ended else 0
-    return n_started, n_ended
+        n_refused = await roll_up(conn, refusals) if refusals else 0
+    return n_started, n_ended, n_refused
 
 
 def _count(status: str) -> int:
@@ -160,13 +169,15 @@ async def record_batch(pool: asyncpg.Pool, consumer: StreamConsumer) -> HistoryR
     if not entries:
         return HistoryResult(0, 0, 0, 0)
     events, malformed = session_events(entries)
+    refusals, bad_refusals = refusal_events(entries)
     try:
-        n_started, n_ended = await store_session_events(pool, events) if events else (0, 0)
+        n_started, n_ended, n_refused = await store_session_events(pool, events, refusals) \
+            if events or refusals else (0, 0, 0)
         await consumer.ack(entries)
     except BaseException:
         consumer.retry_pending(entries)
         raise
-    return HistoryResult(len(entries), n_started, n_ended, malformed)
+    return HistoryResult(len(entries), n_started, n_ended, malformed + bad_refusals, n_refused)
 
 
 async def record_session_events(ctx: dict[str, Any]) -> int:

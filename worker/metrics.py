@@ -99,6 +99,8 @@ class WorkerMetrics:
     def session_events_recorded(self, result: HistoryResult) -> None:
         self.session_events.labels("started").inc(result.started)
         self.session_events.labels("ended").inc(result.ended)
+        if result.refused:
+            self.session_events.labels("refused").inc(result.refused)
         if result.malformed:
             self.entries_malformed.labels("events").inc(result.malformed)
 

@@ -2,7 +2,9 @@
 
 - `queue_session_webhooks`: reads the session event streams in a consumer group of its own (`webhooks`,
   beside `history`) and queues session.started / session.ended messages; acknowledged after the commit,
-  and the message id is derived from the session token, so an entry read twice queues nothing twice.
+  and the message id is derived from the session token, so an entry read twice queues nothing twice;
+  session.refused (with code) from the `refused` events of refused starts, its id derived from the
+  event's stream id.
 - `queue_change_webhooks`: takes the rows that PostgreSQL triggers put in `webhook_outbox` (device,
   license and resource changes, backup failures) and announces licenses whose valid_until passed.
 - `send_webhooks`: claims due deliveries, signs and POSTs them, records each attempt, schedules retries
@@ -21,13 +23,14 @@ from typing import Any
 import asyncpg
 import httpx
 
-from heartline.plane.events import SessionEvent, SessionEventKind
+from heartline.plane.events import RefusalEvent, RefusalOperation, SessionEvent, SessionEventKind
 from heartline.settings import Settings
 from heartline.webhooks import delivery, store
 from heartline.webhooks.catalogue import EventType, WebhookMessage, from_ms, iso, message, row_data
 from heartline.webhooks.secrets import SecretBox, SecretKeyMismatch
 from heartline.webhooks.targets import WebhookTargetRefused, check_target_async
 from worker.history import session_events
+from worker.refusals import refusal_events
 from worker.streams import StreamConsumer
 
 log = logging.getLogger("worker.webhooks")
@@ -71,6 +74,18 @@ def session_message(event: SessionEvent, license_row: Any) -> WebhookMessage:
     return message(f"msg_session.ended_{event.session_token}", EventType.SESSION_ENDED, data, _at(event.at_ms))
 
 
+def refusal_message(event: RefusalEvent, license_row: Any) -> WebhookMessage:
+    """The session.refused message of a refused start."""
+    data: dict[str, Any] = {
+        "license_id": event.license_id,
+        "license_key": license_row["license_key"] if license_row else None,
+        "customer_id": license_row["customer_id"] if license_row else None,
+        "code": event.code, "device_id": event.device_id, "hardware_fingerprint": event.fingerprint,
+        "refused_at": from_ms(event.at_ms),
+    }
+    return message(f"msg_session.refused_{event.event_id}", EventType.SESSION_REFUSED, data, _at(event.at_ms))
+
+
 def outbox_message(row: store.OutboxRow) -> WebhookMessage | None:
     """The message of one outbox row; None for a type this version does not know."""
     try:
@@ -103,13 +118,17 @@ async def queue_session_webhooks(ctx: dict[str, Any]) -> int:
     if not entries:
         return 0
     events, _malformed = session_events(entries)
+    # refused activations are not sessions: only refused starts are announced
+    refusals = [e for e in refusal_events(entries)[0] if e.operation is RefusalOperation.START]
     try:
-        if events:
+        if events or refusals:
             async with pool.acquire() as conn, conn.transaction():
-                names = {r["id"]: r for r in await conn.fetch(LICENSE_NAMES,
-                                                              sorted({e.license_id for e in events}))}
+                license_ids = sorted({e.license_id for e in events} | {e.license_id for e in refusals})
+                names = {r["id"]: r for r in await conn.fetch(LICENSE_NAMES, license_ids)}
                 queued = await store.enqueue(conn, [session_message(e, names.get(e.license_id))
-                                                    for e in events])
+                                                    for e in events]
+                                             + [refusal_message(e, names.get(e.license_id))
+                                                for e in refusals])
             if queued:
                 log.debug("worker.webhooks.queued source=sessions deliveries=%s", queued)
         await consumer.ack(entries)

@@ -26,6 +26,19 @@ class EndReason(StrEnum):
 class SessionEventKind(StrEnum):
     STARTED = "started"
     ENDED = "ended"
+    REFUSED = "refused"  # a refused start or activation: RefusalEvent, not SessionEvent
+
+
+class RefusalOperation(StrEnum):
+    START = "start"        # POST /v1/sessions (start.lua, or the edge for a refusal PostgreSQL decided)
+    ACTIVATE = "activate"  # POST /v1/devices/activate (the edge)
+
+
+# The refusal codes a `refused` event may carry (the admin's denial dashboard and session.refused).
+REFUSAL_CODES = frozenset({
+    "SESSION_LIMIT_REACHED", "DEVICE_LIMIT_REACHED", "DEVICE_CHANGE_LIMIT_REACHED", "LICENSE_SUSPENDED",
+    "LICENSE_REVOKED", "LICENSE_EXPIRED", "LICENSE_NOT_YET_VALID",
+})
 
 
 class HeartbeatEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -59,6 +72,20 @@ class SessionEvent(msgspec.Struct, frozen=True, kw_only=True):
     client_version: str | None = None
     client_ip: str | None = None
     lapses: int = 0
+
+
+class RefusalEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """hl:{sN}:ev entry of kind `refused` (denial analytics).  Fields on the wire: k=refused,
+    l=license id, c=refusal code, d=device id (empty when the device was not activated), f=fingerprint,
+    at=Redis time ms, o=operation (start|activate)."""
+
+    event_id: str
+    license_id: int
+    code: str
+    at_ms: int
+    operation: RefusalOperation = RefusalOperation.START
+    device_id: int | None = None
+    fingerprint: str | None = None
 
 
 def _s(value: bytes | str | None) -> str | None:
@@ -111,4 +138,26 @@ def session_event_from_fields(shard: int, entry_id: bytes | str,
         client_version=_s(_key(fields, "v")),
         client_ip=_s(_key(fields, "ip")),
         lapses=_i(_key(fields, "lp")) or 0,
+    )
+
+
+def event_kind(fields: dict[bytes, bytes] | dict[str, str]) -> str | None:
+    """The `k` field of an hl:{sN}:ev entry, to tell refusals from session events."""
+    return _s(_key(fields, "k"))
+
+
+def refusal_event_from_fields(shard: int, entry_id: bytes | str,
+                              fields: dict[bytes, bytes] | dict[str, str]) -> RefusalEvent:
+    sid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    code = _s(_key(fields, "c")) or ""
+    if code not in REFUSAL_CODES:
+        raise ValueError(f"unknown refusal code {code!r}")
+    return RefusalEvent(
+        event_id=f"{shard}-{sid}",
+        license_id=int(_s(_key(fields, "l")) or 0),
+        code=code,
+        at_ms=_i(_key(fields, "at")) or int(sid.split("-", 1)[0]),
+        operation=RefusalOperation(_s(_key(fields, "o")) or "start"),
+        device_id=_i(_key(fields, "d")),
+        fingerprint=_s(_key(fields, "f")),
     )

@@ -60,7 +60,7 @@ MAX_CACHED_KEY_SETS = 200_000
 REAP_BATCH = 100
 
 SCRIPT_NAMES = ("start", "heartbeat", "end", "end_license", "due", "reap", "cache_license", "forget_license",
-                "suspend_license", "recount", "borrow")
+                "suspend_license", "recount", "borrow", "refuse")
 # Read once per process: the files do not change while it runs.
 SCRIPTS = {name: Script.read(name) for name in SCRIPT_NAMES}
 
@@ -181,3 +181,12 @@ class PlaneScripts:
     async def suspend_license(self, license_id: int, status: str, version: int, reason: str) -> int:
         return int(await self._run("suspend_license", self._license(license_id),
                                    [license_id, status, version, reason, self.max_len]))
+
+    async def refuse(self, license_id: int, code: str, fingerprint: str, device_id: int | None,
+                     operation: str) -> str:
+        """Append a `refused` event for a refusal decided outside the plane (PostgreSQL)."""
+        shard = keys.shard_of(license_id, self.shards)
+        entry = await self._run("refuse", [keys.event_stream(shard)],
+                                [license_id, code, "" if device_id is None else device_id, fingerprint,
+                                 operation, self.max_len])
+        return entry.decode() if isinstance(entry, bytes) else str(entry)

@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 
 from heartline.plane import keys
 from heartline.plane.cached_license import CachedLicense
-from heartline.plane.events import EndReason
+from heartline.plane.events import EndReason, RefusalOperation
 from heartline.plane.scripts import REAP_BATCH, PlaneScripts
 from heartline.settings import Settings
 
@@ -142,6 +142,12 @@ class SessionPlane:
             return StartOutcome(code=code, limit=int(reply[1]), in_use=int(reply[2]), waiting=int(reply[3]),
                                 ticket=_text(reply[4]), position=int(reply[5]))
         return StartOutcome(code=code)
+
+    async def record_refusal(self, license_id: int, code: str, fingerprint: str, device_id: int | None,
+                             operation: RefusalOperation) -> str:
+        """Record a refusal that PostgreSQL decided (start.lua records its own): one `refused` event in
+        the license's shard stream, for denial analytics and session.refused.  Returns its entry id."""
+        return await self.scripts.refuse(license_id, code, fingerprint, device_id, str(operation))
 
     async def heartbeat(self, license_id: int, token: str) -> HeartbeatOutcome:
         """Extend a live session and record the heartbeat: one EVALSHA, one round trip."""

@@ -144,7 +144,11 @@ async def test_every_script_declares_every_key_it_touches_and_they_share_one_slo
     queued = await trace.step("start", lambda: plane.start_session(LICENSE_ID, "fp1", queue=True))
     assert queued.code is PlaneCode.SESSION_LIMIT_REACHED and queued.ticket
     await trace.step("start", lambda: plane.start_session(LICENSE_ID, "fp1", ticket=queued.ticket))
+    await trace.step("refuse", lambda: scripts.refuse(LICENSE_ID, "DEVICE_LIMIT_REACHED", "fp9", None, "start"))
     await trace.step("suspend_license", lambda: plane.suspend_license(LICENSE_ID, "suspended", 4))
+    # a refused start appends its refused event from start.lua
+    refused = await trace.step("start", lambda: plane.start_session(LICENSE_ID, "fp0"))
+    assert refused.code is PlaneCode.LICENSE_SUSPENDED
     await trace.step("forget_license", lambda: plane.invalidate_license(LICENSE_ID))
     await trace.step("recount", lambda: scripts.recount(shard, [LICENSE_ID]))
     ran = await finish()

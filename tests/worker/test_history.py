@@ -78,7 +78,7 @@ async def test_each_end_reason_reaches_history_once(
     events, malformed = session_events(raw)
     assert malformed == 0 and len(events) == 2
     await drain(worker_ctx)
-    assert await store_session_events(worker_ctx["pool"], events) == (0, 0)
+    assert await store_session_events(worker_ctx["pool"], events) == (0, 0, 0)
 
     rows = await db.fetch("SELECT end_reason FROM session_history")
     assert [r["end_reason"] for r in rows] == [str(reason)]

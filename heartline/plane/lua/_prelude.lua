@@ -120,6 +120,15 @@ local function append_event(stream, maxlen, ...)
   return redis.call('XADD', stream, '*', ...)
 end
 
+-- A refused start (denial analytics): one `refused` entry in the shard's event stream, written by the
+-- script that refuses, so every refusal it answers is recorded and nothing else is.  Fields
+-- (heartline/plane/events.py RefusalEvent): k=refused, l=license id, c=refusal code, d=device id (''
+-- when the device is not activated), f=fingerprint, at=Redis time ms, o=operation ('start').
+local function record_refusal(shard, license_id, code, device, fp, now)
+  append_event(shard.events, shard.maxlen,
+    'k', 'refused', 'l', license_id, 'c', code, 'd', device or '', 'f', fp or '', 'at', now, 'o', 'start')
+end
+
 -- A borrowed session (borrow.lua) carries a marker beside its record in the 'ss' hash: field
 -- 'b:<token>' = the borrow's end in ms.  Its deadline in the live set is that end, so it holds its seat
 -- (and counts against the limit) whether or not the client beats.

@@ -17,9 +17,13 @@
 --        or {'SESSION_LIMIT_REACHED', sessions limit, seats in use, tickets waiting, ticket, position}:
 --        ticket and position ('' and 0 unless queued) are the caller's ticket, renewed or new, and its
 --        1-based place among the live tickets.
+-- Every refusal but LICENSE_NOT_CACHED and DEVICE_NOT_ACTIVATED (the caller supplies what is missing and
+-- retries) appends one `refused` event (record_refusal in the prelude), except the renewal of a live
+-- queue ticket.
 -- Atomic, so parallel starts can never exceed the limit; no live session is ever ended to make room.
 -- An offered device enters the devices hash only together with the session it starts: a refused start
--- leaves no trace here, and the caller rolls its activation back, so refusals never take device slots.
+-- leaves no trace in the devices hash (only its refused event), and the caller rolls its activation
+-- back, so refusals never take device slots.
 local license_id, fp = ARGV[1], ARGV[2]
 local lk = license_keys(1)
 local shard = shard_keys(6, ARGV[6])
@@ -27,6 +31,9 @@ local queue = queue_keys(9)
 local lic, now, refusal = serving_license(lk, 'sessions_limit', 'interval_s', 'timeout_s', 'offline_grace_s',
   'resume_grace_s')
 if refusal then
+  if refusal ~= 'LICENSE_NOT_CACHED' then
+    record_refusal(shard, license_id, refusal, redis.call('HGET', lk.dev, fp), fp, now)
+  end
   return {refusal}
 end
 local grace = lic[7] or 0
@@ -98,6 +105,11 @@ local function full(in_use)
         redis.call('PEXPIRE', key, 2 * window)
       end
     end
+  end
+  -- Recorded for denial analytics, except a queued device renewing its ticket: its wait was counted
+  -- once, when it was refused without one.
+  if not rank then
+    record_refusal(shard, license_id, 'SESSION_LIMIT_REACHED', device or '', fp, now)
   end
   return {'SESSION_LIMIT_REACHED', limit, in_use, waiting, ticket, position}
 end
