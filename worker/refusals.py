@@ -12,8 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import asyncpg
-
+from heartline.db import Conn
 from heartline.plane.events import RefusalEvent, event_kind, refusal_event_from_fields
 from worker.flush import MAX_BIGINT, received_at
 from worker.streams import Entry
@@ -77,7 +76,7 @@ def refusal_events(entries: list[Entry]) -> tuple[list[RefusalEvent], int]:
     return events, malformed
 
 
-async def roll_up(conn: asyncpg.Connection, events: list[RefusalEvent]) -> int:
+async def roll_up(conn: Conn, events: list[RefusalEvent]) -> int:
     """Count the events not counted before into license_refusals_daily (inside the caller's
     transaction); returns how many were counted now (0 for a batch read again)."""
     if not events:
