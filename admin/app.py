@@ -42,6 +42,7 @@ VIEW_MODULES = [
     "admin.views.crm",
     "admin.views.entitlements",
     "admin.views.webhooks",
+    "admin.views.denials",
 ]
 
 

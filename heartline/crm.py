@@ -253,7 +253,8 @@ EXPORT_COLUMNS = ("id", "name", "kind", "city", "country", "website", "stage", "
                   "contacts", "open_tasks", "created_at", "updated_at")
 
 
-def _cell(value: Any) -> str:
+def csv_cell(value: Any) -> str:
+    """One CSV cell: empty for None, ISO time, and a formula-looking text quoted (CSV injection)."""
     if value is None:
         return ""
     text = value.isoformat() if isinstance(value, dt.datetime) else str(value)
@@ -277,5 +278,5 @@ def export_csv(conn: psycopg.Connection[Any], *, stage: Stage | str | None = Non
                 "  AND a.kind = 'task' AND NOT a.done) AS open_tasks, i.created_at, i.updated_at"
                 " FROM crm_institutions i WHERE %s::text IS NULL OR i.stage = %s ORDER BY i.id",
                 (wanted, wanted)).fetchall():
-            writer.writerow([_cell(row[col]) for col in EXPORT_COLUMNS])
+            writer.writerow([csv_cell(row[col]) for col in EXPORT_COLUMNS])
     return out.getvalue()
