@@ -165,3 +165,12 @@ async def test_the_plane_records_its_refusals_and_nothing_for_what_the_caller_re
     assert [(e.code, e.license_id, e.fingerprint, e.operation) for e in refused] == \
         [("SESSION_LIMIT_REACHED", lic.license_id, other, "start")] * 2
     assert refused[0].device_id is not None and refused[0].at_ms > 0
+
+    # the license's own refusal is recorded too; a license missing from the cache is no refusal
+    assert await plane.suspend_license(lic.license_id, "suspended", 99) >= 0
+    assert (await plane.start_session(lic.license_id, other)).code == "LICENSE_SUSPENDED"
+    await plane.invalidate_license(lic.license_id)
+    assert (await plane.start_session(lic.license_id, other)).code == "LICENSE_NOT_CACHED"
+    got = await plane_client.xrange(stream)
+    refused = refusal_events([Entry(0, i.decode(), f) for i, f in got])[0]
+    assert [e.code for e in refused] == ["SESSION_LIMIT_REACHED"] * 2 + ["LICENSE_SUSPENDED"]
