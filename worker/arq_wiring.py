@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import socket
@@ -61,6 +62,9 @@ PRESENCE_INTERVAL_S = 5.0
 # Time a loop gets on shutdown to finish the batch it holds before it is cancelled.
 SHUTDOWN_GRACE_S = 10.0
 POOL_MAX_SIZE = 4
+# A stream read or acknowledgement that Redis leaves unanswered this long fails (the flush loop backs
+# off and retries) instead of hanging the loop.
+STREAM_TIMEOUT_S = 10.0
 # Finished webhook messages past their retention are deleted this often.
 WEBHOOK_PRUNE_INTERVAL_S = 3600.0
 
@@ -83,10 +87,15 @@ async def open_resources(ctx: dict[str, Any]) -> None:
     ctx["plane"] = SessionPlane(ctx["redis"], settings)
     ctx.setdefault("consumer_name", consumer_name())
     claim_idle_ms = int(settings.pending_claim_idle_s * 1000)
+    # The heartbeat flush reads and acknowledges through the multiplexing client (one socket write for
+    # all shards' reads, replies left as Redis sent them: worker/streams.py); None for TLS and unix
+    # sockets, where it stays on redis-py.
+    ctx["stream_client"] = plane_redis.multiplexed(settings.redis_url, connect_timeout=STREAM_TIMEOUT_S,
+                                                   command_timeout=STREAM_TIMEOUT_S)
     ctx["heartbeat_consumer"] = StreamConsumer(
         ctx["redis"], group=keys.HEARTBEAT_GROUP, stream_key=keys.heartbeat_stream,
         shards=settings.stream_shards, consumer=ctx["consumer_name"], batch_size=settings.flush_batch_size,
-        claim_idle_ms=claim_idle_ms)
+        claim_idle_ms=claim_idle_ms, fast=ctx["stream_client"])
     ctx["event_consumer"] = StreamConsumer(
         ctx["redis"], group=keys.EVENT_GROUP, stream_key=keys.event_stream,
         shards=settings.stream_shards, consumer=ctx["consumer_name"], batch_size=settings.flush_batch_size,
@@ -124,6 +133,10 @@ async def startup(ctx: dict[str, Any]) -> None:
     """arq on_startup: open the resources, start the loops and /metrics."""
     settings: Settings = ctx["settings"]
     await open_resources(ctx)
+    # Everything made so far (modules, clients, pools) lives as long as the process: out of the cyclic
+    # garbage collector's sight, its full collections stop walking it again and again while a flush
+    # makes hundreds of thousands of short-lived objects (a third of the flush's CPU, docs/performance.md).
+    gc.freeze()
     start_loops(ctx)
     ctx["metrics_server"] = None
     if settings.worker_metrics_port:
@@ -229,6 +242,8 @@ async def shutdown(ctx: dict[str, Any]) -> None:
         with contextlib.suppress(Exception):  # Redis may be the reason we stop; the record then ages
             await forget(ctx["redis"], ctx["consumer_name"])
         await ctx["redis"].aclose()
+    if ctx.get("stream_client") is not None:
+        await ctx["stream_client"].aclose()
     if ctx.get("webhook_http") is not None:
         await ctx["webhook_http"].aclose()
     log.info("worker.stopped")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import statistics
 import tempfile
@@ -32,9 +33,11 @@ from heartline import db as hldb
 from heartline.devstack import embedded_services
 from heartline.migrations import migrate
 from heartline.plane import keys
+from heartline.plane import redis as plane_redis
+from heartline.plane.events import HEARTBEAT_FIELD, heartbeat_from_fields
 from heartline.settings import Settings
-from worker.flush import BATCH_COLUMNS, flush_batch, heartbeat_records, prepare_connection
-from worker.streams import Entry, StreamConsumer
+from worker.flush import BATCH_COLUMNS, PIPELINE_BATCHES, flush_batches, prepare_connection, received_at
+from worker.streams import StreamConsumer
 
 SEED = """
 INSERT INTO customers (name) VALUES ('bench');
@@ -72,17 +75,21 @@ async def _fill_streams(redis: aioredis.Redis, sessions: list[tuple[int, str, in
             beat, nth = divmod(i, len(sessions))
             at_ms = start_ms + beat * interval_ms + nth * interval_ms // len(sessions)
             pipe.xadd(keys.heartbeat_stream(keys.shard_of(license_id, shards)),
-                      {"l": license_id, "t": token, "d": device_id}, id=f"{at_ms}-{i}")
+                      {HEARTBEAT_FIELD: f"{license_id}|{token}|{device_id}"}, id=f"{at_ms}-{i}")
             if i % 10_000 == 9_999:
                 await pipe.execute()
         await pipe.execute()
 
 
 async def _stream_rows(redis: aioredis.Redis, shards: int) -> list[tuple[Any, ...]]:
-    entries: list[Entry] = []
+    """The streams' rows as Python values, for the raw side's copy_records_to_table (prepared before
+    its clock starts)."""
+    records: list[tuple[Any, ...]] = []
     for shard in range(shards):
-        entries += [Entry(shard, i.decode(), f) for i, f in await redis.xrange(keys.heartbeat_stream(shard))]
-    records, _ = heartbeat_records(entries)
+        for entry_id, fields in await redis.xrange(keys.heartbeat_stream(shard)):
+            event = heartbeat_from_fields(shard, entry_id, fields)
+            records.append((received_at(event.received_ms), event.event_id, event.license_id,
+                            uuid.UUID(event.session_token), event.device_id))
     return records
 
 
@@ -102,19 +109,21 @@ async def _raw_copy(conn: asyncpg.Connection, records: list[tuple[Any, ...]]) ->
     return time.perf_counter() - started
 
 
-async def _worker_flush(pool: asyncpg.Pool, redis: aioredis.Redis, settings: Settings, rows: int) -> float:
+async def _worker_flush(pool: asyncpg.Pool, redis: aioredis.Redis, fast: Any, settings: Settings,
+                        rows: int) -> float:
     consumer = StreamConsumer(redis, group=keys.HEARTBEAT_GROUP, stream_key=keys.heartbeat_stream,
                               shards=settings.stream_shards, consumer=f"bench-{uuid.uuid4().hex[:6]}",
                               batch_size=settings.flush_batch_size,
-                              claim_idle_ms=int(settings.pending_claim_idle_s * 1000))
+                              claim_idle_ms=int(settings.pending_claim_idle_s * 1000), fast=fast)
     await consumer.ensure_groups()
     stored = 0
     started = time.perf_counter()
     while stored < rows:
-        result = await flush_batch(pool, consumer)
-        if not result.read:
+        # what the worker's flush loop runs (flush_heartbeats)
+        results = await flush_batches(pool, consumer, max_batches=PIPELINE_BATCHES)
+        if not results:
             raise RuntimeError(f"streams ran dry after {stored} of {rows} rows")
-        stored += result.stored
+        stored += sum(result.stored for result in results)
     return time.perf_counter() - started
 
 
@@ -125,11 +134,13 @@ async def run(settings: Settings, database_url: str, redis_url: str, *, rows: in
     pool = await hldb.create_pool(database_url, actor="bench", min_size=1, max_size=2,
                                   init=prepare_connection)
     redis = aioredis.Redis.from_url(redis_url)
+    fast = plane_redis.multiplexed(redis_url)  # the worker's stream client (arq_wiring.open_resources)
     try:
         session_rows = await _seed(conn, sessions)
         # the bench's heartbeats span the last few minutes, which may reach into last month
         await conn.execute("SELECT ensure_heartbeat_partition(current_date - 1)")
         await conn.execute("SELECT ensure_heartbeat_partition(current_date)")
+        gc.freeze()  # as the worker does once it has started (worker.arq_wiring.startup)
         raw_times, worker_times = [], []
         for round_ in range(rounds):
             await _reset(conn, redis, settings.stream_shards)
@@ -141,7 +152,7 @@ async def run(settings: Settings, database_url: str, redis_url: str, *, rows: in
                     raw_times.append(await _raw_copy(conn, records))
                     await conn.execute("TRUNCATE license_heartbeats")
                 else:
-                    worker_times.append(await _worker_flush(pool, redis, settings, rows))
+                    worker_times.append(await _worker_flush(pool, redis, fast, settings, rows))
                     assert await conn.fetchval("SELECT count(*) FROM license_heartbeats") == rows
                     assert await conn.fetchval("SELECT sum(heartbeat_count) FROM license_sessions") == rows
                     await conn.execute("TRUNCATE license_heartbeats")
@@ -154,6 +165,8 @@ async def run(settings: Settings, database_url: str, redis_url: str, *, rows: in
         for shard in range(settings.stream_shards):
             await redis.delete(keys.heartbeat_stream(shard))
         await redis.aclose()
+        if fast is not None:
+            await fast.aclose()
         await pool.close()
         await conn.close()
 

@@ -10,6 +10,9 @@ from enum import StrEnum
 
 import msgspec
 
+# The one field of a heartbeat entry (HeartbeatEvent).
+HEARTBEAT_FIELD = "h"
+
 
 class EndReason(StrEnum):
     CLIENT_END = "client_end"
@@ -42,7 +45,9 @@ REFUSAL_CODES = frozenset({
 
 
 class HeartbeatEvent(msgspec.Struct, frozen=True, kw_only=True):
-    """hl:{sN}:hb entry.  Fields on the wire: l=license id, t=token, d=device id (may be empty)."""
+    """hl:{sN}:hb entry.  On the wire one field, h='<license id>|<token>|<device id>' (the device id may
+    be empty).  Entries written before that format (three fields: l=license id, t=token, d=device id)
+    are read as well: a stream may still hold them at an upgrade."""
 
     event_id: str          # '<shard>-<stream id>', unique across shards
     received_ms: int       # the stream id's milliseconds: Redis server time of acceptance
@@ -110,12 +115,17 @@ def _key(fields: dict[bytes, bytes] | dict[str, str], name: str) -> bytes | str 
 def heartbeat_from_fields(shard: int, entry_id: bytes | str,
                           fields: dict[bytes, bytes] | dict[str, str]) -> HeartbeatEvent:
     sid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    packed = _s(_key(fields, HEARTBEAT_FIELD))
+    if packed is not None:
+        license_id, token, device = packed.split("|")
+    else:
+        license_id, token, device = (_s(_key(fields, name)) for name in ("l", "t", "d"))
     return HeartbeatEvent(
         event_id=f"{shard}-{sid}",
         received_ms=int(sid.split("-", 1)[0]),
-        license_id=int(_s(_key(fields, "l")) or 0),
-        session_token=_s(_key(fields, "t")) or "",
-        device_id=_i(_key(fields, "d")),
+        license_id=int(license_id or 0),
+        session_token=token or "",
+        device_id=_i(device),
     )
 
 

@@ -126,6 +126,42 @@ async def test_audit_skips_updates_that_only_touch_ignored_columns(
         "SELECT count(*) FROM audit_log WHERE table_name = 'device_registrations'") == before + 1
 
 
+async def test_device_audit_trigger_names_every_column_but_last_seen_at(db: asyncpg.Connection) -> None:
+    # sql/0012: the audit trigger fires only for UPDATEs naming one of its columns, so a column added to
+    # device_registrations without being added there would change unaudited.
+    columns = {r["attname"] for r in await db.fetch(
+        "SELECT attname FROM pg_attribute WHERE attrelid = 'device_registrations'::regclass "
+        "AND attnum > 0 AND NOT attisdropped")}
+    watched = {r["attname"] for r in await db.fetch(
+        "SELECT a.attname FROM pg_trigger t JOIN pg_attribute a "
+        "ON a.attrelid = t.tgrelid AND a.attnum = ANY (t.tgattr::int2[]) "
+        "WHERE t.tgname = 'device_registrations_audit'")}
+    assert watched == columns - {"last_seen_at"}
+
+
+async def test_device_triggers_skip_last_seen_updates_and_keep_the_others(
+        db: asyncpg.Connection, make_license: Callable[..., Any]) -> None:
+    lic = await make_license()
+    dev = await db.fetchval("INSERT INTO device_registrations (license_id, hardware_fingerprint) "
+                            "VALUES ($1, 'fp') RETURNING id", lic["id"])
+
+    async def counts() -> tuple[int, int, int]:
+        row = await db.fetchrow(
+            "SELECT (SELECT count(*) FROM audit_log WHERE table_name = 'device_registrations') AS a, "
+            "(SELECT count(*) FROM webhook_outbox WHERE event_type LIKE 'device.%') AS w, "
+            "(SELECT count(*) FROM device_changes) AS c")
+        return row["a"], row["w"], row["c"]
+
+    before = await counts()
+    await db.execute("UPDATE device_registrations SET last_seen_at = now() WHERE id = $1", dev)
+    assert await counts() == before
+    # an activation-like UPDATE naming last_seen_at among others is still audited; a deactivation
+    # still makes its webhook event and its device change
+    await db.execute("UPDATE device_registrations SET last_seen_at = now(), is_active = false, "
+                     "deactivated_at = now() WHERE id = $1", dev)
+    assert await counts() == (before[0] + 1, before[1] + 1, before[2] + 1)
+
+
 async def test_license_version_moves_on_every_change(db: asyncpg.Connection,
                                                      make_license: Callable[..., Any]) -> None:
     lic = await make_license()

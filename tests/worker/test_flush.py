@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import pytest
 import redis.asyncio as aioredis
 from worker_support import LiveLicense, add_heartbeat, eventually
 
@@ -74,31 +75,38 @@ async def test_heartbeats_land_once_each_in_their_month_partition(
         assert (await redis.xpending(keys.heartbeat_stream(shard), keys.HEARTBEAT_GROUP))["pending"] == 0
 
 
+@pytest.mark.parametrize("old_format", [False, True], ids=["h", "l-t-d"])
+@pytest.mark.parametrize("heir_fast", [True, False], ids=["multiplexed", "redis-py"])
 async def test_batch_delivered_again_after_commit_is_neither_stored_nor_counted_twice(
-        worker_ctx: dict[str, Any], db: asyncpg.Connection, redis: aioredis.Redis, make_license: Any) -> None:
+        worker_ctx: dict[str, Any], db: asyncpg.Connection, redis: aioredis.Redis, make_license: Any,
+        old_format: bool, heir_fast: bool) -> None:
     settings = worker_ctx["settings"]
     lic = await make_license()
-    token = await open_session(db, lic["id"], None)
+    device = await make_device(db, lic["id"])
+    token = await open_session(db, lic["id"], device)
     for _ in range(150):
-        await add_heartbeat(redis, settings.stream_shards, lic["id"], token, None)
+        await add_heartbeat(redis, settings.stream_shards, lic["id"], token, device, old_format=old_format)
 
     # A consumer that commits and dies before acknowledging...
     dying = StreamConsumer(redis, group=keys.HEARTBEAT_GROUP, stream_key=keys.heartbeat_stream,
                            shards=settings.stream_shards, consumer="dying", batch_size=1000,
                            claim_idle_ms=200)
     entries = await dying.read_batch()
-    records, _ = heartbeat_records(entries)
-    assert await store_heartbeats(worker_ctx["pool"], records, [entries[0].shard]) == 150
+    decoded = heartbeat_records(entries)
+    assert await store_heartbeats(worker_ctx["pool"], decoded, [entries[0].shard]) == 150
 
-    # ...and a live one that takes its entries over once they sit idle.
+    # ...and a live one that takes its entries over once they sit idle (through the worker's
+    # multiplexing stream client, or redis-py where that client does not apply).
     await asyncio.sleep(0.3)
     heir = StreamConsumer(redis, group=keys.HEARTBEAT_GROUP, stream_key=keys.heartbeat_stream,
-                          shards=settings.stream_shards, consumer="heir", batch_size=1000, claim_idle_ms=200)
+                          shards=settings.stream_shards, consumer="heir", batch_size=1000, claim_idle_ms=200,
+                          fast=worker_ctx["stream_client"] if heir_fast else None)
     result = await flush_batch(worker_ctx["pool"], heir)
     assert (result.read, result.stored, result.duplicates) == (150, 0, 150)
 
     assert await db.fetchval("SELECT count(*) FROM license_heartbeats") == 150
     assert await db.fetchval("SELECT heartbeat_count FROM license_sessions") == 150
+    assert await db.fetchval("SELECT count(*) FROM license_heartbeats WHERE device_id = $1", device) == 150
     shard = keys.shard_of(lic["id"], settings.stream_shards)
     assert (await redis.xpending(keys.heartbeat_stream(shard), keys.HEARTBEAT_GROUP))["pending"] == 0
 
@@ -114,11 +122,49 @@ async def test_malformed_entries_are_acknowledged_and_never_stored(
     await redis.xadd(stream, {"l": "x", "t": token})
     await redis.xadd(stream, {"l": "99999999999999999999", "t": token})
     await redis.xadd(stream, {"l": lic["id"], "t": token, "d": "-3"})
+    await redis.xadd(stream, {"h": f"{lic['id']}|not-a-uuid|"})
+    await redis.xadd(stream, {"h": f"{lic['id']}|{token}"})
+    await redis.xadd(stream, {"h": f"0|{token}|"})
+    await redis.xadd(stream, {"h": f"{lic['id']}|{token}|x"})
     await add_heartbeat(redis, shards, lic["id"], token, None)
+    await redis.xadd(stream, {"h": f"{lic['id']}|{token}|"}, id=f"{2**62}-0")  # a time no date holds
 
-    assert await drain(worker_ctx) == 6
+    assert await drain(worker_ctx) == 11
     assert await db.fetchval("SELECT count(*) FROM license_heartbeats") == 1
     assert (await redis.xpending(stream, keys.HEARTBEAT_GROUP))["pending"] == 0
+
+
+async def test_entries_of_both_formats_are_stored_once_each_with_their_fields(
+        worker_ctx: dict[str, Any], db: asyncpg.Connection, redis: aioredis.Redis, make_license: Any) -> None:
+    # At an upgrade a stream holds entries heartbeat.lua wrote before 'h' (l, t, d) ahead of new ones.
+    shards = worker_ctx["settings"].stream_shards
+    lic = await make_license()
+    device = await make_device(db, lic["id"])
+    token = await open_session(db, lic["id"], device)
+    other = await open_session(db, lic["id"], None)
+    stamps = {}
+    for n in range(40):
+        stamp = ms(2026, 11, 30, 12, 0, n)
+        stamps[await add_heartbeat(redis, shards, lic["id"], token, device, entry_id=f"{stamp}-0",
+                                   old_format=n % 2 == 0)] = (token, device)
+        stamps[await add_heartbeat(redis, shards, lic["id"], other, None, entry_id=f"{stamp}-1",
+                                   old_format=n % 3 == 0)] = (other, None)
+
+    assert await drain(worker_ctx) == 80
+
+    shard = keys.shard_of(lic["id"], shards)
+    rows = await db.fetch("SELECT received_at, event_id, license_id, session_token::text AS t, device_id "
+                          "FROM license_heartbeats")
+    assert len(rows) == 80
+    for row in rows:
+        entry_id = row["event_id"].removeprefix(f"{shard}-")
+        assert (row["t"], row["device_id"]) == stamps[entry_id]
+        assert row["license_id"] == lic["id"]
+        assert row["received_at"] == datetime.fromtimestamp(int(entry_id.split("-")[0]) / 1000, UTC)
+    sessions = {r["t"]: (r["heartbeat_count"], r["last_heartbeat_at"]) for r in await db.fetch(
+        "SELECT session_token::text AS t, heartbeat_count, last_heartbeat_at FROM license_sessions")}
+    last = datetime(2026, 11, 30, 12, 0, 39, tzinfo=UTC)
+    assert sessions == {token: (40, last), other: (40, last)}
 
 
 async def test_flush_loop_stores_heartbeats_of_every_shard(

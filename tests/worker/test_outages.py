@@ -232,8 +232,13 @@ async def test_worker_started_while_redis_is_unreachable_starts_and_stores_every
         async def all_stored() -> bool:
             return await db.fetchval("SELECT count(*) FROM license_heartbeats") == 20
         await eventually(all_stored, timeout=45)
-        assert await db.fetchval("SELECT heartbeat_count FROM license_sessions WHERE session_token = $1",
-                                 uuid.UUID(token)) == 20
+
+        # the session's row comes from its `started` event, through the history loop: it may land after
+        # the heartbeats, and then counts them (worker/flush.py, MIRROR_LOCK)
+        async def all_counted() -> bool:
+            return await db.fetchval("SELECT heartbeat_count FROM license_sessions WHERE session_token = $1",
+                                     uuid.UUID(token)) == 20
+        await eventually(all_counted, timeout=45)
     finally:
         await shutdown(ctx)
         await proxy.cut()

@@ -26,10 +26,12 @@ async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 15.0,
 
 
 async def add_heartbeat(redis: aioredis.Redis, shards: int, license_id: int, token: str,
-                        device_id: int | None, entry_id: str = "*") -> str:
-    """XADD one heartbeat entry with the fields heartbeat.lua writes (l, t, d)."""
-    got = await redis.xadd(keys.heartbeat_stream(keys.shard_of(license_id, shards)),
-                           {"l": license_id, "t": token, "d": "" if device_id is None else device_id},
+                        device_id: int | None, entry_id: str = "*", *, old_format: bool = False) -> str:
+    """XADD one heartbeat entry as heartbeat.lua writes it (h = 'license|token|device'), or with
+    old_format as it wrote it before (three fields l, t, d): a stream may hold those at an upgrade."""
+    device = "" if device_id is None else device_id
+    fields = {"l": license_id, "t": token, "d": device} if old_format else {"h": f"{license_id}|{token}|{device}"}
+    got = await redis.xadd(keys.heartbeat_stream(keys.shard_of(license_id, shards)), fields,  # type: ignore[arg-type]
                            id=entry_id)
     return got.decode() if isinstance(got, bytes) else str(got)
 

@@ -77,5 +77,7 @@ rec.lh = now
 rec.n = (tonumber(rec.n) or 0) + 1
 write_session(lk, token, rec)
 keep_session_keys(lk, timeout_ms + resume_ms + tonumber(ARGV[5]))
-append_event(KEYS[9], ARGV[4], 'l', license_id, 't', token, 'd', rec.d)
+-- one field 'h' = 'license id|token|device id' (heartline/plane/events.py): a third of the stream reply
+-- the worker's XREADGROUP builds and parses for three fields
+append_event(KEYS[9], ARGV[4], 'h', license_id .. '|' .. token .. '|' .. rec.d)
 return {'OK', deadline, lic[4], lic[6] or 0}

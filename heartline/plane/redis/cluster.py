@@ -57,6 +57,11 @@ def command_slot(args: tuple[Any, ...]) -> int | None:
         if int(args[2]) == 0:
             return None
         key = args[3]
+    elif name in ("XREADGROUP", "XREAD"):
+        # ... STREAMS key [key ...] id [id ...]: the first key (the worker reads one stream per command)
+        words = [a.upper() if isinstance(a, str) else a.decode().upper() if isinstance(a, bytes) else ""
+                 for a in args]
+        key = args[words.index("STREAMS") + 1]
     elif len(args) > 1 and name not in ("PING", "SCRIPT", "TIME", "INFO", "CLUSTER", "WAIT", "ECHO"):
         key = args[1]
     else:
