@@ -153,8 +153,8 @@ def _bytes(value: Any) -> bytes:
 def _session_of(packed: bytes) -> list[Any]:
     """[row tail, heartbeats, last ms, token, device id] for b'<license id>|<token>|<device id>';
     the row tail is the COPY row's last three fields.  ValueError for what PostgreSQL would refuse."""
-    license_id, token, device = packed.split(b"|")
-    license_id = int(license_id)
+    license_text, token, device = packed.split(b"|")
+    license_id = int(license_text)
     device_id = int(device) if device else 0
     if not 0 < license_id <= MAX_BIGINT or not 0 <= device_id <= MAX_BIGINT:
         raise ValueError("license id or device id out of range")
@@ -291,14 +291,16 @@ async def _store_once(conn: Conn, decoded: Decoded, shards: list[int]) -> int:
     try:
         async with conn.transaction():
             await conn.execute(LOCK_SHARDS_SHARED, shards)
-            await conn.copy_to_table(PARENT, source=decoded.copy_data, columns=BATCH_COLUMNS, format="binary")
+            await conn.copy_to_table(PARENT, source=decoded.copy_data,  # type: ignore[arg-type]
+                                     columns=BATCH_COLUMNS, format="binary")  # (asyncpg takes buffers)
             await _update_sessions_and_devices(conn, decoded.sessions, decoded.devices)
             return decoded.rows
     except asyncpg.UniqueViolationError:
         pass
     async with conn.transaction():
         await conn.execute(LOCK_SHARDS_SHARED, shards)
-        await conn.copy_to_table(BATCH_TABLE, source=decoded.copy_data, columns=BATCH_COLUMNS, format="binary")
+        await conn.copy_to_table(BATCH_TABLE, source=decoded.copy_data,  # type: ignore[arg-type]
+                                 columns=BATCH_COLUMNS, format="binary")
         rows = await conn.fetch(MOVE_BATCH)
         await _update_sessions_and_devices(conn, *aggregate([tuple(r) for r in rows]))
         return len(rows)
@@ -341,7 +343,7 @@ async def flush_batches(pool: asyncpg.Pool, consumer: StreamConsumer, *, max_bat
     each batch stored, also when a later one fails.
     """
     results: list[FlushResult] = []
-    batch = await consumer.read()
+    batch: Batch | None = await consumer.read()
     decoded = decode_batch(batch) if batch else None
     while batch and decoded is not None:
         store = asyncio.ensure_future(_store_and_ack(pool, consumer, batch, decoded))

@@ -162,7 +162,7 @@ class LicenseView(ModelView):
             Optional(), NumberRange(min=0, max=2_592_000, message="Between 0 and 2592000 s (30 days).")]),
         "max_borrow_s": NumberField("Longest borrow (s)", default=0, validators=[
             Optional(), NumberRange(min=0, max=7_776_000, message="Between 0 and 7776000 s (90 days).")]),
-        # CHECK licenses_resume_grace_range (sql/0012)
+        # CHECK licenses_resume_grace_range (sql/0014)
         "resume_grace_s": NumberField("Resume grace (s)", default=0, validators=[
             Optional(), NumberRange(min=0, max=86_400, message="Between 0 and 86400 s (1 day).")]),
     }

@@ -116,10 +116,9 @@ def heartbeat_from_fields(shard: int, entry_id: bytes | str,
                           fields: dict[bytes, bytes] | dict[str, str]) -> HeartbeatEvent:
     sid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
     packed = _s(_key(fields, HEARTBEAT_FIELD))
-    if packed is not None:
-        license_id, token, device = packed.split("|")
-    else:
-        license_id, token, device = (_s(_key(fields, name)) for name in ("l", "t", "d"))
+    parts: list[str | None] = (list(packed.split("|")) if packed is not None
+                               else [_s(_key(fields, name)) for name in ("l", "t", "d")])
+    license_id, token, device = parts
     return HeartbeatEvent(
         event_id=f"{shard}-{sid}",
         received_ms=int(sid.split("-", 1)[0]),

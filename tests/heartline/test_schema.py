@@ -127,7 +127,7 @@ async def test_audit_skips_updates_that_only_touch_ignored_columns(
 
 
 async def test_device_audit_trigger_names_every_column_but_last_seen_at(db: asyncpg.Connection) -> None:
-    # sql/0012: the audit trigger fires only for UPDATEs naming one of its columns, so a column added to
+    # sql/0014: the audit trigger fires only for UPDATEs naming one of its columns, so a column added to
     # device_registrations without being added there would change unaudited.
     columns = {r["attname"] for r in await db.fetch(
         "SELECT attname FROM pg_attribute WHERE attrelid = 'device_registrations'::regclass "
