@@ -174,3 +174,20 @@ async def test_the_plane_records_its_refusals_and_nothing_for_what_the_caller_re
     got = await plane_client.xrange(stream)
     refused = refusal_events([Entry(0, i.decode(), f) for i, f in got])[0]
     assert [e.code for e in refused] == ["SESSION_LIMIT_REACHED"] * 2 + ["LICENSE_SUSPENDED"]
+
+
+async def test_device_change_refusals_decided_in_postgresql_are_counted(
+        edge: httpx.AsyncClient, db: asyncpg.Connection, make_license: Any) -> None:
+    lic = await make_license(device_limit=1, concurrent_sessions_limit=1, device_change_limit=1)
+    key = lic["license_key"]
+    for old, new in ((None, "a"), ("a", "b"), ("b", "c")):
+        if old:
+            gone = await edge.post("/v1/devices/deactivate", json={"license_key": key, "hardware_fingerprint": old})
+            assert gone.status_code == 200, gone.text
+        await edge.post("/v1/devices/activate", json={"license_key": key, "hardware_fingerprint": new})
+    started = await edge.post("/v1/sessions", json={"license_key": key, "hardware_fingerprint": "c"})
+    assert started.json()["error"]["code"] == "DEVICE_CHANGE_LIMIT_REACHED", started.text
+
+    async def counted() -> bool:
+        return await _rollup(db, lic["id"]) == {"DEVICE_CHANGE_LIMIT_REACHED": 2}
+    await eventually(counted)
