@@ -27,6 +27,9 @@ from worker.history import record_session_events
 
 pytestmark = pytest.mark.browser
 
+# Screenshots for the docs (docs/hooks turns <!-- screenshot: ... --> into them when present).
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+
 
 @pytest.fixture
 async def edge(settings: Settings, db: asyncpg.Connection) -> AsyncIterator[httpx.AsyncClient]:
@@ -90,6 +93,8 @@ async def test_denial_dashboard_and_csv_in_the_browser(
     assert await licenses.count() == 2
     # the most refused first
     assert await licenses.first.get_attribute("data-license") == str(old["id"])
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "admin-denials.png"), full_page=True)
 
     async with page.expect_download() as download_info:
         await page.click("#denials-csv")
