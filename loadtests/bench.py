@@ -94,6 +94,13 @@ class Round:
         return self.small_cpu_us / self.large_cpu_us if self.large_cpu_us else 0.0
 
     @property
+    def p99_floor_ratio(self) -> float:
+        """The heartbeat's p99 at half its saturating rate over the floor's p99 at that same rate: the
+        latency the heartbeat adds, in units of what the box adds by itself (on a shared VM, tens of ms)."""
+        floor = self.floor_same_rate.p99_ms
+        return self.small_half.p99_ms / floor if floor else 0.0
+
+    @property
     def floor_ratio(self) -> float:
         return self.small.ok_rps / self.floor.rps if self.floor.rps else 0.0
 
@@ -150,6 +157,8 @@ def report(rounds: list[Round], small: Plane, large: Plane, tool: str, args: arg
         (f"the floor at that same rate:                p50 "
          f"{_range([r.floor_same_rate.p50_ms for r in rounds], '{:.2f}')} ms, "
          f"p99 {_range([r.floor_same_rate.p99_ms for r in rounds], '{:.2f}')} ms   (what the box adds by itself)"),
+        (f"heartbeat p99 / floor p99 at that rate:     {_range([r.p99_floor_ratio for r in rounds], '{:.2f}')}"
+         f"   (1 = the heartbeat adds nothing the box does not)"),
         (f"heartbeat, {large.sessions:>9,} live sessions:    {_range([r.large.ok_rps for r in rounds])} /s, "
         f"p99 {_range([r.large.p99_ms for r in rounds], '{:.2f}')} ms"),
         (f"{_short(large.sessions)} / {_short(small.sessions)} sessions:                       "
@@ -284,7 +293,8 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     rounds[variant].append(r)
                     print(f"bench: round {i + 1} {variant}: floor {f.rps:.0f}/s, heartbeat {s.ok_rps:.0f}/s "
                           f"({r.floor_ratio:.2f}), at {_short(large.sessions)} {lg.ok_rps:.0f}/s "
-                          f"({r.large_ratio:.2f}), half rate p99 {h.p99_ms:.2f} ms; CPU µs/request floor "
+                          f"({r.large_ratio:.2f}), half rate p99 {h.p99_ms:.2f} ms ({r.p99_floor_ratio:.2f}× "
+                          f"the floor's {fh.p99_ms:.2f} ms); CPU µs/request floor "
                           f"{r.floor_cpu_us:.0f}, heartbeat {r.small_cpu_us:.0f} ({r.cpu_ratio:.2f}), at "
                           f"{_short(large.sessions)} {r.large_cpu_us:.0f} ({r.cpu_large_ratio:.2f})", flush=True)
         finally:
@@ -312,7 +322,8 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 "redis_per_heartbeat_large": round(r.redis_large_cpu_us, 1)},
             "cpu_ratio": round(r.cpu_ratio, 3), "cpu_large_ratio": round(r.cpu_large_ratio, 3),
             "cpu_pressure_half_rate": None if r.cpu_pressure is None else round(r.cpu_pressure, 3),
-            "large_ratio": round(r.large_ratio, 3)} for r in variant_rounds]
+            "large_ratio": round(r.large_ratio, 3),
+            "p99_half_rate_over_floor_p99": round(r.p99_floor_ratio, 3)} for r in variant_rounds]
             for variant, variant_rounds in rounds.items()},
         "planes": [{"sessions": p.sessions, "bytes_per_session": round(p.bytes_per_session, 1),
                     "bytes_per_session_with_streams": round(p.bytes_per_session_with_streams, 1),
