@@ -255,3 +255,16 @@ async def test_admin_actions_reach_sessions_on_the_cluster(cluster_redis: Any, s
     assert await asyncio.to_thread(admin.end_license_sessions, 22, EndReason.ADMIN_TERMINATED) == 1
     assert await plane.live_tokens(21) == set() and await plane.live_tokens(22) == set()
     assert await plane.live_tokens(23) == {tokens[23]}
+
+
+@pytest.mark.parametrize("plane_mode", ["single", "cluster"], indirect=True)
+async def test_a_burst_beyond_max_connections_waits_for_a_connection(plane_url: str, plane_client: Any) -> None:
+    """redis-py fails a command at once when max_connections are in use (MaxConnectionsError on a cluster
+    node, "Too many connections" in a pool); connect()'s clients make the burst wait instead."""
+    client = plane_redis.connect(plane_url, max_connections=4, socket_timeout=5)
+    try:
+        await client.set("{burst}:n", 0)
+        replies = await asyncio.gather(*(client.incr("{burst}:n") for _ in range(300)))
+        assert sorted(replies) == list(range(1, 301))
+    finally:
+        await client.aclose()

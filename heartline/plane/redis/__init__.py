@@ -13,6 +13,7 @@ caller stays on redis-py.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -73,6 +74,14 @@ class SeededRedisCluster(RedisCluster):
     def __init__(self, *, seeds: list[tuple[str, int]], **kwargs: Any) -> None:
         super().__init__(startup_nodes=[ClusterNode(host, port) for host, port in seeds], **kwargs)
         self._seeds = list(seeds)
+        # redis-py fails a command at once (MaxConnectionsError) when its node has max_connections in use;
+        # a burst (hundreds of refused starts reading their seat holders) waits for a connection instead,
+        # as the single-node client's blocking pool does.  Bounding the whole client bounds every node.
+        self._slots_free = asyncio.Semaphore(int(kwargs.get("max_connections") or 2**31))
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        async with self._slots_free:
+            return await super().execute_command(*args, **kwargs)
 
     def restore_seeds(self) -> None:
         manager = self.nodes_manager
@@ -93,7 +102,13 @@ def connect(url: str, **kwargs: Any) -> Any:
 
     kwargs go to the client (socket_timeout, decode_responses, max_connections, …)."""
     if not is_cluster_url(url):
-        return aioredis.Redis.from_url(url, **kwargs)
+        if not kwargs.get("max_connections"):
+            return aioredis.Redis.from_url(url, **kwargs)
+        # A blocking pool: with max_connections in use a command waits for one (up to the socket timeout)
+        # instead of failing at once with "Too many connections".
+        pool = aioredis.BlockingConnectionPool.from_url(url, timeout=kwargs.get("socket_timeout") or 20,
+                                                        **kwargs)
+        return aioredis.Redis.from_pool(pool)
     parsed = parse_cluster_url(url)
     # redis-py declares `connection_pool` abstract on its commands mixin; RedisCluster never sets it (it
     # pools per node), and mypy only sees that once the class is subclassed.
