@@ -239,9 +239,11 @@ class EmbeddedRedisCluster:
 
 
 @contextlib.contextmanager
-def embedded_cluster(root: Path, **options: int) -> Iterator[EmbeddedRedisCluster]:
-    """Start a cluster (options: masters, replicas, node_timeout_ms), yield it, stop it on exit."""
-    cluster = EmbeddedRedisCluster(root, **options)  # type: ignore[arg-type]
+def embedded_cluster(root: Path, *, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 1000,
+                     executable: str | None = None) -> Iterator[EmbeddedRedisCluster]:
+    """Start a cluster (EmbeddedRedisCluster's options), yield it, stop it on exit."""
+    cluster = EmbeddedRedisCluster(root, masters=masters, replicas=replicas, node_timeout_ms=node_timeout_ms,
+                                   executable=executable)
     try:
         cluster.start()
         yield cluster

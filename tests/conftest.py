@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+from shared_support import found
 
 from heartline import db as hldb
 from heartline.devcluster import EmbeddedRedisCluster, embedded_cluster
@@ -222,7 +223,7 @@ def make_license(db: asyncpg.Connection, make_customer: Callable[..., Any]) -> C
         fields.setdefault("concurrent_sessions_limit", 2)
         cols = list(fields)
         placeholders = ", ".join(f"${i}" for i in range(1, len(cols) + 1))
-        row = await db.fetchrow(
-            f"INSERT INTO licenses ({', '.join(cols)}) VALUES ({placeholders}) RETURNING *", *fields.values())
+        row = found(await db.fetchrow(
+            f"INSERT INTO licenses ({', '.join(cols)}) VALUES ({placeholders}) RETURNING *", *fields.values()))
         return dict(row)
     return make

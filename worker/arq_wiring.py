@@ -254,7 +254,7 @@ def _cron_jobs(settings: Settings) -> list[CronJob]:
     return [backup_cron(settings)]
 
 
-def worker_settings(settings: Settings) -> type:
+def worker_settings(settings: Settings) -> type[Any]:
     """arq's WorkerSettings for these settings (arq reads the class attributes)."""
     assert settings.redis_url
     arq_redis = RedisSettings.from_dsn(settings.redis_url)

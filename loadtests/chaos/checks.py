@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 
@@ -55,6 +56,12 @@ SELECT session_token::text AS token, end_reason, extract(epoch FROM ended_at)::f
   FROM session_history WHERE license_id = ANY($1::bigint[])
 """
 OPEN_ROWS = "SELECT session_token::text AS token FROM license_sessions WHERE license_id = ANY($1::bigint[])"
+
+
+class Row(Protocol):
+    """A row read by column name: asyncpg's Record, or a dict in the checks' unit tests."""
+
+    def __getitem__(self, key: str) -> Any: ...
 
 
 @dataclass
@@ -167,7 +174,7 @@ class Judge:
 
     # -- 1. heartbeats --------------------------------------------------------------------------------
 
-    def heartbeats(self, rows: list[asyncpg.Record], duplicate_events: int) -> dict[str, int]:
+    def heartbeats(self, rows: Sequence[Row], duplicate_events: int) -> dict[str, int]:
         v = self.verdict
         stored: dict[str, list[float]] = defaultdict(list)
         for row in rows:
@@ -232,7 +239,7 @@ class Judge:
 
     # -- 2. sessions ----------------------------------------------------------------------------------
 
-    def sessions(self, history: list[asyncpg.Record], open_rows: list[asyncpg.Record],
+    def sessions(self, history: Sequence[Row], open_rows: Sequence[Row],
                  rows_per_token: dict[str, int]) -> None:
         v = self.verdict
         by_token = {r["token"]: r for r in history}

@@ -7,12 +7,13 @@ import uuid
 from typing import Any
 
 import psycopg
+from shared_support import one
 
 from heartline.license_keys import new_license_key
 
 
 def customer(pg: psycopg.Connection[Any], name: str = "ACME") -> int:
-    return int(pg.execute("INSERT INTO customers (name) VALUES (%s) RETURNING id", (name,)).fetchone()[0])
+    return int(one(pg.execute("INSERT INTO customers (name) VALUES (%s) RETURNING id", (name,)))[0])
 
 
 def license_row(pg: psycopg.Connection[Any], **fields: Any) -> dict[str, Any]:
@@ -31,8 +32,8 @@ def device(pg: psycopg.Connection[Any], license_id: int, fingerprint: str, **fie
     fields = {"license_id": license_id, "hardware_fingerprint": fingerprint, **fields}
     cols = ", ".join(fields)
     marks = ", ".join(["%s"] * len(fields))
-    return int(pg.execute(f"INSERT INTO device_registrations ({cols}) VALUES ({marks}) RETURNING id",
-                          tuple(fields.values())).fetchone()[0])
+    return int(one(pg.execute(f"INSERT INTO device_registrations ({cols}) VALUES ({marks}) RETURNING id",
+                          tuple(fields.values())))[0])
 
 
 def mirror_session(pg: psycopg.Connection[Any], license_id: int, token: str, fingerprint: str,

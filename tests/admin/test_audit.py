@@ -13,6 +13,7 @@ from admin_rows import license_row, mirror_session
 from admin_support import Admin, action, enrol, post_form, start_live_session
 from flask import Flask
 from flask.testing import FlaskClient
+from shared_support import one
 
 from heartline.apikeys import display_prefix, generate_key, hash_key
 from heartline.settings import Settings
@@ -32,7 +33,7 @@ def test_every_state_changing_action_writes_an_audit_row_and_a_log_line_naming_t
             (mark,)).fetchall() if who == actor}
 
     def mark() -> int:
-        return int(pg.execute("SELECT coalesce(max(id), 0) FROM audit_log").fetchone()[0])
+        return int(one(pg.execute("SELECT coalesce(max(id), 0) FROM audit_log"))[0])
 
     lic = license_row(pg)
     token = start_live_session(admin_settings, lic["id"], "fp-audit")
@@ -56,9 +57,9 @@ def test_every_state_changing_action_writes_an_audit_row_and_a_log_line_naming_t
                    and name.rstrip("e") in r.getMessage() for r in caplog.records), name
 
     key = generate_key()
-    key_id = pg.execute("INSERT INTO api_keys (name, display_prefix, key_hash, created_by) "
+    key_id = one(pg.execute("INSERT INTO api_keys (name, display_prefix, key_hash, created_by) "
                         "VALUES ('k', %s, %s, 'test') RETURNING id", (display_prefix(key), hash_key(key))
-                        ).fetchone()[0]
+                        ))[0]
     before = mark()
     action(client, "apikeyview", "revoke", [key_id])
     assert ("api_keys", "UPDATE", None) in rows_since(before)
@@ -67,7 +68,7 @@ def test_every_state_changing_action_writes_an_audit_row_and_a_log_line_naming_t
     page = f"/resources/license/{lic['id']}"
     pg.execute("UPDATE licenses SET quota_domains = 1 WHERE id = %s", (lic["id"],))
     post_form(client, f"{page}/allocate", {"resource_type": "domain", "count": "1"}, page=page)
-    (resource_id,) = pg.execute("SELECT id FROM resource_pools WHERE value = 'audit.example'").fetchone()
+    (resource_id,) = one(pg.execute("SELECT id FROM resource_pools WHERE value = 'audit.example'"))
     before = mark()
     post_form(client, f"{page}/release", {"resource_id": str(resource_id)}, page=page)
     assert ("resource_pools", "UPDATE", None) in rows_since(before)

@@ -23,6 +23,7 @@ import psycopg
 import pytest
 from admin_support import Admin
 from flask import Flask
+from shared_support import one
 
 from admin.security.totp import code_for, current_step
 from heartline.settings import Settings
@@ -46,9 +47,9 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def admin_server(admin_app: Flask) -> Iterator[str]:
     """The admin served by waitress, as `heartline admin` does, on a free port."""
-    import waitress
+    from waitress.server import create_server
 
-    server = waitress.create_server(admin_app, host="127.0.0.1", port=free_port(), threads=4)
+    server = create_server(admin_app, host="127.0.0.1", port=free_port(), threads=4)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
@@ -61,7 +62,7 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"{proc.args} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            raise AssertionError(f"{proc.args!r} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(url, timeout=1).status_code == 200:
                 return
@@ -183,7 +184,7 @@ async def test_admin_end_to_end_in_chromium(
     await page.goto("/customerview/add")
     await page.fill("#name", "Browser Customer GmbH")
     await page.click("#model_form button[type=submit]")
-    customer_id = pg.execute("SELECT id FROM customers WHERE name = 'Browser Customer GmbH'").fetchone()[0]
+    customer_id = one(pg.execute("SELECT id FROM customers WHERE name = 'Browser Customer GmbH'"))[0]
     await page.goto("/licenseview/add")
     await page.evaluate(f"$('#customer').val('{customer_id}').trigger('change')")
     await page.fill("#device_limit", "3")
@@ -193,8 +194,8 @@ async def test_admin_end_to_end_in_chromium(
     flash = await page.inner_text(".alert-info")
     license_key = re.search(r"HL(-[A-Z0-9]{5}){4}", flash)
     assert license_key, flash
-    license_id = pg.execute("SELECT id FROM licenses WHERE license_key = %s",
-                            (license_key.group(0),)).fetchone()[0]
+    license_id = one(pg.execute("SELECT id FROM licenses WHERE license_key = %s",
+                            (license_key.group(0),)))[0]
 
     # The system API key from the "Lizenzserver Administration" page, shown once.
     await page.goto("/system/")

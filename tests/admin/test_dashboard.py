@@ -17,6 +17,7 @@ from admin_rows import device, license_row
 from admin_support import Admin, start_live_session
 from flask import Flask
 from flask.testing import FlaskClient
+from shared_support import one
 
 from admin.views.dashboard import parse_refusals
 from heartline.settings import Settings
@@ -75,7 +76,7 @@ def test_dashboard_draws_its_charts_from_real_data(
     roomy = license_row(pg, device_limit=10, concurrent_sessions_limit=1, license_key="HL-ROOMY-0001")
     device(pg, roomy["id"], "fp-1")
     start_live_session(admin_settings, soon["id"], "fp-live")
-    now = pg.execute("SELECT date_trunc('minute', now())").fetchone()[0]
+    now = one(pg.execute("SELECT date_trunc('minute', now())"))[0]
     pg.execute("SELECT ensure_heartbeat_partition(%s)", (now.date(),))
     pg.execute("SELECT ensure_heartbeat_partition(%s)", ((now - dt.timedelta(hours=1)).date(),))
     for i in range(9):

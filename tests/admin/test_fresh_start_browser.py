@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from shared_support import pump
 
 from admin.security.totp import code_for, current_step
 from heartline.devstack import free_port
@@ -43,8 +44,7 @@ class DevProcess:
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
-        self.reader = threading.Thread(target=lambda: [self.lines.put(line) for line in self.proc.stdout or []],
-                                       daemon=True)
+        self.reader = threading.Thread(target=pump, args=(self.proc.stdout or [], self.lines), daemon=True)
         self.reader.start()
 
     def drain(self) -> str:

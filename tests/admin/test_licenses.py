@@ -12,6 +12,7 @@ import pytest
 import redis
 from admin_support import Admin, action, is_live, plane_events, post_form, start_live_session
 from flask.testing import FlaskClient
+from shared_support import one
 
 from heartline.plane import keys
 from heartline.settings import Settings
@@ -21,7 +22,7 @@ def add_customer(client: FlaskClient, pg: psycopg.Connection[Any], name: str = "
     response = post_form(client, "/customerview/add", {"name": name, "company": "ACME",
                                                        "email": "ops@acme.example"})
     assert response.status_code == 302, response.get_data(as_text=True)
-    return int(pg.execute("SELECT max(id) FROM customers WHERE name = %s", (name,)).fetchone()[0])
+    return int(one(pg.execute("SELECT max(id) FROM customers WHERE name = %s", (name,)))[0])
 
 
 def license_form(customer_id: int, **fields: Any) -> dict[str, Any]:
@@ -67,14 +68,14 @@ def test_a_license_with_more_sessions_than_devices_is_refused_with_a_readable_me
     assert response.status_code == 200
     page = response.get_data(as_text=True)
     assert "Concurrent sessions (3) cannot exceed the device limit (2)" in page
-    assert pg.execute("SELECT count(*) FROM licenses").fetchone()[0] == 0
+    assert one(pg.execute("SELECT count(*) FROM licenses"))[0] == 0
 
 
 def test_license_limits_outside_the_database_checks_are_refused_in_the_form(
         signed_in: tuple[FlaskClient, Admin], pg: psycopg.Connection[Any]) -> None:
     client, _ = signed_in
     customer_id = add_customer(client, pg)
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"device_limit": 11, "concurrent_sessions_limit": 1}, "The device limit must be between 1 and 10."),
         ({"device_limit": 0, "concurrent_sessions_limit": 1}, "Enter a device limit between 1 and 10."),
         ({"concurrent_sessions_limit": 0}, "Enter a concurrent sessions limit of at least 1."),
@@ -90,7 +91,7 @@ def test_license_limits_outside_the_database_checks_are_refused_in_the_form(
         page = post_form(client, "/licenseview/add",
                          license_form(customer_id, **fields)).get_data(as_text=True)
         assert message in page, (fields, message)
-    assert pg.execute("SELECT count(*) FROM licenses").fetchone()[0] == 0
+    assert one(pg.execute("SELECT count(*) FROM licenses"))[0] == 0
 
 
 def test_editing_limits_drops_the_license_from_the_edge_cache_and_is_audited(
@@ -102,15 +103,15 @@ def test_editing_limits_drops_the_license_from_the_edge_cache_and_is_audited(
     with redis.Redis.from_url(admin_settings.redis_url or "") as r:
         assert r.exists(cache_key)
         response = post_form(client, f"/licenseview/edit/{lic['id']}",
-                             license_form(pg.execute("SELECT customer_id FROM licenses WHERE id = %s",
-                                                     (lic["id"],)).fetchone()[0],
+                             license_form(one(pg.execute("SELECT customer_id FROM licenses WHERE id = %s",
+                                                     (lic["id"],)))[0],
                                           device_limit=5, concurrent_sessions_limit=4))
         assert response.status_code == 302, response.get_data(as_text=True)
         assert "Changed Row" in client.get("/dashboard/").get_data(as_text=True)
         assert not r.exists(cache_key)
-    old, new, actor = pg.execute(
+    old, new, actor = one(pg.execute(
         "SELECT old_values->>'device_limit', new_values->>'device_limit', actor FROM audit_log "
-        "WHERE table_name = 'licenses' AND operation = 'UPDATE' ORDER BY id DESC LIMIT 1").fetchone()
+        "WHERE table_name = 'licenses' AND operation = 'UPDATE' ORDER BY id DESC LIMIT 1"))
     assert (old, new, actor) == ("3", "5", f"admin:{admin.username}")
     page = client.get("/auditlogview/list/?_flt_0_table_name=licenses").get_data(as_text=True)
     assert re.search(r'<b>device_limit</b>: <span class="hl-diff-old">3</span> → '
@@ -122,15 +123,15 @@ def test_the_resume_grace_is_edited_in_the_form_within_its_check_and_audited(
     client, admin = signed_in
     customer_id = add_customer(client, pg)
     lic = add_license(client, pg, customer_id)
-    assert pg.execute("SELECT resume_grace_s FROM licenses WHERE id = %s", (lic["id"],)).fetchone()[0] == 0
+    assert one(pg.execute("SELECT resume_grace_s FROM licenses WHERE id = %s", (lic["id"],)))[0] == 0
     page = post_form(client, f"/licenseview/edit/{lic['id']}",
                      license_form(customer_id, resume_grace_s=86401)).get_data(as_text=True)
     assert "Between 0 and 86400 s (1 day)." in page
     response = post_form(client, f"/licenseview/edit/{lic['id']}", license_form(customer_id, resume_grace_s=300))
     assert response.status_code == 302, response.get_data(as_text=True)
-    old, new, actor = pg.execute(
+    old, new, actor = one(pg.execute(
         "SELECT old_values->>'resume_grace_s', new_values->>'resume_grace_s', actor FROM audit_log "
-        "WHERE table_name = 'licenses' AND operation = 'UPDATE' ORDER BY id DESC LIMIT 1").fetchone()
+        "WHERE table_name = 'licenses' AND operation = 'UPDATE' ORDER BY id DESC LIMIT 1"))
     assert (old, new, actor) == ("0", "300", f"admin:{admin.username}")
     assert "Resume grace (s)" in client.get(f"/licenseview/show/{lic['id']}").get_data(as_text=True)
 
@@ -142,14 +143,14 @@ def test_suspending_a_license_ends_its_live_sessions(
     tokens = [start_live_session(admin_settings, lic["id"], fp) for fp in ("fp-a", "fp-b")]
     page = action(client, "licenseview", "suspend", [lic["id"]]).get_data(as_text=True)
     assert "2 live session(s) ended" in page
-    assert pg.execute("SELECT status FROM licenses WHERE id = %s", (lic["id"],)).fetchone()[0] == "suspended"
+    assert one(pg.execute("SELECT status FROM licenses WHERE id = %s", (lic["id"],)))[0] == "suspended"
     assert not any(is_live(admin_settings, lic["id"], t) for t in tokens)
     ended = {e.session_token: e.reason for e in plane_events(admin_settings, lic["id"]) if e.kind == "ended"}
     assert ended == {t: "license_suspended" for t in tokens}
-    assert pg.execute("SELECT actor FROM audit_log WHERE table_name = 'licenses' AND operation = 'UPDATE' "
-                      "ORDER BY id DESC LIMIT 1").fetchone()[0] == f"admin:{admin.username}"
+    assert one(pg.execute("SELECT actor FROM audit_log WHERE table_name = 'licenses' AND operation = 'UPDATE' "
+                      "ORDER BY id DESC LIMIT 1"))[0] == f"admin:{admin.username}"
     action(client, "licenseview", "reactivate", [lic["id"]])
-    assert pg.execute("SELECT status FROM licenses WHERE id = %s", (lic["id"],)).fetchone()[0] == "active"
+    assert one(pg.execute("SELECT status FROM licenses WHERE id = %s", (lic["id"],)))[0] == "active"
 
 
 def test_extending_a_license_adds_a_year_from_its_end_or_from_now(
@@ -175,7 +176,7 @@ def test_licenses_cannot_be_deleted_but_can_be_revoked(
     assert client.post(f"/licenseview/delete/{lic['id']}").status_code in (400, 403, 404, 405)
     page = action(client, "licenseview", "revoke", [lic["id"]]).get_data(as_text=True)
     assert "revoked; 1 live session(s) ended" in page
-    assert pg.execute("SELECT status FROM licenses WHERE id = %s", (lic["id"],)).fetchone()[0] == "revoked"
+    assert one(pg.execute("SELECT status FROM licenses WHERE id = %s", (lic["id"],)))[0] == "revoked"
     assert not is_live(admin_settings, lic["id"], token)
 
 
@@ -187,7 +188,7 @@ def test_a_customer_with_licenses_cannot_be_deleted_and_says_why(
     response = post_form(client, f"/customerview/delete/{customer_id}", {},
                          page=f"/customerview/show/{customer_id}", follow=True)
     assert "This customer still has licenses; delete or move them first." in response.get_data(as_text=True)
-    assert pg.execute("SELECT count(*) FROM customers WHERE id = %s", (customer_id,)).fetchone()[0] == 1
+    assert one(pg.execute("SELECT count(*) FROM customers WHERE id = %s", (customer_id,)))[0] == 1
 
 
 def test_suspending_while_the_plane_is_unreachable_keeps_the_suspension_and_says_so(
@@ -200,4 +201,4 @@ def test_suspending_while_the_plane_is_unreachable_keeps_the_suspension_and_says
     page = action(client, "licenseview", "suspend", [lic["id"]]).get_data(as_text=True)
     assert "suspended, but its sessions could not be ended" in page
     # the edges' license refresher ends them once it sees the new status
-    assert pg.execute("SELECT status FROM licenses WHERE id = %s", (lic["id"],)).fetchone()[0] == "suspended"
+    assert one(pg.execute("SELECT status FROM licenses WHERE id = %s", (lic["id"],)))[0] == "suspended"

@@ -11,6 +11,7 @@ import pytest
 from admin_support import Admin, csrf_token, enrol, password_step, post_form
 from flask import Flask
 from flask.testing import FlaskClient
+from shared_support import one
 
 from admin.app import create_app
 from admin.security.totp import STEP_S, code_for, current_step
@@ -36,14 +37,14 @@ def test_enrolment_shows_qr_code_and_secret_and_a_first_code_signs_in(
     codes = enrol(client, admin)
     assert is_signed_in(client)
     assert len(set(codes)) == 10
-    secret_stored, confirmed = pg.execute("SELECT secret_encrypted, confirmed_at FROM admin_totp "
-                                          "WHERE user_id = %s", (admin.id,)).fetchone()
+    secret_stored, confirmed = one(pg.execute("SELECT secret_encrypted, confirmed_at FROM admin_totp "
+                                          "WHERE user_id = %s", (admin.id,)))
     assert confirmed is not None and admin.secret not in secret_stored
     hashes = [r[0] for r in pg.execute("SELECT code_hash FROM admin_recovery_codes WHERE user_id = %s",
                                        (admin.id,))]
     assert len(hashes) == 10 and not set(hashes) & {c.replace("-", "") for c in codes}
-    actor, event = pg.execute("SELECT actor, new_values->>'event' FROM audit_log "
-                              "WHERE table_name = 'admin_totp' AND row_id = %s", (str(admin.id),)).fetchone()
+    actor, event = one(pg.execute("SELECT actor, new_values->>'event' FROM audit_log "
+                              "WHERE table_name = 'admin_totp' AND row_id = %s", (str(admin.id),)))
     assert (actor, event) == (f"admin:{admin.username}", "totp.enrolled")
 
 
@@ -136,8 +137,8 @@ def test_wrong_codes_lock_out_that_address_only_and_the_admin_is_told(
     assert pg.execute("SELECT failed_attempts FROM admin_totp WHERE user_id = %s", (admin.id,)).fetchone() == (0,)
 
     # a valid recovery code gets through even from the locked-out address
-    page = intruder.post("/totp/verify", data={"code": codes[0], "csrf_token": csrf_token(page)})
-    assert page.status_code == 302 and is_signed_in(intruder)
+    answer = intruder.post("/totp/verify", data={"code": codes[0], "csrf_token": csrf_token(page)})
+    assert answer.status_code == 302 and is_signed_in(intruder)
 
 
 def test_a_recovery_code_signs_in_once(client: FlaskClient, make_admin: Callable[..., Admin]) -> None:
@@ -236,9 +237,9 @@ def test_an_admin_can_reset_another_admins_two_factor_login(
     enrol(other, lost)
     page = action(client, "users", "reset_2fa", [lost.id]).get_data(as_text=True)
     assert f"Two-factor login of {lost.username} reset" in page
-    assert pg.execute("SELECT count(*) FROM admin_totp WHERE user_id = %s", (lost.id,)).fetchone()[0] == 0
-    assert pg.execute("SELECT count(*) FROM admin_recovery_codes WHERE user_id = %s",
-                      (lost.id,)).fetchone()[0] == 0
+    assert one(pg.execute("SELECT count(*) FROM admin_totp WHERE user_id = %s", (lost.id,)))[0] == 0
+    assert one(pg.execute("SELECT count(*) FROM admin_recovery_codes WHERE user_id = %s",
+                      (lost.id,)))[0] == 0
     assert pg.execute("SELECT actor, operation FROM audit_log WHERE table_name = 'admin_totp' AND "
                       "new_values->>'event' = 'totp.reset'").fetchone() == \
         (f"admin:{boss.username}", "DELETE")
@@ -247,7 +248,7 @@ def test_an_admin_can_reset_another_admins_two_factor_login(
 
 
 def _sealed_secret(pg: psycopg.Connection[Any], admin: Admin) -> str:
-    return str(pg.execute("SELECT secret_encrypted FROM admin_totp WHERE user_id = %s", (admin.id,)).fetchone()[0])
+    return str(one(pg.execute("SELECT secret_encrypted FROM admin_totp WHERE user_id = %s", (admin.id,)))[0])
 
 
 def test_rotating_the_secret_key_or_the_totp_keys_locks_no_one_out(

@@ -9,6 +9,7 @@ import psycopg
 import pytest
 from admin_support import Admin, password_step
 from flask import Flask
+from shared_support import one
 
 from admin.users import DEMO_USERNAME, create_admin_main
 from heartline.settings import Settings
@@ -27,7 +28,7 @@ def test_create_admin_with_flags_makes_an_admin_who_can_sign_in(
     role = pg.execute("SELECT r.name FROM ab_user u JOIN ab_user_role ur ON ur.user_id = u.id "
                       "JOIN ab_role r ON r.id = ur.role_id WHERE u.username = 'carol_cli'").fetchone()
     assert role == ("Admin",)
-    user_id = pg.execute("SELECT id FROM ab_user WHERE username = 'carol_cli'").fetchone()[0]
+    user_id = one(pg.execute("SELECT id FROM ab_user WHERE username = 'carol_cli'"))[0]
     response = password_step(admin_app.test_client(), Admin("carol_cli", "s3cret-enough", user_id))
     assert response.location.endswith("/totp/enroll")
     assert create_admin_main(admin_settings, argv) == 1
@@ -54,6 +55,6 @@ def test_the_demo_admin_is_created_once_and_its_password_printed_once(
     assert create_admin_main(admin_settings, ["--demo"]) == 0
     second = capsys.readouterr().out
     assert "exists" in second and password.group(1) not in second
-    user_id = pg.execute("SELECT id FROM ab_user WHERE username = %s", (DEMO_USERNAME,)).fetchone()[0]
+    user_id = one(pg.execute("SELECT id FROM ab_user WHERE username = %s", (DEMO_USERNAME,)))[0]
     response = password_step(admin_app.test_client(), Admin(DEMO_USERNAME, password.group(1), user_id))
     assert response.location.endswith("/totp/enroll")

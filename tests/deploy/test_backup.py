@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 import redis.asyncio as aioredis
+from shared_support import one
 
 from heartline import backup
 from heartline.backup import Archive, BackupError, BackupErrorCode, pgtools, restore
@@ -37,15 +38,15 @@ def seed(url: str, customers: int = 5) -> None:
     """Rows in every kind of table: audited ones, the partitioned heartbeats, history, CRM, migrations."""
     with _connect(url) as conn:
         for i in range(customers):
-            cid = conn.execute("INSERT INTO customers (name, email, notes) VALUES (%s, %s, %s) RETURNING id",
-                               (f"Customer {i}", f"c{i}@example.com", "quote ' and \\ backslash")).fetchone()[0]
-            lid = conn.execute(
+            cid = one(conn.execute("INSERT INTO customers (name, email, notes) VALUES (%s, %s, %s) RETURNING id",
+                               (f"Customer {i}", f"c{i}@example.com", "quote ' and \\ backslash")))[0]
+            lid = one(conn.execute(
                 "INSERT INTO licenses (customer_id, license_key, device_limit, concurrent_sessions_limit, "
                 "valid_until) VALUES (%s, %s, 3, 2, now() + interval '30 days') RETURNING id",
-                (cid, f"HL-TEST-KEY-{i:04d}")).fetchone()[0]
-            did = conn.execute(
+                (cid, f"HL-TEST-KEY-{i:04d}")))[0]
+            did = one(conn.execute(
                 "INSERT INTO device_registrations (license_id, hardware_fingerprint, device_name) "
-                "VALUES (%s, %s, %s) RETURNING id", (lid, f"fp-{i}", f"Device ünïcødé {i}")).fetchone()[0]
+                "VALUES (%s, %s, %s) RETURNING id", (lid, f"fp-{i}", f"Device ünïcødé {i}")))[0]
             conn.execute("SELECT ensure_heartbeat_partition(now()::date)")
             conn.execute(
                 "INSERT INTO session_history (session_token, license_id, device_id, started_at, ended_at, "
@@ -66,9 +67,9 @@ def snapshot(url: str) -> dict[str, tuple[int, str]]:
             "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') ORDER BY 1").fetchall()]
         result = {}
         for t in tables:
-            count, digest = conn.execute(
+            count, digest = one(conn.execute(
                 f'SELECT count(*), md5(coalesce(string_agg(x::text, E\'\\n\' ORDER BY x::text), \'\')) '
-                f'FROM public."{t}" x').fetchone()
+                f'FROM public."{t}" x'))
             result[t] = (count, digest)
         return result
 
@@ -111,9 +112,9 @@ def test_restored_database_keeps_working_audit_and_partitions(backup_settings: S
     change_everything(url)
     backup.restore_backup(backup_settings, archive)
     with _connect(url) as conn:
-        audits = conn.execute("SELECT count(*) FROM audit_log").fetchone()[0]
+        audits = one(conn.execute("SELECT count(*) FROM audit_log"))[0]
         conn.execute("UPDATE customers SET name = 'after restore'")
-        assert conn.execute("SELECT count(*) FROM audit_log").fetchone()[0] == audits + 1
+        assert one(conn.execute("SELECT count(*) FROM audit_log"))[0] == audits + 1
         # sequences come back too: a new row does not collide with a restored id
         conn.execute("INSERT INTO customers (name) VALUES ('new')")
         conn.execute("SELECT ensure_heartbeat_partition((now() + interval '3 months')::date)")
@@ -127,8 +128,8 @@ def test_manifest_records_checksums_schema_version_and_row_counts(backup_setting
     assert archive.path.name == "server_backup_20260301_030000.tar"
     manifest = archive.verify()
     with _connect(url) as conn:
-        newest = conn.execute("SELECT max(name) FROM schema_migrations").fetchone()[0]
-        major = int(conn.execute("SHOW server_version_num").fetchone()[0]) // 10000
+        newest = one(conn.execute("SELECT max(name) FROM schema_migrations"))[0]
+        major = int(one(conn.execute("SHOW server_version_num"))[0]) // 10000
     assert manifest.schema_version == newest
     assert manifest.server_major == major
     assert f"(PostgreSQL) {major}." in manifest.pg_dump_version
@@ -233,7 +234,7 @@ def test_restore_of_unknown_name_says_so(backup_settings: Settings, capsys: pyte
 
 def test_pg_dump_is_found_for_the_servers_major_version(backup_settings: Settings) -> None:
     with _connect(backup_settings.database_url or "") as conn:
-        major = int(conn.execute("SHOW server_version_num").fetchone()[0]) // 10000
+        major = int(one(conn.execute("SHOW server_version_num"))[0]) // 10000
     path = backup.find_pg_tool("pg_dump", major)
     assert pgtools._tool_major(path) == major
     with pytest.raises(BackupError) as err:

@@ -47,7 +47,7 @@ def test_configuration_reference_lists_every_setting_with_its_default() -> None:
 def test_docs_name_only_settings_that_exist() -> None:
     known = {PREFIX + f.name.upper() for f in setting_fields(Settings)} | NOT_SETTINGS
     pages = [*DOCS.rglob("*.md"), ROOT / "README.md", ROOT / "compose.yaml", ROOT / "deploy" / "env.example"]
-    unknown = {}
+    unknown: dict[str, str] = {}
     for page in pages:
         for name in re.findall(r"\bHEARTLINE_[A-Z0-9_]*[A-Z0-9]\b", page.read_text()):
             if name not in known:

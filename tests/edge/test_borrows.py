@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 import httpx
 from heartline_client.verify import KeySet
+from shared_support import found
 from test_signing import _both
 
 from edge.borrows import revoke_borrow
@@ -54,8 +55,8 @@ async def test_a_borrow_holds_the_seat_and_a_return_frees_it(
     lease = lent.json()
     assert lease["session_token"] == token and lease["hardware_fingerprint"] == "fp0"
     _both(await _keys(client), lent, "borrow-nonce-1")
-    row = await db.fetchrow("SELECT license_id, hardware_fingerprint, returned_at FROM session_borrows "
-                            "WHERE id = $1", uuid.UUID(lease["borrow_id"]))
+    row = found(await db.fetchrow("SELECT license_id, hardware_fingerprint, returned_at FROM session_borrows "
+                            "WHERE id = $1", uuid.UUID(lease["borrow_id"])))
     assert (row["license_id"], row["hardware_fingerprint"], row["returned_at"]) == (lic["id"], "fp0", None)
     assert (await _start(client, key, "fp1")).json()["error"]["code"] == "SESSION_LIMIT_REACHED"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncpg
 import httpx
 import psycopg
+from shared_support import found
 
 from heartline import resources
 from heartline.demo import DEMO_INSTITUTION, ensure_demo_data
@@ -35,8 +36,8 @@ async def test_demo_data_answers_the_documented_calls(db: asyncpg.Connection, se
         license_id = await db.fetchval("SELECT id FROM licenses WHERE license_key = $1", demo.license_key)
         usage = {u.resource_type: (u.held, u.quota) for u in resources.quota_usage(pg, license_id)}
         assert set(usage.values()) == {(2, 3)}
-    institution = await db.fetchrow("SELECT id, stage, customer_id FROM crm_institutions WHERE name = $1",
-                                     DEMO_INSTITUTION)
+    institution = found(await db.fetchrow("SELECT id, stage, customer_id FROM crm_institutions WHERE name = $1",
+                                     DEMO_INSTITUTION))
     assert institution["stage"] == "won" and institution["customer_id"] is not None
     assert await db.fetchval("SELECT count(*) FROM crm_contacts WHERE institution_id = $1", institution["id"]) == 1
     kinds = await db.fetch("SELECT kind, done FROM crm_activities WHERE institution_id = $1 ORDER BY kind",

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 import asyncpg
 import httpx
 import redis.asyncio as aioredis
+from shared_support import found
 
 from heartline.plane import keys
 from heartline.plane.events import EndReason, SessionEventKind, session_event_from_fields
@@ -74,8 +75,8 @@ async def test_deactivate_ends_the_device_session_and_frees_a_device_slot(
     r = await deactivate(client, lic["license_key"], "old")
     assert r.status_code == 200 and r.json() == {"hardware_fingerprint": "old", "deactivated": True,
                                                  "sessions_ended": 1}
-    row = await db.fetchrow("SELECT is_active, deactivated_at, deactivation_reason FROM device_registrations "
-                            "WHERE license_id = $1 AND hardware_fingerprint = 'old'", lic["id"])
+    row = found(await db.fetchrow("SELECT is_active, deactivated_at, deactivation_reason FROM device_registrations "
+                            "WHERE license_id = $1 AND hardware_fingerprint = 'old'", lic["id"]))
     assert row["is_active"] is False and row["deactivated_at"] is not None
     shard = keys.shard_of(lic["id"], edge_settings.stream_shards)
     events = [session_event_from_fields(shard, i, f) for i, f in await redis.xrange(keys.event_stream(shard))]
@@ -121,7 +122,7 @@ async def test_device_deactivated_in_postgres_is_seen_by_the_edge(
             break
         await asyncio.sleep(0.05)
     assert await redis.zcard(live_key) == 0
-    assert not await redis.hexists(keys.devices(lic["id"], edge_settings.stream_shards), "fp0")
+    assert not await cast("Awaitable[bool]", redis.hexists(keys.devices(lic["id"], edge_settings.stream_shards), "fp0"))
     shard = keys.shard_of(lic["id"], edge_settings.stream_shards)
     events = [session_event_from_fields(shard, i, f) for i, f in await redis.xrange(keys.event_stream(shard))]
     assert [e.reason for e in events if e.kind is SessionEventKind.ENDED] == [EndReason.DEVICE_DEACTIVATED]

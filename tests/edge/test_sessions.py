@@ -11,6 +11,7 @@ import asyncpg
 import httpx
 import pytest
 import redis.asyncio as aioredis
+from shared_support import found
 
 from heartline.plane import keys
 from heartline.plane.events import EndReason, SessionEventKind, session_event_from_fields
@@ -50,8 +51,8 @@ async def test_start_activates_unknown_device_on_the_fly(client: httpx.AsyncClie
     lic = await make_license(device_limit=2, concurrent_sessions_limit=2)
     r = await start(client, lic["license_key"], "new-box", device_name="Lab PC", device_type="windows")
     assert r.status_code == 201
-    row = await db.fetchrow("SELECT device_name, device_type, is_active FROM device_registrations "
-                            "WHERE license_id = $1 AND hardware_fingerprint = 'new-box'", lic["id"])
+    row = found(await db.fetchrow("SELECT device_name, device_type, is_active FROM device_registrations "
+                            "WHERE license_id = $1 AND hardware_fingerprint = 'new-box'", lic["id"]))
     assert dict(row) == {"device_name": "Lab PC", "device_type": "windows", "is_active": True}
     audit = await db.fetchval("SELECT actor FROM audit_log WHERE table_name = 'device_registrations'")
     assert audit == "edge"

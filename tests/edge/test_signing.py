@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from heartline_client.verify import KeySet, SignatureError, verify_answer
 from http_message_signatures import HTTPMessageVerifier, InvalidSignature, algorithms
 from http_message_signatures.resolvers import MappingKeyResolver
+from shared_support import found
 from starlette.applications import Starlette
 
 from heartline.settings import Settings
@@ -42,7 +43,7 @@ async def _key_set(client: httpx.AsyncClient) -> KeySet:
 
 def _independent(keys: KeySet, answer: httpx.Response, *, nonce: bool) -> None:
     """Verify with http-message-signatures, requiring the components the issue names."""
-    resolver = MappingKeyResolver(public_keys={kid: keys.get(kid) for kid in keys.kids()}, private_keys={})
+    resolver = MappingKeyResolver(public_keys={kid: found(keys.get(kid)) for kid in keys.kids()}, private_keys={})
     verifier = HTTPMessageVerifier(signature_algorithm=algorithms.ED25519, key_resolver=resolver)
     required = (*REQUIRED, '"heartline-nonce";req') if nonce else REQUIRED
     results = verifier.verify(answer, require_components=required, body=answer.content)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import asyncpg
+from shared_support import found
 
 from heartline.apikeys import hash_key, is_well_formed
 
@@ -45,7 +46,7 @@ async def test_api_key_create_prints_it_once_and_stores_only_its_hash(
     assert res.returncode == 0, res.stderr
     key = res.stdout.strip().splitlines()[-1]
     assert is_well_formed(key)
-    row = await db.fetchrow("SELECT name, key_hash, display_prefix FROM api_keys")
+    row = found(await db.fetchrow("SELECT name, key_hash, display_prefix FROM api_keys"))
     assert row["name"] == "billing system"
     assert bytes(row["key_hash"]) == hash_key(key)
     assert key[8:] not in row["display_prefix"]

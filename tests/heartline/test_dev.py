@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from shared_support import pump
 
 from heartline.devstack import free_port
 
@@ -59,7 +60,7 @@ def test_dev_brings_up_everything_and_stops_cleanly_on_ctrl_c(dev_dir: Path) -> 
     proc = subprocess.Popen([sys.executable, "-m", "heartline", "dev"], env=env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout or []], daemon=True).start()
+    threading.Thread(target=pump, args=(proc.stdout or [], lines), daemon=True).start()
     seen: list[str] = []
     try:
         _read_until(lines, "Press Ctrl-C to stop everything.", 300, seen)
@@ -124,7 +125,7 @@ def test_dev_restarts_an_embedded_server_that_died_and_ctrl_c_stops_the_restarte
     proc = subprocess.Popen([sys.executable, "-m", "heartline", "dev", "--without", "worker"], env=env,
                             cwd=dev_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout or []], daemon=True).start()
+    threading.Thread(target=pump, args=(proc.stdout or [], lines), daemon=True).start()
     seen: list[str] = []
     services = dev_dir / "data" / "services"
     try:

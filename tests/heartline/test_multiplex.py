@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Awaitable
+from typing import cast
 
 import pytest
 import redis.asyncio as aioredis
@@ -45,7 +47,7 @@ async def test_commands_of_one_tick_share_one_write(client: MultiplexedRedis) ->
 
 async def test_error_reply_raises_without_shifting_later_replies(client: MultiplexedRedis,
                                                                   redis: aioredis.Redis) -> None:
-    await redis.hset("h", "f", "v")
+    await cast("Awaitable[int]", redis.hset("h", "f", "v"))
     results = await asyncio.gather(client.execute("SET", "a", "1"), client.execute("INCR", "h"),
                                    client.execute("GET", "a"), return_exceptions=True)
     assert results[0] == b"OK"

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from typing import cast
 
 import pytest
 import redis.asyncio as aioredis
@@ -52,7 +53,7 @@ async def test_start_creates_session_and_emits_started_event(plane: SessionPlane
     assert ev.kind is SessionEventKind.STARTED and ev.session_token == out.token
     assert ev.device_id == 101 and ev.fingerprint == "fp1" and ev.client_version == "1.2"
     assert ev.client_ip == "10.0.0.1" and ev.started_ms == ev.at_ms
-    record = await plane.redis.hget(keys.sessions(LICENSE_ID, plane.shards), out.token)
+    record = await cast("Awaitable[bytes | None]", plane.redis.hget(keys.sessions(LICENSE_ID, plane.shards), out.token))
     assert record == f"101|{ev.started_ms}||0|10.0.0.1|1.2".encode()
 
 
@@ -168,7 +169,7 @@ async def test_heartbeat_extends_deadline_and_records_event(plane: SessionPlane)
     [(eid, fields)] = await plane.redis.xrange(keys.heartbeat_stream(shard))
     event = heartbeat_from_fields(shard, eid, fields)
     assert event.license_id == LICENSE_ID and event.session_token == out.token and event.device_id == 102
-    record = await plane.redis.hget(keys.sessions(LICENSE_ID, plane.shards), out.token)
+    record = await cast("Awaitable[bytes | None]", plane.redis.hget(keys.sessions(LICENSE_ID, plane.shards), out.token))
     assert record is not None and record.split(b"|")[3] == b"1"
     deadline = await plane.redis.zscore(keys.deadlines(shard), str(LICENSE_ID))
     assert deadline == hb.deadline_ms, "the license is indexed with its (only) session's deadline"
@@ -211,8 +212,8 @@ async def test_end_session_emits_exactly_one_ended_event(plane: SessionPlane) ->
     assert len(ended) == 1
     assert ended[0].reason is EndReason.CLIENT_END and ended[0].heartbeat_count == 1
     assert ended[0].device_id == 101 and ended[0].last_heartbeat_ms is not None
-    assert await plane.redis.hget(keys.fingerprints(LICENSE_ID, plane.shards), "fp1") is None
-    assert await plane.redis.hget(keys.sessions(LICENSE_ID, plane.shards), out.token) is None
+    assert await cast("Awaitable[bytes | None]", plane.redis.hget(keys.fingerprints(LICENSE_ID, plane.shards), "fp1")) is None
+    assert await cast("Awaitable[bytes | None]", plane.redis.hget(keys.sessions(LICENSE_ID, plane.shards), out.token)) is None
 
 
 async def test_end_device_sessions_ends_only_that_device_and_uncaches_it(plane: SessionPlane) -> None:

@@ -4,7 +4,8 @@ freed by return or expiry with their own end reasons, never shortened by heartbe
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from typing import cast
 
 import pytest
 import redis.asyncio as aioredis
@@ -86,8 +87,9 @@ async def test_the_reaper_ends_an_expired_borrow_as_borrow_expired(plane: Sessio
     assert (await ended_reasons(plane))[session.token or ""] == "borrow_expired"
     assert (await plane.start_session(LICENSE_ID, "fp1")).code is PlaneCode.STARTED
     # The marker went with the session: an ordinary later session of that token's kind times out as such.
-    assert not await plane.redis.hkeys(keys.sessions(LICENSE_ID, plane.shards)) or all(
-        not k.startswith(b"b:") for k in await plane.redis.hkeys(keys.sessions(LICENSE_ID, plane.shards)))
+    assert not await cast("Awaitable[list[bytes]]", plane.redis.hkeys(keys.sessions(LICENSE_ID, plane.shards))) or all(
+        not k.startswith(b"b:") for k in await cast("Awaitable[list[bytes]]",
+                                                   plane.redis.hkeys(keys.sessions(LICENSE_ID, plane.shards))))
 
 
 async def test_borrow_refusals(plane: SessionPlane) -> None:

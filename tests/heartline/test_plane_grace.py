@@ -5,14 +5,16 @@ is free, it ends as timeout when the grace runs out, and the ended event says ho
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, cast
 
 import pytest
+from shared_support import found
 
 from heartline.plane import keys
 from heartline.plane.cached_license import CachedLicense
 from heartline.plane.events import EndReason, SessionEvent, SessionEventKind, session_event_from_fields
-from heartline.plane.sessions import PlaneCode, SessionPlane
+from heartline.plane.sessions import HeartbeatOutcome, PlaneCode, SessionPlane, StartOutcome
 from heartline.settings import Settings
 
 LICENSE_ID = 13
@@ -96,7 +98,7 @@ async def test_a_lapsed_session_ends_as_timeout_when_the_grace_runs_out(
     first = await plane.start_session(LICENSE_ID, "fp0")
     await past_deadline(plane, first.deadline_ms)
     assert await plane.reap_expired(shard) == 0                 # lapsed, within its grace: kept
-    assert await plane.redis.zscore(keys.live_sessions(LICENSE_ID, plane.shards), first.token) is not None
+    assert await plane.redis.zscore(keys.live_sessions(LICENSE_ID, plane.shards), found(first.token)) is not None
     await past_deadline(plane, first.deadline_ms + 1000)
     assert await plane.reap_expired(shard) == 1
     event = (await ended(plane))[first.token or ""]
@@ -121,14 +123,14 @@ async def test_without_grace_a_session_past_its_deadline_is_over(plane_client: A
     third = await plane.start_session(LICENSE_ID, "fp0")
     assert third.code is PlaneCode.STARTED and third.token not in (first.token, second.token)
     # no grace copy is kept beside the sessions of a license without grace
-    assert not await plane.redis.hexists(keys.sessions(LICENSE_ID, plane.shards), "!g")
+    assert not await cast("Awaitable[bool]", plane.redis.hexists(keys.sessions(LICENSE_ID, plane.shards), "!g"))
 
 
 async def test_revivals_racing_new_starts_never_exceed_the_limit(plane_client: Any, settings: Settings) -> None:
     plane = await make_plane(plane_client, settings, sessions_limit=3, timeout_s=2, resume_grace_s=30)
     lapsed = [await plane.start_session(LICENSE_ID, f"fp{i}") for i in range(3)]
     await past_deadline(plane, max(s.deadline_ms for s in lapsed))
-    calls = [plane.heartbeat(LICENSE_ID, s.token or "") for s in lapsed]
+    calls: list[Awaitable[HeartbeatOutcome | StartOutcome]] = [plane.heartbeat(LICENSE_ID, s.token or "") for s in lapsed]
     calls += [plane.start_session(LICENSE_ID, f"fp{i}") for i in range(3, 60)]
     outcomes = await asyncio.gather(*calls)
     granted = [o for o in outcomes if o.code in (PlaneCode.OK, PlaneCode.STARTED)]

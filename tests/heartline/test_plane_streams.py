@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import redis.asyncio as aioredis
+from shared_support import found
 
 from heartline.plane import keys
 from heartline.plane.cached_license import CachedLicense
@@ -21,7 +22,7 @@ async def _heartbeats(redis: aioredis.Redis, settings: Settings, count: int) -> 
     started = await plane.start_session(LICENSE_ID, "fp")
     assert started.code is PlaneCode.STARTED
     for _ in range(count):
-        assert (await plane.heartbeat(LICENSE_ID, started.token)).code is PlaneCode.OK
+        assert (await plane.heartbeat(LICENSE_ID, found(started.token))).code is PlaneCode.OK
     shard = keys.shard_of(LICENSE_ID, settings.stream_shards)
     return int(await redis.xlen(keys.heartbeat_stream(shard)))
 

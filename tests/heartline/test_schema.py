@@ -104,9 +104,10 @@ async def test_audit_trigger_records_insert_update_delete_with_actor(db: asyncpg
                           "WHERE table_name = 'customers' ORDER BY id")
     assert [(r["actor"], r["operation"], r["row_id"]) for r in rows] == [
         ("admin:alice", "INSERT", str(cid)), ("admin:bob", "UPDATE", str(cid)), ("test", "DELETE", str(cid))]
-    ins, upd, dele = (
+    changes: list[tuple[Any, Any]] = [
         (json.loads(r["old_values"]) if r["old_values"] else None,
-         json.loads(r["new_values"]) if r["new_values"] else None) for r in rows)
+         json.loads(r["new_values"]) if r["new_values"] else None) for r in rows]
+    ins, upd, dele = changes
     assert ins[0] is None and ins[1]["name"] == "Old name"
     assert upd[0]["name"] == "Old name" and upd[1]["name"] == "New name"
     assert dele[0]["name"] == "New name" and dele[1] is None

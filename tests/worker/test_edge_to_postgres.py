@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from shared_support import found
 from worker_support import eventually
 
 from edge.app import create_app
@@ -64,7 +65,7 @@ async def test_heartbeats_sent_through_the_edge_are_stored_once_each(
     # a test running across midnight at a month's end may split them over two partitions
     assert sum(r["c"] for r in parts) == sum(r["d"] for r in parts) == n
     assert f"license_heartbeats_{month}" in {r["p"] for r in parts}
-    device = await db.fetchrow("SELECT last_seen_at FROM device_registrations WHERE license_id = $1",
-                               lic["id"])
+    device = found(await db.fetchrow("SELECT last_seen_at FROM device_registrations WHERE license_id = $1",
+                               lic["id"]))
     assert device["last_seen_at"] is not None
     assert await db.fetchval("SELECT count(*) FROM license_sessions") == 0

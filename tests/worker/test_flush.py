@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+from shared_support import found
 from worker_support import LiveLicense, add_heartbeat, eventually
 
 from heartline.plane import keys
@@ -19,8 +20,8 @@ from worker.flush import flush_batch, flush_heartbeats, heartbeat_records, store
 from worker.streams import StreamConsumer
 
 
-def ms(*args: int) -> int:
-    return int(datetime(*args, tzinfo=UTC).timestamp() * 1000)  # type: ignore[misc]
+def ms(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> int:
+    return int(datetime(year, month, day, hour, minute, second, tzinfo=UTC).timestamp() * 1000)
 
 
 async def open_session(db: asyncpg.Connection, license_id: int, device_id: int | None) -> str:
@@ -64,7 +65,7 @@ async def test_heartbeats_land_once_each_in_their_month_partition(
         ("license_heartbeats_2026_10", 100), ("license_heartbeats_2026_11", 200),
         ("license_heartbeats_2026_12", 100), ("license_heartbeats_2027_01", 200)]
     assert await db.fetchval("SELECT count(DISTINCT event_id) FROM license_heartbeats") == 600
-    session = await db.fetchrow("SELECT heartbeat_count, last_heartbeat_at FROM license_sessions")
+    session = found(await db.fetchrow("SELECT heartbeat_count, last_heartbeat_at FROM license_sessions"))
     assert session["heartbeat_count"] == 600
     assert session["last_heartbeat_at"] == datetime(2027, 1, 1, 0, 0, 1, tzinfo=UTC)
     # last_seen_at moves in steps of a minute or more, so it trails the last heartbeat by under a minute

@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+from shared_support import found
 from worker_support import LiveLicense, add_session_event
 
 from heartline.plane import keys
@@ -34,7 +35,7 @@ async def test_started_session_is_mirrored_and_its_end_moves_it_to_history(
                                         client_ip="203.0.113.9")
     assert started.granted and started.token
     await drain(worker_ctx)
-    live = await db.fetchrow("SELECT * FROM license_sessions")
+    live = found(await db.fetchrow("SELECT * FROM license_sessions"))
     assert (str(live["session_token"]), live["license_id"], live["device_id"], live["hardware_fingerprint"],
             live["client_version"], str(live["client_ip"])) == \
         (started.token, lic.license_id, lic.device_id, lic.fingerprint, "2.1.0", "203.0.113.9")
@@ -44,7 +45,7 @@ async def test_started_session_is_mirrored_and_its_end_moves_it_to_history(
     await drain(worker_ctx)
 
     assert await db.fetchval("SELECT count(*) FROM license_sessions") == 0
-    row = await db.fetchrow("SELECT * FROM session_history")
+    row = found(await db.fetchrow("SELECT * FROM session_history"))
     assert (str(row["session_token"]), row["end_reason"], row["device_id"], row["heartbeat_count"],
             row["client_version"]) == (started.token, "client_end", lic.device_id, 1, "2.1.0")
     assert row["started_at"] == live["started_at"] and row["ended_at"] >= row["started_at"]
@@ -101,8 +102,8 @@ async def test_ended_recorded_before_its_started_leaves_no_live_row(
     await drain(worker_ctx)
 
     assert await db.fetchval("SELECT count(*) FROM license_sessions") == 0
-    row = await db.fetchrow("SELECT end_reason, heartbeat_count, hardware_fingerprint, "
-                            "extract(epoch FROM ended_at - started_at) AS secs FROM session_history")
+    row = found(await db.fetchrow("SELECT end_reason, heartbeat_count, hardware_fingerprint, "
+                            "extract(epoch FROM ended_at - started_at) AS secs FROM session_history"))
     assert (row["end_reason"], row["heartbeat_count"], row["hardware_fingerprint"], row["secs"]) == \
         ("timeout", 2, "fp-x", 60)
 
@@ -136,7 +137,7 @@ async def test_heartbeats_flushed_before_their_sessions_start_is_recorded_still_
     await drain(worker_ctx)                             # the row starts with the 5 already stored
     await plane.heartbeat(lic.license_id, started.token or "")
     assert await flush_heartbeats(worker_ctx) == 1
-    row = await db.fetchrow("SELECT heartbeat_count, last_heartbeat_at FROM license_sessions")
+    row = found(await db.fetchrow("SELECT heartbeat_count, last_heartbeat_at FROM license_sessions"))
     assert row["heartbeat_count"] == 6
     assert row["last_heartbeat_at"] == await db.fetchval("SELECT max(received_at) FROM license_heartbeats")
 

@@ -158,11 +158,11 @@ async def test_worker_killed_mid_batch_loses_and_duplicates_nothing(
                          "VALUES ($1, $2, now())", token, lic["id"])
         sessions.append((lic["id"], str(token)))
     per_session = 4000
-    for license_id, token in sessions:
+    for license_id, session_token in sessions:
         async with redis.pipeline(transaction=False) as pipe:
             for _ in range(per_session):
                 pipe.xadd(keys.heartbeat_stream(keys.shard_of(license_id, shards)),
-                          {"l": license_id, "t": token, "d": ""})
+                          {"l": license_id, "t": session_token, "d": ""})
             await pipe.execute()
     total = per_session * len(sessions)
 

@@ -14,6 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 import redis.exceptions
 from redis_process import RedisProcess
+from shared_support import found
 from worker_support import LiveLicense
 
 from heartline.plane import keys
@@ -38,7 +39,7 @@ async def test_sessions_lost_with_a_redis_restart_are_closed_as_plane_lost(
     assert await close_lost_sessions(worker_ctx) == 0   # noted, not closed yet
     assert await close_lost_sessions(worker_ctx) == 1
 
-    row = await db.fetchrow("SELECT * FROM session_history")
+    row = found(await db.fetchrow("SELECT * FROM session_history"))
     assert (str(row["session_token"]), row["end_reason"]) == (first.token, "plane_lost")
     assert await db.fetchval("SELECT count(*) FROM license_sessions") == 0
     assert await close_lost_sessions(worker_ctx) == 0

@@ -116,8 +116,8 @@ async def test_worker_rides_out_redis_killed_and_restarted_empty(
         await eventually(lost_sessions_closed, timeout=60)
         await eventually(lambda: stored(len(accepted)), timeout=60)
         assert await db.fetchval("SELECT count(DISTINCT event_id) FROM license_heartbeats") == len(accepted)
-        per_token = dict(await db.fetch("SELECT session_token::text, count(*) FROM license_heartbeats "
-                                        "GROUP BY 1"))
+        per_token = {token: count for token, count in await db.fetch(
+            "SELECT session_token::text, count(*) FROM license_heartbeats GROUP BY 1")}
         assert per_token == dict(Counter(accepted))
         assert worker.returncode is None, log_path.read_text()[-3000:]
     finally:

@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from shared_support import found
 from webhook_receiver import Receiver
 from worker_support import LiveLicense, eventually
 
@@ -195,10 +196,10 @@ async def test_an_endpoint_failing_too_long_is_disabled(
         await send_webhooks(hook_ctx)
         return not await db.fetchval("SELECT enabled FROM webhook_endpoints WHERE id = $1", endpoint_id)
     await eventually(disabled)
-    row = await db.fetchrow("SELECT disabled_reason, disabled_at FROM webhook_endpoints WHERE id = $1", endpoint_id)
+    row = found(await db.fetchrow("SELECT disabled_reason, disabled_at FROM webhook_endpoints WHERE id = $1", endpoint_id))
     assert row["disabled_reason"].startswith("no successful delivery since")
-    audit = await db.fetchrow("SELECT actor, new_values FROM audit_log WHERE table_name = 'webhook_endpoints' "
-                              "AND operation = 'UPDATE'")
+    audit = found(await db.fetchrow("SELECT actor, new_values FROM audit_log WHERE table_name = 'webhook_endpoints' "
+                              "AND operation = 'UPDATE'"))
     assert audit["actor"] == "worker" and audit["new_values"] and json.loads(audit["new_values"])["enabled"] is False
     assert await send_webhooks(hook_ctx) == 0  # nothing is sent to a disabled endpoint
 
