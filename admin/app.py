@@ -25,6 +25,7 @@ from admin.security import headers
 from admin.security.manager import HeartlineSecurityManager
 from admin.security.proxies import TrustedProxies
 from heartline import services
+from heartline.sealing import WEBHOOK_SECRET_KEY, sealing_secret
 from heartline.settings import Settings
 
 log = logging.getLogger("admin.app")
@@ -109,6 +110,7 @@ def main(settings: Settings, argv: list[str]) -> int:
     parser.add_argument("--threads", type=int, default=8)
     args = parser.parse_args(argv)
     settings = services.resolve(settings)
+    sealing_secret(settings, WEBHOOK_SECRET_KEY)  # stops here, with one line, when unset
     app = create_app(settings)
     logs.quiet_waitress(args.threads)
     log.info("admin.started host=%s port=%s", args.host, args.port)

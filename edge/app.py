@@ -26,8 +26,9 @@ from heartline.errors import HeartlineError
 from heartline.license_cache import LicenseCache
 from heartline.plane import redis as plane_redis
 from heartline.plane.sessions import SessionPlane
+from heartline.sealing import SIGNING_KEY_SECRET, sealing_secret
 from heartline.settings import Settings
-from heartline.signing.keys import KeyBox, resolve_secret
+from heartline.signing.keys import KeyBox
 
 log = logging.getLogger("heartline.edge")
 
@@ -67,7 +68,7 @@ def create_app(settings: Settings) -> Starlette:
         except errors.PLANE_DOWN:
             log.warning("edge.plane.unavailable at start; scripts load on first use")
         api_keys = ApiKeyGuard(pool, settings)
-        signing = EdgeSigning(pool, KeyBox(resolve_secret(settings)), settings)
+        signing = EdgeSigning(pool, KeyBox(sealing_secret(settings, SIGNING_KEY_SECRET)), settings)
         if settings.sign_answers:
             await signing.start()
         else:

@@ -19,6 +19,7 @@ from starlette.applications import Starlette
 from edge.app import create_app
 from heartline import db, services
 from heartline.license_cache import check_heartbeat_defaults
+from heartline.sealing import SIGNING_KEY_SECRET, sealing_secret, variable
 from heartline.settings import Settings
 
 log = logging.getLogger("heartline.edge")
@@ -57,6 +58,7 @@ def main(settings: Settings, argv: list[str]) -> int:
     parser.add_argument("--workers", type=int, default=settings.edge_workers)
     args = parser.parse_args(argv)
     settings = services.resolve(settings)
+    signing_secret = sealing_secret(settings, SIGNING_KEY_SECRET)  # stops here, with one line, when unset
     asyncio.run(_check_settings(settings))
     common: dict[str, Any] = {
         "host": args.host, "port": args.port, "loop": "uvloop", "http": "httptools", "lifespan": "on",
@@ -67,6 +69,7 @@ def main(settings: Settings, argv: list[str]) -> int:
         # Worker processes import the app by name and read the settings from the environment.
         os.environ["HEARTLINE_DATABASE_URL"] = settings.database_url or ""
         os.environ["HEARTLINE_REDIS_URL"] = settings.redis_url or ""
+        os.environ[variable(SIGNING_KEY_SECRET)] = signing_secret
         uvicorn.run("edge.server:app_from_env", factory=True, workers=args.workers, **common)
     else:
         uvicorn.run(create_app(settings), **common)

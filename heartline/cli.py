@@ -26,6 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 from heartline import migrations, services
 from heartline.devstack import DevStackError
 from heartline.extras import MissingExtra, require_extra
+from heartline.sealing import SIGNING_KEY_SECRET, WEBHOOK_SECRET_KEY, dev_sealing_secret, variable
 from heartline.settings import Settings, SettingsError
 
 log = logging.getLogger("heartline.cli")
@@ -134,6 +135,7 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     # the admin refuses to start without these; only here are they generated (and kept, 0600)
     settings = settings.replace(admin_secret_key=settings.admin_secret_key or generated["admin_secret_key"],
                                 admin_totp_keys=settings.admin_totp_keys or generated["admin_totp_keys"])
+    settings = _dev_sealing_secrets(settings)
     want_pg = settings.database_url is None
     want_redis = settings.redis_url is None
     with contextlib.ExitStack() as stack:
@@ -146,6 +148,23 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
             settings = settings.replace(redis_url=cluster.url())
             print(f"Cluster:    {len(cluster.nodes)} nodes, masters {cluster.url().split('//', 1)[1]}")
         return _dev_with(settings, args, want_pg, want_redis and not args.cluster, generated)
+
+
+def _dev_with_secret(settings: Settings, name: str) -> Settings:
+    if getattr(settings, name):
+        return settings
+    value, made = dev_sealing_secret(settings.data_dir, name)
+    print(f"Secret:     {variable(name)} unset: {'made' if made else 'using'} the development one in "
+          f"{settings.data_dir / name} (set it outside `heartline dev`)")
+    return settings.replace(**{name: value})
+
+
+def _dev_sealing_secrets(settings: Settings) -> Settings:
+    """The sealing secrets (heartline/sealing.py): unset, `heartline dev` makes them up into its data folder
+    (kept, 0600) and says so; no other command does."""
+    for name in (SIGNING_KEY_SECRET, WEBHOOK_SECRET_KEY):
+        settings = _dev_with_secret(settings, name)
+    return settings
 
 
 def _dev_with(settings: Settings, args: argparse.Namespace, want_pg: bool,
@@ -245,6 +264,10 @@ def _run_parts(settings: Settings, parts: list[str], revive: Callable[[], list[s
     env["HEARTLINE_REDIS_URL"] = settings.redis_url or ""
     env["HEARTLINE_ADMIN_SECRET_KEY"] = settings.admin_secret_key or ""
     env["HEARTLINE_ADMIN_TOTP_KEYS"] = settings.admin_totp_keys
+    for name in (SIGNING_KEY_SECRET, WEBHOOK_SECRET_KEY):
+        secret = getattr(settings, name)
+        if secret:
+            env[variable(name)] = secret
     procs: dict[str, subprocess.Popen[str]] = {}
     for part in parts:
         procs[part] = subprocess.Popen([sys.executable, "-m", "heartline", part], env=env,

@@ -1,7 +1,8 @@
 """Resolving where PostgreSQL and Redis are: configured URLs, a running `heartline dev`, or neither.
 
-`heartline dev` writes the URLs of the servers it started to `<data_dir>/dev.json`, so that other
-commands (`heartline migrate`, `api-key`, the tests of a developer) find them without any setting.
+`heartline dev` writes the URLs of the servers it started, and the sealing secrets it made up
+(heartline/sealing.py), to `<data_dir>/dev.json` (0600), so that other commands (`heartline migrate`,
+`api-key`, `signing-key`, the tests of a developer) find them without any setting.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 import os
 from pathlib import Path
 
+from heartline.sealing import SIGNING_KEY_SECRET, WEBHOOK_SECRET_KEY
 from heartline.settings import PREFIX, Settings, SettingsError
 
 
@@ -22,7 +24,9 @@ def write_dev_state(settings: Settings, database_url: str, redis_url: str) -> No
 
     # the URLs carry the embedded servers' passwords: readable by this user only
     write_private(dev_state_path(settings),
-                  json.dumps({"database_url": database_url, "redis_url": redis_url, "pid": os.getpid()}))
+                  json.dumps({"database_url": database_url, "redis_url": redis_url, "pid": os.getpid(),
+                              SIGNING_KEY_SECRET: settings.signing_key_secret,
+                              WEBHOOK_SECRET_KEY: settings.webhook_secret_key}))
 
 
 def clear_dev_state(settings: Settings) -> None:
@@ -30,21 +34,26 @@ def clear_dev_state(settings: Settings) -> None:
 
 
 def resolve(settings: Settings, *, need_database: bool = True, need_redis: bool = True) -> Settings:
-    """Fill unset URLs from a running `heartline dev`; stop with one clear line when none is found."""
+    """Fill unset URLs (and sealing secrets) from a running `heartline dev`; stop with one clear line when
+    no URL is found."""
     db, rd = settings.database_url, settings.redis_url
+    signing, webhooks = settings.signing_key_secret, settings.webhook_secret_key
     state_file = dev_state_path(settings)
-    if (db is None or rd is None) and state_file.exists():
+    if None in (db, rd, signing, webhooks) and state_file.exists():
         state = json.loads(state_file.read_text())
         if _alive(int(state.get("pid", 0))):
             db = db or state["database_url"]
             rd = rd or state["redis_url"]
+            signing = signing or state.get(SIGNING_KEY_SECRET)
+            webhooks = webhooks or state.get(WEBHOOK_SECRET_KEY)
     if need_database and db is None:
         raise SettingsError(f"{PREFIX}DATABASE_URL is not set and no `heartline dev` is running; "
                             "set it or start `heartline dev`")
     if need_redis and rd is None:
         raise SettingsError(f"{PREFIX}REDIS_URL is not set and no `heartline dev` is running; "
                             "set it or start `heartline dev`")
-    return settings.replace(database_url=db, redis_url=rd)
+    return settings.replace(database_url=db, redis_url=rd, signing_key_secret=signing,
+                            webhook_secret_key=webhooks)
 
 
 def _alive(pid: int) -> bool:

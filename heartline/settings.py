@@ -181,8 +181,9 @@ class Settings:
 
     # Webhooks (docs/webhooks.md)
     webhook_secret_key: str | None = None
-    """Encrypts webhook signing secrets at rest; the admin and the worker must share it. Unset: generated
-    once and kept in the data dir (development only).
+    """Encrypts webhook signing secrets at rest; the admin and the worker must share it and do not start
+    without it. Only `heartline dev` makes one up when it is unset (kept in its data dir, 0600, and said
+    at its start).
     """
     webhook_allow_private_targets: bool = False
     """SSRF guard off: allow webhook endpoints on loopback, private, link-local or reserved addresses."""
@@ -205,8 +206,9 @@ class Settings:
 
     signing_key_secret: str | None = field(default=None, repr=False)
     """Seals the private keys that sign the edge's answers (at least 16 characters); every edge and
-    `heartline signing-key` need the same one.  Unset in development: generated once and kept in the data
-    dir.  See the client page (client.md)."""
+    `heartline signing-key` need the same one, and the edge does not start without it.  Only `heartline
+    dev` makes one up when it is unset (kept in its data dir, 0600, and said at its start).  See the
+    client page (client.md)."""
     signing_key_refresh_s: float = 10.0
     """How often an edge re-reads the signing keys: a rotation reaches every edge within this."""
     sign_answers: bool = True

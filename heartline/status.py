@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -45,7 +44,6 @@ class Verdict(StrEnum):
     OK = "ok"
     ATTENTION = "ATTENTION"
     UNKNOWN = "unknown"   # could not be checked because a server it needs is down (that one is listed)
-    ABSENT = "-"          # a part this installation does not have
 
 
 @dataclass
@@ -239,10 +237,7 @@ def _check_backups(report: Report, settings: Settings) -> None:
 
 
 async def _check_signing_keys(report: Report, dsn: str) -> None:
-    """Signing keys, once the signing part exists: one `active` key signs, `published` ones verify."""
-    if importlib.util.find_spec("heartline.signing") is None:
-        report.add("signing keys", Verdict.ABSENT, "not part of this installation")
-        return
+    """Signing keys: one `active` key signs, `published` ones verify."""
     conn = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT_S)
     try:
         if not await conn.fetchval("SELECT to_regclass('signing_keys') IS NOT NULL"):

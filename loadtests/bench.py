@@ -54,6 +54,7 @@ from loadtests.servers import (
     machine,
     process_cpu_s,
     redis_cpu_s,
+    sealing_env,
     services,
     start_server,
 )
@@ -228,7 +229,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTLINE_")}
         base_env.update({"HEARTLINE_DATABASE_URL": database_url, "HEARTLINE_STREAM_SHARDS": str(args.shards),
                          "HEARTLINE_HEARTBEAT_MIN_GAP_MS": "0", "HEARTLINE_LOG_LEVEL": "WARNING",
-                         "HEARTLINE_DATA_DIR": str(workdir / "data")})
+                         "HEARTLINE_DATA_DIR": str(workdir / "data"), **sealing_env(workdir / "data")})
         servers: list[Server] = []
         rounds: dict[str, list[Round]] = {variant: [] for variant in args.variants}
         try:

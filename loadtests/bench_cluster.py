@@ -41,7 +41,7 @@ from heartline.plane.sessions import PlaneCode, SessionPlane
 from heartline.settings import Settings
 from loadtests.loadgen import LoadResult, run_load, write_requests
 from loadtests.seed import LicenseSpec, Seed, seed
-from loadtests.servers import Server, machine, process_cpu_s, redis_cpu_s, start_server
+from loadtests.servers import Server, machine, process_cpu_s, redis_cpu_s, sealing_env, start_server
 
 SESSIONS_PER_LICENSE = 10
 START_BATCH = 4000
@@ -208,7 +208,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTLINE_")}
         base_env.update({"HEARTLINE_DATABASE_URL": database_url, "HEARTLINE_STREAM_SHARDS": str(args.shards),
                          "HEARTLINE_HEARTBEAT_MIN_GAP_MS": "0", "HEARTLINE_LOG_LEVEL": "WARNING",
-                         "HEARTLINE_DATA_DIR": str(workdir / "data")})
+                         "HEARTLINE_DATA_DIR": str(workdir / "data"), **sealing_env(workdir / "data")})
         edges: dict[str, list[Server]] = {}
         for config in CONFIGS:
             env = {**base_env, "HEARTLINE_REDIS_URL": cluster_url if config.cluster else single_url,

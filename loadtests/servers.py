@@ -21,6 +21,7 @@ from typing import Any, cast
 import redis
 
 from heartline.devstack import EmbeddedPostgres, EmbeddedRedis, free_port
+from heartline.sealing import SIGNING_KEY_SECRET, WEBHOOK_SECRET_KEY, dev_sealing_secret, variable
 
 
 @dataclass
@@ -42,6 +43,13 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def sealing_env(data_dir: Path) -> dict[str, str]:
+    """The sealing secrets of the servers a load test starts (heartline/sealing.py), made once into their
+    data folder as `heartline dev` makes its own."""
+    return {variable(name): dev_sealing_secret(data_dir, name)[0]
+            for name in (SIGNING_KEY_SECRET, WEBHOOK_SECRET_KEY)}
 
 
 def start_server(name: str, which: str, env: dict[str, str], workdir: Path) -> Server:

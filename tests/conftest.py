@@ -33,8 +33,11 @@ from heartline.settings import Settings
 
 # One secret seals the signing keys for the whole run, in this process and in every edge process a test
 # starts (they inherit it): the keys one test leaves in the database must open in the next test's edge.
+# Likewise one key seals the webhook secrets, for the admin and the worker (heartline/sealing.py).
 TEST_SIGNING_SECRET = "heartline-test-suite-signing-key-secret"
+TEST_WEBHOOK_KEY = "heartline-test-suite-webhook-secret-key"
 os.environ["HEARTLINE_SIGNING_KEY_SECRET"] = TEST_SIGNING_SECRET
+os.environ["HEARTLINE_WEBHOOK_SECRET_KEY"] = TEST_WEBHOOK_KEY
 
 # One database per test run, so runs sharing a server do not truncate each other's tables.
 TEST_DATABASE = f"heartline_test_{os.getpid()}"
@@ -177,7 +180,7 @@ def settings(database_url: str, plane_url: str, tmp_path: Path) -> Settings:
     """Settings for one test: real servers, short intervals so timeouts can be seen in seconds."""
     return Settings(database_url=database_url, redis_url=plane_url, data_dir=tmp_path / "data",
                     backup_dir=tmp_path / "backups", heartbeat_min_gap_ms=0, stream_shards=4,
-                    signing_key_secret=TEST_SIGNING_SECRET)
+                    signing_key_secret=TEST_SIGNING_SECRET, webhook_secret_key=TEST_WEBHOOK_KEY)
 
 
 @pytest.fixture

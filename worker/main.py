@@ -18,6 +18,7 @@ from arq.worker import get_kwargs
 
 from heartline import services
 from heartline.plane.redis import is_cluster_url
+from heartline.sealing import WEBHOOK_SECRET_KEY, sealing_secret
 from heartline.settings import Settings
 from worker.arq_wiring import shutdown, startup, worker_settings
 from worker.arq_worker import Worker
@@ -33,6 +34,7 @@ def main(settings: Settings, argv: list[str]) -> int:
                     "HEARTLINE_WORKER_METRICS_PORT.")
     parser.parse_args(argv)
     settings = services.resolve(settings)
+    sealing_secret(settings, WEBHOOK_SECRET_KEY)  # stops here, with one line, when unset
     if is_cluster_url(settings.redis_url or ""):
         asyncio.run(run_without_arq(settings))
         return 0

@@ -12,9 +12,10 @@ import json
 import sys
 
 from heartline import db, services
+from heartline.sealing import SIGNING_KEY_SECRET, sealing_secret
 from heartline.settings import Settings
 from heartline.signing.jwks import b64url, jwks
-from heartline.signing.keys import KeyBox, PublicKey, SigningKeyError, create_key, list_keys, resolve_secret
+from heartline.signing.keys import KeyBox, PublicKey, SigningKeyError, create_key, list_keys
 from heartline.signing.keys import retire as retire_key
 from heartline.signing.keys import rotate as rotate_key
 
@@ -60,7 +61,7 @@ def main(settings: Settings, argv: list[str]) -> int:
                 key = await retire_key(conn, args.kid)
                 print(f"{_line(key)}\nedges stop publishing it within {settings.signing_key_refresh_s:g}s")
                 return 0
-            box = KeyBox(resolve_secret(settings))
+            box = KeyBox(sealing_secret(settings, SIGNING_KEY_SECRET))
             if args.action == "create":
                 key = await create_key(conn, box, activate=args.activate)
             else:

@@ -15,7 +15,6 @@ import logging
 import os
 import secrets
 from dataclasses import dataclass
-from pathlib import Path
 
 import asyncpg
 from cryptography.exceptions import InvalidTag
@@ -25,11 +24,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from heartline.db import Conn
-from heartline.settings import PREFIX, Settings, SettingsError
+from heartline.settings import PREFIX, SettingsError
 
 log = logging.getLogger("heartline.signing")
 
-SECRET_FILE = "signing_key_secret"
 NONCE_BYTES = 12
 # One lock for every change of key status, so two rotations never interleave.
 ROTATION_LOCK = 0x5167_4E31
@@ -62,27 +60,6 @@ class ActiveKey:
 
     def __repr__(self) -> str:  # never print a private key, even by accident
         return f"ActiveKey(kid={self.kid!r})"
-
-
-def resolve_secret(settings: Settings) -> str:
-    """HEARTLINE_SIGNING_KEY_SECRET, or in development a random one kept in the data folder (mode 0600).
-
-    Every edge and the CLI must see the same secret: in a deployment of several machines, set it."""
-    if settings.signing_key_secret:
-        return settings.signing_key_secret
-    path = Path(settings.data_dir) / SECRET_FILE
-    if path.exists():
-        return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    secret = secrets.token_urlsafe(48)
-    # O_EXCL: two processes starting at once must not overwrite each other's secret.
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as handle:
-        handle.write(secret)
-    return secret
 
 
 class KeyBox:

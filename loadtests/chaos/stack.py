@@ -28,6 +28,7 @@ from pathlib import Path
 import asyncpg
 
 from heartline.devstack import DevStackError, EmbeddedPostgres, free_port
+from loadtests.servers import sealing_env
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -199,7 +200,7 @@ def part_env(workdir: Path, database_url: str, redis_url: str, extra: dict[str, 
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTLINE_")}
     env.update({"HEARTLINE_DATABASE_URL": database_url, "HEARTLINE_REDIS_URL": redis_url,
                 "HEARTLINE_DATA_DIR": str(workdir / "data"), "HEARTLINE_BACKUP_DIR": str(workdir / "backups"),
-                **extra})
+                **sealing_env(workdir / "data"), **extra})
     return env
 
 

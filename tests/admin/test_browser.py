@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import socket
 import subprocess
@@ -23,7 +22,7 @@ import psycopg
 import pytest
 from admin_support import Admin
 from flask import Flask
-from shared_support import one
+from shared_support import one, process_env
 
 from admin.security.totp import code_for, current_step
 from heartline.settings import Settings
@@ -75,7 +74,7 @@ def edge_and_worker(admin_settings: Settings, pg: psycopg.Connection[Any],
                     tmp_path: Path) -> Iterator[str]:
     """`heartline edge` and `heartline worker` as subprocesses on the suite's servers (started after
     `pg` emptied the tables and Redis, so the worker's consumer groups are its own)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTLINE_") or k == "HEARTLINE_SIGNING_KEY_SECRET"}
+    env = process_env()
     edge_port, metrics_port = free_port(), free_port()
     env.update({
         "HEARTLINE_DATABASE_URL": admin_settings.database_url or "",

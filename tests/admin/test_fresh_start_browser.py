@@ -6,7 +6,6 @@ warnings teaches them to ignore warnings."""
 
 from __future__ import annotations
 
-import os
 import queue
 import re
 import signal
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from shared_support import pump
+from shared_support import process_env, pump
 
 from admin.security.totp import code_for, current_step
 from heartline.devstack import free_port
@@ -36,7 +35,7 @@ PROBLEM = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|Traceback")
 
 class DevProcess:
     def __init__(self, data: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTLINE_")}
+        env = process_env(sealing_secrets=False)
         self.edge_port, self.admin_port = free_port(), free_port()
         env.update(HEARTLINE_DATA_DIR=str(data), HEARTLINE_EDGE_PORT=str(self.edge_port),
                    HEARTLINE_ADMIN_PORT=str(self.admin_port), HEARTLINE_WORKER_METRICS_PORT=str(free_port()))

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
+from shared_support import process_env
 
 from heartline.devstack import free_port
 from heartline.settings import Settings
@@ -24,7 +24,7 @@ class ServerProcess:
         self.part = part
         self.port = free_port()
         self.log_path = log_path
-        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("HEARTLINE_")},
+        self.env = {**process_env(),
                     "HEARTLINE_DATABASE_URL": settings.database_url or "",
                     "HEARTLINE_REDIS_URL": settings.redis_url or "",
                     "HEARTLINE_STREAM_SHARDS": str(settings.stream_shards),

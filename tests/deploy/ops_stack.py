@@ -4,7 +4,6 @@ on free ports) over a given PostgreSQL database and Redis, plus the `heartline` 
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import shared_support
 
 from heartline.devstack import free_port
 
@@ -62,12 +62,11 @@ class OpsStack:
 
 
 def process_env(database_url: str, redis_url: str, tmp: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTLINE_") or k == "HEARTLINE_SIGNING_KEY_SECRET"}
-    env.update(HEARTLINE_DATABASE_URL=database_url, HEARTLINE_REDIS_URL=redis_url,
-               HEARTLINE_STREAM_SHARDS=str(SHARDS), HEARTLINE_HEARTBEAT_MIN_GAP_MS="0",
-               HEARTLINE_DATA_DIR=str(tmp / "data"), HEARTLINE_BACKUP_DIR=str(tmp / "backups"),
-               HEARTLINE_LOG_LEVEL="WARNING", **extra)
-    return env
+    return shared_support.process_env({
+        "HEARTLINE_DATABASE_URL": database_url, "HEARTLINE_REDIS_URL": redis_url,
+        "HEARTLINE_STREAM_SHARDS": SHARDS, "HEARTLINE_HEARTBEAT_MIN_GAP_MS": 0,
+        "HEARTLINE_DATA_DIR": tmp / "data", "HEARTLINE_BACKUP_DIR": tmp / "backups",
+        "HEARTLINE_LOG_LEVEL": "WARNING", **extra})
 
 
 @contextlib.contextmanager

@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import io
 import json
-import os
 import subprocess
 import sys
 import tarfile
@@ -17,7 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 import redis.asyncio as aioredis
-from shared_support import one
+from shared_support import one, process_env
 
 from heartline import backup
 from heartline.backup import Archive, BackupError, BackupErrorCode, pgtools, restore
@@ -275,7 +274,7 @@ def test_archive_verify_rejects_a_tar_that_is_not_a_backup(tmp_path: Path) -> No
 
 
 def test_heartline_backup_command_creates_lists_and_guards_restore(backup_settings: Settings) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTLINE_") or k == "HEARTLINE_SIGNING_KEY_SECRET"}
+    env = process_env()
     env.update(HEARTLINE_DATABASE_URL=backup_settings.database_url or "",
                HEARTLINE_BACKUP_DIR=str(backup_settings.backup_dir),
                HEARTLINE_DATA_DIR=str(backup_settings.data_dir))

@@ -32,6 +32,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from shared_support import process_env
 
 from admin.security.keys import new_key
 from heartline import apikeys
@@ -189,12 +190,9 @@ class Stack:
 
 
 def _process_env(database_url: str, redis_url: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTLINE_") or k == "HEARTLINE_SIGNING_KEY_SECRET"}
-    env.update(HEARTLINE_DATABASE_URL=database_url, HEARTLINE_REDIS_URL=redis_url,
-               HEARTLINE_SIGNING_KEY_SECRET=os.environ["HEARTLINE_SIGNING_KEY_SECRET"],
-               HEARTLINE_STREAM_SHARDS=str(SHARDS), HEARTLINE_HEARTBEAT_MIN_GAP_MS="0",
-               HEARTLINE_TRUSTED_PROXIES="127.0.0.1/32", HEARTLINE_LOG_LEVEL="WARNING", **extra)
-    return env
+    return process_env({"HEARTLINE_DATABASE_URL": database_url, "HEARTLINE_REDIS_URL": redis_url,
+                        "HEARTLINE_STREAM_SHARDS": SHARDS, "HEARTLINE_HEARTBEAT_MIN_GAP_MS": 0,
+                        "HEARTLINE_TRUSTED_PROXIES": "127.0.0.1/32", "HEARTLINE_LOG_LEVEL": "WARNING", **extra})
 
 
 @pytest.fixture(scope="module")

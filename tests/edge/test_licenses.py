@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+from shared_support import process_env
 
 from edge.app import create_app
 from heartline.devstack import free_port
@@ -108,7 +108,7 @@ async def test_a_license_the_heartbeat_defaults_contradict_is_refused_not_served
 async def test_the_edge_refuses_to_start_with_heartbeat_defaults_that_contradict_a_license(
         database_url: str, redis_url: str, make_license: Callable[..., Any], tmp_path: Path) -> None:
     lic = await make_license(heartbeat_interval_s=40)
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("HEARTLINE_") or k == "HEARTLINE_SIGNING_KEY_SECRET"},
+    env = {**process_env(),
            "HEARTLINE_DATABASE_URL": database_url, "HEARTLINE_REDIS_URL": redis_url,
            "HEARTLINE_DATA_DIR": str(tmp_path), "HEARTLINE_EDGE_PORT": str(free_port()),
            "HEARTLINE_HEARTBEAT_INTERVAL_S": "10", "HEARTLINE_HEARTBEAT_TIMEOUT_S": "25"}
@@ -130,7 +130,7 @@ async def test_the_edge_refuses_to_start_with_heartbeat_defaults_that_contradict
 async def test_the_edge_starts_while_postgres_is_unreachable_and_skips_the_defaults_check(
         redis_url: str, tmp_path: Path) -> None:
     port = free_port()
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("HEARTLINE_") or k == "HEARTLINE_SIGNING_KEY_SECRET"},
+    env = {**process_env(),
            "HEARTLINE_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/nothing",
            "HEARTLINE_REDIS_URL": redis_url, "HEARTLINE_DATA_DIR": str(tmp_path),
            "HEARTLINE_EDGE_PORT": str(port)}

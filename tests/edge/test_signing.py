@@ -21,13 +21,13 @@ from http_message_signatures.resolvers import MappingKeyResolver
 from shared_support import found
 from starlette.applications import Starlette
 
+from heartline.sealing import SIGNING_KEY_SECRET, sealing_secret
 from heartline.settings import Settings
 from heartline.signing.keys import (
     KeyBox,
     SigningKeyError,
     create_key,
     list_keys,
-    resolve_secret,
     retire,
     rotate,
 )
@@ -209,7 +209,7 @@ async def test_rotation_old_kid_verifies_until_retired(
     before = await client.post("/v1/licenses/validate", json=body)
     old_kid = _ours(await _key_set(client), before, None)
 
-    box = KeyBox(resolve_secret(edge_settings))
+    box = KeyBox(sealing_secret(edge_settings, SIGNING_KEY_SECRET))
     announced = await create_key(db, box)                       # published ahead, not signing yet
     await app.state.edge.signing.refresh()
     assert _ours(await _key_set(client), await client.post("/v1/licenses/validate", json=body), None) == old_kid
@@ -246,7 +246,7 @@ async def test_edges_pick_up_a_rotation_by_themselves(
     async with app.router.lifespan_context(app), httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://edge", headers={"X-API-Key": api_key}) as http:
         first = app.state.edge.signing.signer.kid
-        new = await rotate(db, KeyBox(resolve_secret(edge_settings)))
+        new = await rotate(db, KeyBox(sealing_secret(edge_settings, SIGNING_KEY_SECRET)))
         for _ in range(100):
             if app.state.edge.signing.signer.kid == new.kid:
                 break
@@ -269,7 +269,7 @@ async def test_private_keys_are_sealed_and_never_logged(
     from heartline.signing.keys import ensure_active_key, load_active_key
 
     caplog.set_level(logging.DEBUG)
-    box = KeyBox(resolve_secret(edge_settings))
+    box = KeyBox(sealing_secret(edge_settings, SIGNING_KEY_SECRET))
     created = await create_key(db, box, activate=True)
     pool = await asyncpg.create_pool(edge_settings.database_url, min_size=1, max_size=2)
     try:
@@ -290,7 +290,7 @@ async def test_private_keys_are_sealed_and_never_logged(
 
 
 async def test_only_one_key_signs(db: asyncpg.Connection, edge_settings: Settings) -> None:
-    box = KeyBox(resolve_secret(edge_settings))
+    box = KeyBox(sealing_secret(edge_settings, SIGNING_KEY_SECRET))
     for _ in range(3):
         await rotate(db, box)
     assert [k.status.value for k in await list_keys(db)] == ["published", "published", "active"]

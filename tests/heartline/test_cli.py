@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import asyncpg
-from shared_support import found
+from shared_support import found, process_env
 
 from heartline.apikeys import hash_key, is_well_formed
+from heartline.settings import Settings
 
 
 def _run(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("HEARTLINE_")}
+    base = process_env(sealing_secrets=False)
     return subprocess.run([sys.executable, "-m", "heartline", *args], env={**base, **env},
                           capture_output=True, text=True, timeout=timeout, check=False)
 
@@ -58,3 +58,17 @@ async def test_api_key_create_prints_it_once_and_stores_only_its_hash(
     assert _run(["api-key", "revoke", str(key_id)], env).returncode == 1
     audit = await db.fetch("SELECT actor, operation FROM audit_log WHERE table_name = 'api_keys' ORDER BY id")
     assert [(r["actor"], r["operation"]) for r in audit] == [("cli", "INSERT"), ("cli", "UPDATE")]
+
+
+def test_a_process_without_its_sealing_secret_stops_at_start_with_one_line(
+        database_url: str, settings: Settings, tmp_path: Path) -> None:
+    env = {"HEARTLINE_DATABASE_URL": database_url, "HEARTLINE_REDIS_URL": settings.redis_url or "",
+           "HEARTLINE_DATA_DIR": str(tmp_path)}
+    for part, variable in (("edge", "HEARTLINE_SIGNING_KEY_SECRET"), ("worker", "HEARTLINE_WEBHOOK_SECRET_KEY"),
+                           ("admin", "HEARTLINE_WEBHOOK_SECRET_KEY")):
+        res = _run([part], env, timeout=60)
+        assert res.returncode == 2, (part, res.stderr)
+        [line] = res.stderr.strip().splitlines()
+        assert line.startswith(f"heartline {part}: {variable} is not set: "), (part, line)
+    # nothing made up in the data folder: only `heartline dev` does that
+    assert not (tmp_path / "signing_key_secret").exists() and not (tmp_path / "webhook_secret_key").exists()

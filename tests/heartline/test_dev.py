@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from shared_support import pump
+from shared_support import process_env, pump
 
 from heartline.devstack import free_port
 
@@ -53,7 +53,7 @@ def dev_dir() -> Iterator[Path]:
 
 def test_dev_brings_up_everything_and_stops_cleanly_on_ctrl_c(dev_dir: Path) -> None:
     tmp_path = dev_dir
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTLINE_")}
+    env = process_env(sealing_secrets=False)
     edge_port, admin_port = free_port(), free_port()
     env.update(HEARTLINE_DATA_DIR=str(tmp_path / "data"), HEARTLINE_EDGE_PORT=str(edge_port),
                HEARTLINE_ADMIN_PORT=str(admin_port), HEARTLINE_WORKER_METRICS_PORT=str(free_port()))
@@ -118,7 +118,7 @@ def test_dev_brings_up_everything_and_stops_cleanly_on_ctrl_c(dev_dir: Path) -> 
 def test_dev_restarts_an_embedded_server_that_died_and_ctrl_c_stops_the_restarted_one(dev_dir: Path) -> None:
     """kill -9 of the embedded Redis and PostgreSQL: `heartline dev` says so and restarts them, edge and
     admin keep running (and work again), and Ctrl-C afterwards stops the restarted servers too."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTLINE_")}
+    env = process_env(sealing_secrets=False)
     edge_port, admin_port = free_port(), free_port()
     env.update(HEARTLINE_DATA_DIR=str(dev_dir / "data"), HEARTLINE_EDGE_PORT=str(edge_port),
                HEARTLINE_ADMIN_PORT=str(admin_port))

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import asyncpg
+from shared_support import process_env
 
 
 def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("HEARTLINE_")}
+    base = process_env(sealing_secrets=False)
     return subprocess.run([sys.executable, "-m", "heartline", "signing-key", *args], env={**base, **env},
                           capture_output=True, text=True, timeout=120, check=False)
 

@@ -4,7 +4,6 @@ PostgreSQL, real pg_dump."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
+from shared_support import process_env
 
 from heartline.backup import Archive, local_archives
 from heartline.migrations import SQL_DIR, load_migrations, migrate
@@ -21,7 +21,7 @@ MakeDatabase = Callable[[str], Awaitable[str]]
 
 
 def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("HEARTLINE_")}
+    base = process_env(sealing_secrets=False)
     return subprocess.run([sys.executable, "-m", "heartline", *args], env={**base, **env},
                           capture_output=True, text=True, timeout=300, check=False)
 

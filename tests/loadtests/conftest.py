@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -10,6 +9,7 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
+from shared_support import process_env
 
 from heartline.devstack import free_port
 
@@ -17,7 +17,7 @@ from heartline.devstack import free_port
 @pytest.fixture(scope="module")
 def floor_url() -> Iterator[str]:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTLINE_")}
+    env = process_env(sealing_secrets=False)
     proc = subprocess.Popen([sys.executable, "-m", "loadtests.serve", "floor", "--port", str(port)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"

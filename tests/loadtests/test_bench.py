@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from shared_support import process_env
 
 
 @pytest.mark.slow
 def test_bench_measures_floor_heartbeats_and_memory_in_one_run(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTLINE_")}
+    env = process_env(sealing_secrets=False)
     res = subprocess.run(
         [sys.executable, "-m", "loadtests.bench", "--rounds", "1", "--duration", "1", "--warmup", "1",
          "--sessions", "40", "--large-sessions", "300", "--hot-set", "40", "--connections", "4",

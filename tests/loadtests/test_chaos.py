@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from shared_support import process_env
 
 from loadtests.chaos.faults import FaultKind
 
@@ -29,7 +30,7 @@ def test_two_minute_soak_breaks_no_promise(tmp_path: Path) -> None:
     server = os.environ.get("HEARTLINE_TEST_DATABASE_URL")
     if server:
         command += ["--database-url", server]   # a fresh database on it, dropped at the end
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTLINE_")}
+    env = process_env(sealing_secrets=False)
     run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=False,
                          timeout=MINUTES * 60 + 900)
     output = run.stdout[-8000:] + run.stderr[-4000:]

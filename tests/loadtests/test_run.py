@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from shared_support import process_env
 
 from loadtests.run import license_specs, parse_duration, summarize
 from loadtests.scenarios.context import ScenarioContext, ScenarioOptions
@@ -51,7 +51,7 @@ def test_programs_get_two_per_license_and_refusals_their_own_licenses() -> None:
 
 @pytest.mark.slow
 def test_run_drives_a_dev_stack_and_finds_every_accepted_heartbeat_in_postgresql(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEARTLINE_")}
+    env = process_env(sealing_secrets=False)
     res = subprocess.run(
         [sys.executable, "-m", "loadtests.run", "--users", "6", "--spawn-rate", "6", "--duration", "8s",
          "--time-scale", "30", "--start-stack", "--drain-timeout", "30", "--out", str(tmp_path)],

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import queue
-from collections.abc import Iterable
-from typing import Any, TypeVar
+from collections.abc import Iterable, Mapping
+from typing import TypeVar
 
 import psycopg
 
@@ -19,14 +19,17 @@ def one(cursor: psycopg.Cursor[Row]) -> Row:
     return row
 
 
-def process_env(*, signing_secret: bool = True, **settings: Any) -> dict[str, str]:
+# The suite's sealing secrets (tests/conftest.py): the keys and secrets one process seals, the next opens.
+SEALING_SECRETS = ("HEARTLINE_SIGNING_KEY_SECRET", "HEARTLINE_WEBHOOK_SECRET_KEY")
+
+
+def process_env(settings: Mapping[str, object] | None = None, *, sealing_secrets: bool = True) -> dict[str, str]:
     """The environment for an edge, worker, admin or CLI process a test starts: this one's without any
-    HEARTLINE_* variable (a developer's or the suite's settings must not leak in), except the signing
-    key secret (tests/conftest.py) unless `signing_secret` is false, plus `settings` (names as given,
-    values as strings)."""
+    HEARTLINE_* variable (a developer's or the suite's settings must not leak in), except the sealing
+    secrets unless `sealing_secrets` is false, plus `settings` (names as given, values as strings)."""
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith("HEARTLINE_") or (signing_secret and k == "HEARTLINE_SIGNING_KEY_SECRET")}
-    env.update({name: str(value) for name, value in settings.items()})
+           if not k.startswith("HEARTLINE_") or (sealing_secrets and k in SEALING_SECRETS)}
+    env.update({name: str(value) for name, value in (settings or {}).items()})
     return env
 
 

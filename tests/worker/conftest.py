@@ -7,11 +7,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
+import httpx
 import msgspec
 import pytest
 import redis.asyncio as aioredis
 from worker_support import LiveLicense
 
+from edge.app import create_app
+from heartline.apikeys import create_api_key
 from heartline.license_cache import to_cached
 from heartline.plane.sessions import SessionPlane
 from heartline.settings import Settings
@@ -41,6 +44,20 @@ async def worker_ctx(worker_settings: Settings, db: asyncpg.Connection,
 def run_loops(worker_ctx: dict[str, Any]) -> Callable[[], None]:
     """Start the worker's loops on worker_ctx (stopped by worker_ctx's teardown)."""
     return lambda: start_loops(worker_ctx)
+
+
+@pytest.fixture
+async def edge(worker_settings: Settings, worker_ctx: dict[str, Any], run_loops: Callable[[], None],
+               db: asyncpg.Connection) -> AsyncIterator[httpx.AsyncClient]:
+    """The edge app in process next to a running worker (the worker's loops started), and a client
+    holding a valid API key."""
+    key = await create_api_key(db, "worker-tests", created_by="tests")
+    app = create_app(worker_settings)
+    run_loops()
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://edge",
+            headers={"X-API-Key": key.key}) as client:
+        yield client
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -25,8 +24,6 @@ import pytest
 from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
-from edge.app import create_app
-from heartline.apikeys import create_api_key
 from heartline.devcluster import EmbeddedRedisCluster
 from heartline.plane import keys
 from heartline.settings import Settings
@@ -41,18 +38,6 @@ RECOVERY_LIMIT_S = 120.0
 @pytest.fixture
 def worker_settings(worker_settings: Settings, request: pytest.FixtureRequest) -> Settings:
     return worker_settings.replace(stream_shards=16, redis_min_replicas=request.param)
-
-
-@pytest.fixture
-async def edge(worker_settings: Settings, worker_ctx: dict[str, Any], run_loops: Any,
-               db: asyncpg.Connection) -> AsyncIterator[httpx.AsyncClient]:
-    key = await create_api_key(db, "failover", created_by="tests")
-    app = create_app(worker_settings)
-    run_loops()
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://edge",
-            headers={"X-API-Key": key.key}) as client:
-        yield client
 
 
 async def _drained(cluster_redis: Any, shards: int) -> bool:

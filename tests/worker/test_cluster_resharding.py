@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -19,8 +18,6 @@ import pytest
 from redis.crc import key_slot
 from worker_support import eventually
 
-from edge.app import create_app
-from heartline.apikeys import create_api_key
 from heartline.devcluster import EmbeddedRedisCluster
 from heartline.plane import keys
 from heartline.settings import Settings
@@ -31,18 +28,6 @@ LICENSES = 8
 @pytest.fixture
 def worker_settings(worker_settings: Settings) -> Settings:
     return worker_settings.replace(stream_shards=2)  # the licenses crowd into the shard that moves
-
-
-@pytest.fixture
-async def edge(worker_settings: Settings, worker_ctx: dict[str, Any], run_loops: Any,
-               db: asyncpg.Connection) -> AsyncIterator[httpx.AsyncClient]:
-    key = await create_api_key(db, "resharding", created_by="tests")
-    app = create_app(worker_settings)
-    run_loops()
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://edge",
-            headers={"X-API-Key": key.key}) as client:
-        yield client
 
 
 @pytest.mark.slow

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,22 +12,7 @@ import pytest
 from shared_support import found
 from worker_support import eventually
 
-from edge.app import create_app
-from heartline.apikeys import create_api_key
 from heartline.settings import Settings
-
-
-@pytest.fixture
-async def edge(worker_settings: Settings, worker_ctx: dict[str, Any], run_loops: Any,
-               db: asyncpg.Connection) -> AsyncIterator[httpx.AsyncClient]:
-    """The edge app in process next to a running worker, and a client holding a valid API key."""
-    key = await create_api_key(db, "worker-e2e", created_by="tests")
-    app = create_app(worker_settings)
-    run_loops()
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://edge",
-            headers={"X-API-Key": key.key}) as client:
-        yield client
 
 
 @pytest.mark.parametrize("plane_mode", ["single", "cluster"], indirect=True)

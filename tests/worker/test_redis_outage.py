@@ -5,7 +5,6 @@ every heartbeat answered 200 before and after is stored exactly once."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 from collections import Counter
@@ -16,6 +15,7 @@ import asyncpg
 import httpx
 import pytest
 from redis_process import RedisProcess
+from shared_support import process_env
 from worker_support import eventually
 
 from edge.app import create_app
@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 async def _start_worker(settings: Settings, redis_url: str, metrics_port: int,
                         log_path: Path) -> asyncio.subprocess.Process:
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("HEARTLINE_")},
+    env = {**process_env(),
            "HEARTLINE_DATABASE_URL": settings.database_url or "", "HEARTLINE_REDIS_URL": redis_url,
            "HEARTLINE_STREAM_SHARDS": str(settings.stream_shards), "HEARTLINE_FLUSH_INTERVAL_S": "0.05",
            "HEARTLINE_REAP_INTERVAL_S": "0.2", "HEARTLINE_RECONCILE_INTERVAL_S": "0.5",
