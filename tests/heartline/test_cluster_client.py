@@ -8,12 +8,13 @@ import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException
+from shared_support import found
 
 from heartline.devcluster import EmbeddedRedisCluster, embedded_cluster
 from heartline.plane import keys
@@ -199,7 +200,8 @@ def _failover_to(cluster: EmbeddedRedisCluster, replica: Any, master: Any) -> No
 
 
 def _replica_of(cluster: EmbeddedRedisCluster, master_port: int) -> int:
-    info = cluster.node(master_port).client().info("replication")
+    # redis-py types info() for both clients
+    info = cast(dict[str, Any], cluster.node(master_port).client().info("replication"))
     return int(info["slave0"]["port"])
 
 
@@ -244,12 +246,12 @@ async def test_admin_actions_reach_sessions_on_the_cluster(cluster_redis: Any, s
 
     plane = SessionPlane(cluster_redis, settings)
     await plane.load_scripts()
-    tokens = {}
+    tokens: dict[int, str] = {}
     for license_id in (21, 22, 23):
         cached = CachedLicense(license_id=license_id, version=1, status="active", valid_from_ms=0,
                                valid_until_ms=None, device_limit=3, sessions_limit=2, interval_s=1, timeout_s=30)
         assert await plane.cache_license(cached, {"a": 1, "b": 2})
-        tokens[license_id] = (await plane.start_session(license_id, "a")).token
+        tokens[license_id] = found((await plane.start_session(license_id, "a")).token)
     admin = AdminPlane(settings)  # its own RedisCluster client, in a thread of its own
     assert await asyncio.to_thread(admin.terminate_session, 21, tokens[21])
     assert await asyncio.to_thread(admin.end_license_sessions, 22, EndReason.ADMIN_TERMINATED) == 1
