@@ -4,6 +4,7 @@ users, a sync PostgreSQL connection for assertions, and a helper that signs in w
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -44,7 +45,9 @@ def admin_settings(database_url: str, redis_url: str, tmp_path_factory: pytest.T
     return Settings(database_url=database_url, redis_url=redis_url, data_dir=root / "data",
                     backup_dir=root / "backups", heartbeat_min_gap_ms=0, stream_shards=4,
                     admin_secret_key="test-admin-secret-key", admin_totp_keys=new_key(),
-                    totp_max_failures=5, totp_lockout_s=300)
+                    totp_max_failures=5, totp_lockout_s=300,
+                    # the suite's (tests/conftest.py): the worker processes some tests start open what this seals
+                    webhook_secret_key=os.environ["HEARTLINE_WEBHOOK_SECRET_KEY"])
 
 
 @pytest.fixture(scope="session")
