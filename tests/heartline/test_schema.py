@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from shared_support import found
 
 
 async def test_device_limit_must_be_between_1_and_10(make_license: Callable[..., Any]) -> None:
@@ -147,10 +148,10 @@ async def test_device_triggers_skip_last_seen_updates_and_keep_the_others(
                             "VALUES ($1, 'fp') RETURNING id", lic["id"])
 
     async def counts() -> tuple[int, int, int]:
-        row = await db.fetchrow(
+        row = found(await db.fetchrow(
             "SELECT (SELECT count(*) FROM audit_log WHERE table_name = 'device_registrations') AS a, "
             "(SELECT count(*) FROM webhook_outbox WHERE event_type LIKE 'device.%') AS w, "
-            "(SELECT count(*) FROM device_changes) AS c")
+            "(SELECT count(*) FROM device_changes) AS c"))
         return row["a"], row["w"], row["c"]
 
     before = await counts()

@@ -143,7 +143,7 @@ async def test_entries_of_both_formats_are_stored_once_each_with_their_fields(
     device = await make_device(db, lic["id"])
     token = await open_session(db, lic["id"], device)
     other = await open_session(db, lic["id"], None)
-    stamps = {}
+    stamps: dict[str, tuple[str, int | None]] = {}
     for n in range(40):
         stamp = ms(2026, 11, 30, 12, 0, n)
         stamps[await add_heartbeat(redis, shards, lic["id"], token, device, entry_id=f"{stamp}-0",
