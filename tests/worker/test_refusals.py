@@ -4,7 +4,7 @@ again), and a real receiver gets session.refused with the code."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
@@ -14,8 +14,6 @@ import redis.asyncio as aioredis
 from webhook_receiver import Receiver
 from worker_support import eventually
 
-from edge.app import create_app
-from heartline.apikeys import create_api_key
 from heartline.plane import keys
 from heartline.settings import Settings
 from heartline.webhooks import store
@@ -41,18 +39,16 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture
-async def edge(worker_settings: Settings, worker_ctx: dict[str, Any], run_loops: Any,
-               db: asyncpg.Connection, receiver: Receiver) -> AsyncIterator[httpx.AsyncClient]:
-    """The edge app in process next to a running worker whose webhook endpoint is the receiver."""
+async def endpoint(db: asyncpg.Connection, worker_settings: Settings, receiver: Receiver) -> None:
+    """The receiver as the webhook endpoint of session.refused (before the worker's loops start)."""
     _endpoint, receiver.secret = await store.create_endpoint(db, SecretBox(worker_settings), receiver.url,
                                                              event_types=("session.refused",))
-    key = await create_api_key(db, "refusals-e2e", created_by="tests")
-    app = create_app(worker_settings)
-    run_loops()
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://edge",
-            headers={"X-API-Key": key.key}) as client:
-        yield client
+
+
+@pytest.fixture
+async def edge(endpoint: None, edge: httpx.AsyncClient) -> httpx.AsyncClient:
+    """conftest's edge next to a running worker, whose webhook endpoint is the receiver."""
+    return edge
 
 
 async def _rollup(db: asyncpg.Connection, license_id: int) -> dict[str, int]:
