@@ -11,7 +11,9 @@ What one run does:
    plane's own Python API (`SessionPlane.start_session`, pipelined by the multiplexing client), and
    reads Redis's `used_memory` before and after: bytes per live session;
 3. serves the floor (loadtests/floor.py) and two edges (one per Redis) through loadtests/serve.py, so
-   all three run on identical uvicorn settings (uvloop, httptools, 1 worker);
+   all three run on identical uvicorn settings (uvloop, httptools, 1 worker); `edge-granian` is served by
+   granian and measured against a second floor on granian (`floor-granian`), with `edge` the server
+   choice side by side;
 4. per round: saturates the floor, the edge with `--sessions`, the edge with `--large-sessions` (one at a
    time, the others idle), then drives the first edge at half its saturating rate for its latency, and
    the floor at that same rate (the latency the machine adds by itself: other processes, the scheduler);
@@ -47,16 +49,16 @@ from heartline.settings import Settings
 from loadtests.loadgen import LoadResult, run_load, write_requests, wrk_available
 from loadtests.plane import Plane, fill_plane, heartbeat_requests
 from loadtests.seed import LicenseSpec, Seed, seed
-from loadtests.serve import VARIANTS
+from loadtests.serve import VARIANTS, floor_of, server_of
 from loadtests.servers import (
     Server,
     cpu_pressure_us,
     machine,
-    process_cpu_s,
     redis_cpu_s,
     sealing_env,
     services,
     start_server,
+    tree_cpu_s,
 )
 
 REPORTS = Path(__file__).with_name("reports")
@@ -233,8 +235,10 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         servers: list[Server] = []
         rounds: dict[str, list[Round]] = {variant: [] for variant in args.variants}
         try:
-            floor = start_server("floor", "floor", base_env, workdir)
-            servers.append(floor)
+            # one floor per server the variants run on (uvicorn, granian), each variant against its own
+            floors = {name: start_server(name, name, base_env, workdir)
+                      for name in dict.fromkeys(floor_of(variant) for variant in args.variants)}
+            servers += floors.values()
             # one edge per variant and plane; only the one being measured is loaded, the others idle
             edges: dict[tuple[str, str], Server] = {}
             for variant in args.variants:
@@ -252,12 +256,13 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             def load(server: Server, plane_label: str, duration: float, rate: float | None = None) -> LoadResult:
                 # saturation with `--tool`; a fixed rate with `--paced-tool` (open loop by default)
                 generator = args.paced_tool if rate else tool
-                requests_file, seed_data = targets[plane_label] if server is not floor else (floor_file, small_seed)
+                requests_file, seed_data = (floor_file, small_seed) if server in floors.values() \
+                    else targets[plane_label]
                 redis_before = redis_cpu_s(redis_of[plane_label])
-                cpu_before = process_cpu_s(server.proc.pid)
+                cpu_before = tree_cpu_s(server.proc.pid)
                 result = run_load(server.url, requests_file, seed_data.api_key, duration_s=duration,
                                   connections=args.connections, rate=rate, tool=generator)
-                cpu_us[id(result)] = (process_cpu_s(server.proc.pid) - cpu_before) * 1e6 / max(1, result.requests)
+                cpu_us[id(result)] = (tree_cpu_s(server.proc.pid) - cpu_before) * 1e6 / max(1, result.requests)
                 redis_us[id(result)] = ((redis_cpu_s(redis_of[plane_label]) - redis_before) * 1e6
                                         / max(1, result.requests))
                 return result
@@ -266,7 +271,8 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             # license key, then memory) and every server's code paths get going.  The generators send the
             # hot set in order, so passes continue until it has been sent once over (at most a minute).
             hot = {"small": min(args.hot_set, small.sessions), "large": min(args.hot_set, large.sessions)}
-            for (_variant, plane_label), server in [(("floor", "small"), floor), *edges.items()]:
+            for (_variant, plane_label), server in [*(((name, "small"), floor) for name, floor in floors.items()),
+                                                     *edges.items()]:
                 sent, passes, started = 0, 0, time.monotonic()
                 while True:
                     warm = load(server, plane_label, args.warmup)
@@ -277,8 +283,10 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                       f"{warm.ok_rps:.0f}/s, {warm.refused} refused", flush=True)
 
             for i in range(args.rounds):
-                f = load(floor, "small", args.duration)
+                floor_rounds = {name: load(floor, "small", args.duration) for name, floor in floors.items()}
                 for variant in args.variants:
+                    floor = floors[floor_of(variant)]
+                    f = floor_rounds[floor_of(variant)]
                     s = load(edges[variant, "small"], "small", args.duration)
                     lg = load(edges[variant, "large"], "large", args.duration)
                     pressure_before, wall_before = cpu_pressure_us(), time.monotonic()
@@ -292,7 +300,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                               large_cpu_us=cpu_us[id(lg)], redis_cpu_us=redis_us[id(s)],
                               redis_large_cpu_us=redis_us[id(lg)], cpu_pressure=pressure)
                     rounds[variant].append(r)
-                    print(f"bench: round {i + 1} {variant}: floor {f.rps:.0f}/s, heartbeat {s.ok_rps:.0f}/s "
+                    print(f"bench: round {i + 1} {variant} ({server_of(variant)}): floor {f.rps:.0f}/s, heartbeat {s.ok_rps:.0f}/s "
                           f"({r.floor_ratio:.2f}), at {_short(large.sessions)} {lg.ok_rps:.0f}/s "
                           f"({r.large_ratio:.2f}), half rate p99 {h.p99_ms:.2f} ms ({r.p99_floor_ratio:.2f}× "
                           f"the floor's {fh.p99_ms:.2f} ms); CPU µs/request floor "
@@ -308,6 +316,10 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     if "edge" in rounds and "edge-unsigned" in rounds:
         signing = signing_cost(rounds["edge"], rounds["edge-unsigned"])
         text += "\n\n== signing (edge vs edge-unsigned, same run) ==\n" + signing["summary"]
+    servers_compared = None
+    if "edge" in rounds and "edge-granian" in rounds:
+        servers_compared = server_choice(rounds["edge"], rounds["edge-granian"])
+        text += "\n\n== server (edge on uvicorn vs edge-granian, same run) ==\n" + servers_compared["summary"]
     return {
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": "python -m loadtests.bench " + " ".join(sys.argv[1:]),
@@ -332,6 +344,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     "stream_bytes": p.stream_bytes, "fill_s": round(p.fill_s, 2),
                     "breakdown": {k: round(v, 1) for k, v in p.breakdown.items()}} for p in (small, large)],
         "signing": signing,
+        "server_choice": servers_compared,
         "summary": text,
     }
 
@@ -355,6 +368,42 @@ def signing_cost(signed: list[Round], unsigned: list[Round]) -> dict[str, Any]:
     ])
     return {"rps_ratio": [round(r, 3) for r in rps], "cpu_ratio": [round(r, 3) for r in cpu],
             "extra_cpu_us": [round(e, 1) for e in extra_us], "summary": summary}
+
+
+# issue 16: `HEARTLINE_EDGE_SERVER=granian` ships if the edge on granian serves this many times the
+# heartbeats/s of the edge on uvicorn (same run, median of the rounds' ratios)
+GRANIAN_SHIP_RATIO = 1.2
+
+
+def server_choice(uvicorn_rounds: list[Round], granian_rounds: list[Round]) -> dict[str, Any]:
+    """The edge on granian against the edge on uvicorn, by round: heartbeats/s, CPU per heartbeat, p99,
+    and each server's heartbeat against the floor on that same server."""
+    pairs = list(zip(uvicorn_rounds, granian_rounds, strict=True))
+    rps = [g.small.ok_rps / u.small.ok_rps if u.small.ok_rps else 0.0 for u, g in pairs]
+    cpu = [u.small_cpu_us / g.small_cpu_us if g.small_cpu_us else 0.0 for u, g in pairs]
+    floor_rps = [g.floor.rps / u.floor.rps if u.floor.rps else 0.0 for u, g in pairs]
+    median = statistics.median(rps)
+    summary = "\n".join([
+        (f"floor granian / uvicorn:         {_range([g.floor.rps for _, g in pairs])} vs "
+         f"{_range([u.floor.rps for u, _ in pairs])} req/s = {_range(floor_rps, '{:.2f}')}"),
+        (f"heartbeat granian / uvicorn:     {_range([g.small.ok_rps for _, g in pairs])} vs "
+         f"{_range([u.small.ok_rps for u, _ in pairs])} /s = {_range(rps, '{:.2f}')}   "
+         f"ships HEARTLINE_EDGE_SERVER=granian at ≥ {GRANIAN_SHIP_RATIO:.2f}: "
+         f"{'yes' if median >= GRANIAN_SHIP_RATIO else 'no'}"),
+        (f"  by server CPU per heartbeat:   {_range([g.small_cpu_us for _, g in pairs])} vs "
+         f"{_range([u.small_cpu_us for u, _ in pairs])} µs = {_range(cpu, '{:.2f}')} (uvicorn µs / granian µs)"),
+        (f"  heartbeat / its own floor:     {_range([g.floor_ratio for _, g in pairs], '{:.2f}')} vs "
+         f"{_range([u.floor_ratio for u, _ in pairs], '{:.2f}')} by req/s, "
+         f"{_range([g.cpu_ratio for _, g in pairs], '{:.2f}')} vs "
+         f"{_range([u.cpu_ratio for u, _ in pairs], '{:.2f}')} by CPU"),
+        (f"  p99 at half rate:              {_range([g.small_half.p99_ms for _, g in pairs], '{:.2f}')} vs "
+         f"{_range([u.small_half.p99_ms for u, _ in pairs], '{:.2f}')} ms; over its floor's p99 "
+         f"{_range([g.p99_floor_ratio for _, g in pairs], '{:.2f}')} vs "
+         f"{_range([u.p99_floor_ratio for u, _ in pairs], '{:.2f}')}"),
+    ])
+    return {"rps_ratio": [round(r, 3) for r in rps], "rps_ratio_median": round(median, 3),
+            "cpu_ratio": [round(r, 3) for r in cpu], "floor_rps_ratio": [round(r, 3) for r in floor_rps],
+            "ship_threshold": GRANIAN_SHIP_RATIO, "ships": median >= GRANIAN_SHIP_RATIO, "summary": summary}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -384,7 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "(as shipped), edge-unsigned (answers not signed: with edge, the cost of "
                              "signing), edge-redispy (plane scripts on redis-py), edge-multiplexed (plane "
                              "scripts on heartline.plane.redis.single), edge-multiplexed-direct (measurement "
-                             "only: heartbeats ahead of Starlette's stack); default edge")
+                             "only: heartbeats ahead of Starlette's stack), edge-granian (the edge as shipped "
+                             "on granian, against a floor on granian; with edge, the server choice); "
+                             "default edge")
     parser.add_argument("--cluster", action="store_true",
                         help="the cluster benchmark instead (loadtests/bench_cluster.py): one Redis against a "
                              "3-master cluster, one edge process against two, same run; uses --duration, "
@@ -401,9 +452,10 @@ def main(argv: list[str] | None = None) -> int:
 
         with tempfile.TemporaryDirectory(prefix="heartline-bench-cluster-") as tmp:
             return bench_cluster.main(args, Path(tmp))
-    unknown = [v for v in args.variants if v not in VARIANTS or v == "floor"]
+    unknown = [v for v in args.variants if v not in VARIANTS or v.startswith("floor")]
     if unknown or not args.variants:
-        print(f"bench: unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS[1:])}",
+        print(f"bench: unknown variant(s) {', '.join(unknown)}; choose from "
+              f"{', '.join(v for v in VARIANTS if not v.startswith('floor'))}",
               file=sys.stderr)
         return 2
     if args.sessions < 1 or args.large_sessions < 1:

@@ -21,6 +21,11 @@ redis-py connection per call.  Everything else (auth, license cache, other Redis
 uvloop, httptools, one worker process, no access log: the settings the architecture's performance notes
 (docs/architecture.md) measured with.  The bench starts both through this module rather than through
 `heartline edge`, so that a server option added to one of them cannot make the ratio lie.
+
+`floor-granian` and `edge-granian` serve the floor and the edge as shipped on granian instead (its ASGI
+interface with lifespan, one worker process like the uvicorn variants, uvloop, HTTP/1 only, no access
+log): the server choice measured, each against the floor on the same server.  granian runs the app in a
+worker process it spawns; the bench counts the CPU time of the whole process tree.
 """
 
 from __future__ import annotations
@@ -43,11 +48,35 @@ SERVER_OPTIONS: dict[str, Any] = {
 }
 
 
-VARIANTS = ("floor", "edge", "edge-unsigned", "edge-redispy", "edge-multiplexed", "edge-multiplexed-direct")
+# granian's settings matched to SERVER_OPTIONS: one worker, uvloop, HTTP/1.1 only (httptools), no access log
+GRANIAN_OPTIONS: dict[str, Any] = {
+    "interface": "asgi",  # with lifespan (the edge opens its Redis and PostgreSQL clients there)
+    "workers": 1,
+    "loop": "uvloop",
+    "http": "1",
+    "websockets": False,
+    "log_access": False,
+    "log_level": "warning",
+}
+
+VARIANTS = ("floor", "edge", "edge-unsigned", "edge-redispy", "edge-multiplexed", "edge-multiplexed-direct",
+            "floor-granian", "edge-granian")
+GRANIAN_SUFFIX = "-granian"
+
+
+def server_of(which: str) -> str:
+    """`granian` for the variants served by granian, else `uvicorn`."""
+    return "granian" if which.endswith(GRANIAN_SUFFIX) else "uvicorn"
+
+
+def floor_of(which: str) -> str:
+    """The floor a variant is compared with: the floor on the same server."""
+    return "floor-granian" if server_of(which) == "granian" else "floor"
 
 
 def build_app(which: str) -> Any:
     """The ASGI app to serve: `floor`, or an edge variant built from HEARTLINE_* settings."""
+    which = which.removesuffix(GRANIAN_SUFFIX)
     if which == "floor":
         from loadtests.floor import create_app
         return create_app()
@@ -136,8 +165,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
-    uvicorn.run(build_app(args.which), host=args.host, port=args.port, **SERVER_OPTIONS)
+    if server_of(args.which) == "granian":
+        serve_granian(args.which, args.host, args.port)
+    else:
+        uvicorn.run(build_app(args.which), host=args.host, port=args.port, **SERVER_OPTIONS)
     return 0
+
+
+def serve_granian(which: str, host: str, port: int) -> None:
+    """Serve `which` on granian: its worker process builds the app by calling build_app(which)."""
+    from granian.constants import HTTPModes, Interfaces, Loops
+    from granian.log import LogLevels
+    from granian.server import Server
+
+    options = {**GRANIAN_OPTIONS, "interface": Interfaces(GRANIAN_OPTIONS["interface"]),
+               "loop": Loops(GRANIAN_OPTIONS["loop"]), "http": HTTPModes(GRANIAN_OPTIONS["http"]),
+               "log_level": LogLevels(GRANIAN_OPTIONS["log_level"])}
+    Server(which, address=host, port=port, **options).serve(target_loader=build_app)
 
 
 if __name__ == "__main__":
