@@ -370,8 +370,9 @@ def signing_cost(signed: list[Round], unsigned: list[Round]) -> dict[str, Any]:
             "extra_cpu_us": [round(e, 1) for e in extra_us], "summary": summary}
 
 
-# issue 16: `HEARTLINE_EDGE_SERVER=granian` ships if the edge on granian serves this many times the
-# heartbeats/s of the edge on uvicorn (same run, median of the rounds' ratios)
+# issue 16: an option to serve `heartline edge` on granian pays if the edge on granian serves this many
+# times the heartbeats/s of the edge on uvicorn (same run, median of the rounds' ratios); measured 0.95
+# and 1.06 (docs/performance.md#server-choice-uvicorn-or-granian), so none ships
 GRANIAN_SHIP_RATIO = 1.2
 
 
@@ -388,7 +389,7 @@ def server_choice(uvicorn_rounds: list[Round], granian_rounds: list[Round]) -> d
          f"{_range([u.floor.rps for u, _ in pairs])} req/s = {_range(floor_rps, '{:.2f}')}"),
         (f"heartbeat granian / uvicorn:     {_range([g.small.ok_rps for _, g in pairs])} vs "
          f"{_range([u.small.ok_rps for u, _ in pairs])} /s = {_range(rps, '{:.2f}')}   "
-         f"ships HEARTLINE_EDGE_SERVER=granian at ≥ {GRANIAN_SHIP_RATIO:.2f}: "
+         f"a granian option for the edge pays at ≥ {GRANIAN_SHIP_RATIO:.2f}: "
          f"{'yes' if median >= GRANIAN_SHIP_RATIO else 'no'}"),
         (f"  by server CPU per heartbeat:   {_range([g.small_cpu_us for _, g in pairs])} vs "
          f"{_range([u.small_cpu_us for u, _ in pairs])} µs = {_range(cpu, '{:.2f}')} (uvicorn µs / granian µs)"),
