@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+from heartline.services import process_alive
+
 log = logging.getLogger("heartline.devstack")
 
 PG_SYSTEM_USER = "embedded_postgres"
@@ -159,7 +161,7 @@ class EmbeddedPostgres:
             pid = int((self.pgdata / "postmaster.pid").read_text().splitlines()[0])
         except (OSError, ValueError, IndexError):
             return None
-        return pid if _process_alive(pid) else None
+        return pid if process_alive(pid) else None
 
     def _run(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         # group and extra_groups too: a process left in root's group would be judged by the (often
@@ -361,20 +363,6 @@ class EmbeddedRedis:
             proc.kill()
             proc.wait()
         log.info("devstack.redis.stopped")
-
-
-def _process_alive(pid: int) -> bool:
-    """True while `pid` runs (a zombie, dead but not yet reaped, counts as dead)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError, IndexError):
-        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-            return False
-    return True
 
 
 @dataclass

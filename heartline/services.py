@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -41,7 +42,7 @@ def resolve(settings: Settings, *, need_database: bool = True, need_redis: bool 
     state_file = dev_state_path(settings)
     if None in (db, rd, signing, webhooks) and state_file.exists():
         state = json.loads(state_file.read_text())
-        if _alive(int(state.get("pid", 0))):
+        if process_alive(int(state.get("pid", 0))):
             db = db or state["database_url"]
             rd = rd or state["redis_url"]
             signing = signing or state.get(SIGNING_KEY_SECRET)
@@ -56,7 +57,8 @@ def resolve(settings: Settings, *, need_database: bool = True, need_redis: bool 
                             webhook_secret_key=webhooks)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie, dead but not yet reaped, counts as dead; no pid is not alive)."""
     if pid <= 0:
         return False
     try:
@@ -65,4 +67,7 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
+    with contextlib.suppress(OSError, IndexError):
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return False
     return True
