@@ -190,13 +190,15 @@ class EmbeddedPostgres:
                 extra |= stat.S_IXGRP | stat.S_IXOTH
             if mode & extra != extra:
                 path.chmod(mode | extra)
-        # every folder above the data folder must be traversable (not readable) by the server's user
-        prefix = self.root.resolve().parent
-        while True:
-            prefix.chmod(prefix.stat().st_mode | stat.S_IXOTH)
-            if prefix == prefix.parent:
-                break
-            prefix = prefix.parent
+        # every folder above the data folder and above the install must be traversable (not readable)
+        # by the server's user: a checkout in a `mktemp -d` folder (0700) holds the venv and its binaries
+        for start in (self.root.resolve().parent, install.resolve().parent):
+            prefix = start
+            while True:
+                prefix.chmod(prefix.stat().st_mode | stat.S_IXOTH)
+                if prefix == prefix.parent:
+                    break
+                prefix = prefix.parent
         for path in [self.root, *self.root.rglob("*")]:
             shutil.chown(path, PG_SYSTEM_USER, PG_SYSTEM_USER)
         self.root.chmod(0o700)
