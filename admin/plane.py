@@ -65,8 +65,9 @@ class AdminPlane:
         SessionPlane.suspend_license); -1 when a newer version is already cached."""
         return self._run(lambda p: p.suspend_license(license_id, status, version))
 
-    def end_device_sessions(self, license_id: int, fingerprint: str, reason: EndReason) -> int:
-        return self._run(lambda p: p.end_device_sessions(license_id, fingerprint, reason))
+    def end_device_sessions(self, license_id: int, fingerprint: str, reason: EndReason,
+                            device_id: int | None = None) -> int:
+        return self._run(lambda p: p.end_device_sessions(license_id, fingerprint, reason, device_id))
 
     def invalidate_license(self, license_id: int) -> None:
         self._run(lambda p: p.invalidate_license(license_id))

@@ -188,7 +188,8 @@ async def _start_on_new_device(state: EdgeState, license_id: int, fingerprint: s
         try:
             await transaction.commit()
         except BaseException:
-            await state.plane.end_device_sessions(license_id, fingerprint, EndReason.DEVICE_DEACTIVATED)
+            await state.plane.end_device_sessions(license_id, fingerprint, EndReason.DEVICE_DEACTIVATED,
+                                                  device_id)
             raise
     if created:
         log.info("device.activated license_id=%s device_id=%s", license_id, device_id)
@@ -203,7 +204,8 @@ async def deactivate_device(state: EdgeState, license_id: int, fingerprint: str)
         device_id = await conn.fetchval(DEACTIVATE_DEVICE, license_id, fingerprint)
         if device_id is None:
             raise DeviceNotFound()
-        ended = await state.plane.end_device_sessions(license_id, fingerprint, EndReason.DEVICE_DEACTIVATED)
+        ended = await state.plane.end_device_sessions(license_id, fingerprint, EndReason.DEVICE_DEACTIVATED,
+                                                      device_id)
     log.info("device.deactivated license_id=%s device_id=%s sessions_ended=%s", license_id, device_id, ended)
     return ended
 

@@ -40,6 +40,9 @@ SEND_BATCH = 50
 # Outbox rows turned into messages per pass.
 OUTBOX_BATCH = 500
 LICENSE_NAMES = "SELECT id, license_key, customer_id FROM licenses WHERE id = ANY ($1::bigint[])"
+# An `ended` event carries no fingerprint when the license's cache had left Redis (the plane reads it
+# from the cached devices): the device's row in PostgreSQL has it.
+DEVICE_FINGERPRINTS = "SELECT id, hardware_fingerprint FROM device_registrations WHERE id = ANY ($1::bigint[])"
 
 OUTBOX_KINDS = {
     EventType.DEVICE_ACTIVATED: "device", EventType.DEVICE_DEACTIVATED: "device",
@@ -57,14 +60,15 @@ def http_client(settings: Settings) -> httpx.AsyncClient:
 
 # -- events into messages ---------------------------------------------------------------------------
 
-def session_message(event: SessionEvent, license_row: Any) -> WebhookMessage:
-    """The session.started / session.ended message of a stream event."""
+def session_message(event: SessionEvent, license_row: Any, device_fingerprint: str | None = None) -> WebhookMessage:
+    """The session.started / session.ended message of a stream event; `device_fingerprint` (the device's
+    in PostgreSQL) stands in when the event has none."""
     data: dict[str, Any] = {
         "license_id": event.license_id,
         "license_key": license_row["license_key"] if license_row else None,
         "customer_id": license_row["customer_id"] if license_row else None,
         "session_token": event.session_token, "device_id": event.device_id,
-        "hardware_fingerprint": event.fingerprint, "started_at": from_ms(event.started_ms or event.at_ms),
+        "hardware_fingerprint": event.fingerprint or device_fingerprint, "started_at": from_ms(event.started_ms or event.at_ms),
         "client_version": event.client_version, "client_ip": event.client_ip,
     }
     if event.kind is SessionEventKind.STARTED:
@@ -125,7 +129,11 @@ async def queue_session_webhooks(ctx: dict[str, Any]) -> int:
             async with pool.acquire() as conn, conn.transaction():
                 license_ids = sorted({e.license_id for e in events} | {e.license_id for e in refusals})
                 names = {r["id"]: r for r in await conn.fetch(LICENSE_NAMES, license_ids)}
-                queued = await store.enqueue(conn, [session_message(e, names.get(e.license_id))
+                unnamed = sorted({e.device_id for e in events if e.fingerprint is None and e.device_id})
+                fingerprints = {r["id"]: r["hardware_fingerprint"]
+                                for r in (await conn.fetch(DEVICE_FINGERPRINTS, unnamed) if unnamed else [])}
+                queued = await store.enqueue(conn, [session_message(e, names.get(e.license_id),
+                                                                    fingerprints.get(e.device_id or 0))
                                                     for e in events]
                                              + [refusal_message(e, names.get(e.license_id))
                                                 for e in refusals])

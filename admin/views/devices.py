@@ -48,7 +48,7 @@ class DeviceView(ModelView):
             session.commit()
             try:
                 ended = plane().end_device_sessions(item.license_id, item.hardware_fingerprint,
-                                                    EndReason.DEVICE_DEACTIVATED)
+                                                    EndReason.DEVICE_DEACTIVATED, item.id)
             except PlaneError as exc:
                 flash(f"Device {item} deactivated, but its sessions could not be ended: {exc}", "danger")
                 continue

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 PREFIX = "hl"
 
-# A license's session keys (live, fp, ss) live for timeout + SESSION_GRACE_MS after their last write: the
+# A license's session keys (live, ss) live for timeout + SESSION_GRACE_MS after their last write: the
 # reaper, not key expiry, ends sessions (so each gets its `ended(timeout)` event); the grace only bounds
 # memory if no reaper runs at all.
 SESSION_GRACE_MS = 300_000
@@ -43,7 +43,6 @@ def _tag(license_id: int, shards: int) -> str:
 LICENSE_SUFFIX = "lic"
 DEVICES_SUFFIX = "dev"
 LIVE_SUFFIX = "live"
-FINGERPRINTS_SUFFIX = "fp"
 SESSIONS_SUFFIX = "ss"
 QUEUE_SUFFIX = "q"
 QUEUE_EXPIRY_SUFFIX = "qx"
@@ -76,13 +75,14 @@ def sessions(license_id: int, shards: int) -> str:
     """Hash: session token -> packed record 'device id|started ms|last heartbeat ms|count|ip|client version'.
 
     One field per session in a small per-license hash (listpack-encoded) rather than a key per session:
-    a key, its hash and its expiry entry cost ~240 bytes of Redis memory, a field ~90."""
+    a key, its hash and its expiry entry cost ~240 bytes of Redis memory, a field ~90.  The same device
+    resumes its session by its device id, found by scanning these records (a license holds at most 10
+    concurrent sessions); there is no fingerprint -> token map (until 2026-11 `hl:{sN}:L<id>:fp`, ~67
+    bytes per session; the devices hash maps fingerprint -> device id).
+
+    Besides the records: '!g' (the license's resume grace in ms), 'l:<token>' (a revived session's
+    lapses) and 'b:<token>' (a borrowed session's end in ms)."""
     return license_base(license_id, shards) + SESSIONS_SUFFIX
-
-
-def fingerprints(license_id: int, shards: int) -> str:
-    """Hash: fingerprint -> live session token (so the same device resumes its session)."""
-    return license_base(license_id, shards) + FINGERPRINTS_SUFFIX
 
 
 def queue(license_id: int, shards: int) -> str:
@@ -125,11 +125,10 @@ def event_stream(shard: int) -> str:
 
 
 def license_keys(license_id: int, shards: int) -> list[str]:
-    """The five keys of a license in the order the scripts declare them (license_keys() in the Lua
-    prelude): license hash, devices, live sessions, fingerprints, session records."""
+    """The four keys of a license in the order the scripts declare them (license_keys() in the Lua
+    prelude): license hash, devices, live sessions, session records."""
     base = license_base(license_id, shards)
-    return [base + LICENSE_SUFFIX, base + DEVICES_SUFFIX, base + LIVE_SUFFIX, base + FINGERPRINTS_SUFFIX,
-            base + SESSIONS_SUFFIX]
+    return [base + LICENSE_SUFFIX, base + DEVICES_SUFFIX, base + LIVE_SUFFIX, base + SESSIONS_SUFFIX]
 
 
 def shard_keys(shard: int) -> list[str]:

@@ -56,7 +56,7 @@ def _sha(source: str) -> str:
 
 # Bound on the heartbeat key sets kept (one per license seen); beyond it the cache starts over.
 MAX_CACHED_KEY_SETS = 200_000
-# Licenses one reap.lua call visits (5 keys each): the reaper asks due.lua for this many at a time.
+# Licenses one reap.lua call visits (4 keys each): the reaper asks due.lua for this many at a time.
 REAP_BATCH = 100
 
 SCRIPT_NAMES = ("start", "heartbeat", "end", "end_license", "due", "reap", "cache_license", "forget_license",
@@ -111,7 +111,7 @@ class PlaneScripts:
             return await self.redis.evalsha(sha, len(script_keys), *script_keys, *args)
 
     def _license(self, license_id: int) -> list[str]:
-        """The license's five keys and its shard's three, the first eight KEYS of every license script."""
+        """The license's four keys and its shard's three, the first seven KEYS of every license script."""
         return keys.license_keys(license_id, self.shards) + keys.shard_keys(keys.shard_of(license_id,
                                                                                           self.shards))
 
@@ -143,9 +143,11 @@ class PlaneScripts:
         return int(await self._run("end", self._license(license_id),
                                    [license_id, token, reason, self.max_len]))
 
-    async def end_license(self, license_id: int, reason: str, fingerprint: str = "") -> int:
+    async def end_license(self, license_id: int, reason: str, fingerprint: str = "",
+                          device_id: int | None = None) -> int:
         return int(await self._run("end_license", self._license(license_id),
-                                   [license_id, reason, self.max_len, fingerprint]))
+                                   [license_id, reason, self.max_len, fingerprint,
+                                    "" if device_id is None else device_id]))
 
     async def recount(self, shard: int, license_ids: list[int]) -> tuple[int, bool]:
         """Set the shard's live counter from its licenses' live sets; (drift repaired, retry needed)."""

@@ -188,11 +188,16 @@ class SessionPlane:
         Returns the sessions ended, or -1 when a newer version is already cached (nothing changed)."""
         return await self.scripts.suspend_license(license_id, status, version, str(reason))
 
-    async def end_device_sessions(self, license_id: int, fingerprint: str, reason: EndReason) -> int:
-        """End the device's sessions and drop it from the devices cache (PostgreSQL decides again)."""
+    async def end_device_sessions(self, license_id: int, fingerprint: str, reason: EndReason,
+                                  device_id: int | None = None) -> int:
+        """End the device's sessions and drop it from the devices cache (PostgreSQL decides again).
+
+        `device_id`, the device's id in PostgreSQL, finds its session when the devices cache no longer
+        has the fingerprint (it expires with the cached license, a borrowed session may outlive it);
+        without it the cache's mapping is used."""
         if not fingerprint:
             return 0
-        return await self.scripts.end_license(license_id, str(reason), fingerprint)
+        return await self.scripts.end_license(license_id, str(reason), fingerprint, device_id)
 
     async def reap_expired(self, shard: int, limit: int = 1000) -> int:
         """End the sessions of one shard past their deadline, as timeout; returns how many.

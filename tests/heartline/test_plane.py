@@ -64,6 +64,55 @@ async def test_start_resumes_same_device_with_same_token(plane: SessionPlane) ->
     assert len(await events(plane)) == 1
 
 
+async def test_a_session_started_under_the_old_layout_resumes_and_ends_once(plane: SessionPlane) -> None:
+    """Upgrade: a session as the scripts wrote it before the fingerprint map went (record, live entry, and
+    an `fp` hash the scripts no longer read, left to expire) is resumed by its device and ends with one
+    event that still carries the fingerprint."""
+    s = plane.shards
+    now = await plane.now_ms()
+    token = "11111111-1111-4111-8111-111111111111"
+    old_fp_map = keys.license_base(LICENSE_ID, s) + "fp"
+    await plane.redis.zadd(keys.live_sessions(LICENSE_ID, s), {token: now + 2000})
+    await cast("Awaitable[int]", plane.redis.hset(keys.sessions(LICENSE_ID, s), token, f"101|{now}||0|10.0.0.1|1.0"))
+    await cast("Awaitable[int]", plane.redis.hset(old_fp_map, "fp1", token))
+    await plane.redis.pexpire(old_fp_map, 60_000)
+    await plane.redis.incr(keys.live_count(keys.shard_of(LICENSE_ID, s)))
+    again = await plane.start_session(LICENSE_ID, "fp1")
+    assert again.code is PlaneCode.RESUMED and again.token == token
+    assert (await plane.start_session(LICENSE_ID, "fp2")).code is PlaneCode.STARTED
+    assert (await plane.heartbeat(LICENSE_ID, token)).code is PlaneCode.OK
+    assert await plane.end_session(LICENSE_ID, token, EndReason.CLIENT_END)
+    [ended] = [e for e in await events(plane) if e.kind is SessionEventKind.ENDED]
+    assert (ended.session_token, ended.device_id, ended.fingerprint, ended.heartbeat_count) == (token, 101, "fp1", 1)
+    assert 0 < await plane.redis.pttl(old_fp_map) <= 60_000
+
+
+async def test_end_device_sessions_finds_the_session_by_device_id_once_the_cache_is_gone(
+        plane: SessionPlane) -> None:
+    """A borrowed session may outlive the cached license and its devices; the caller's device id still
+    finds it."""
+    gone = await plane.start_session(LICENSE_ID, "fp1")
+    kept = await plane.start_session(LICENSE_ID, "fp2")
+    await plane.invalidate_license(LICENSE_ID)
+    assert await plane.end_device_sessions(LICENSE_ID, "fp1", EndReason.DEVICE_DEACTIVATED, 101) == 1
+    assert await plane.live_tokens(LICENSE_ID) == {kept.token}
+    [ended] = [e for e in await events(plane) if e.kind is SessionEventKind.ENDED]
+    assert (ended.session_token, ended.device_id, ended.fingerprint) == (gone.token, 101, "fp1")
+
+
+async def test_ended_event_of_a_session_whose_license_cache_is_gone_has_no_fingerprint(
+        plane: SessionPlane) -> None:
+    """The fingerprint comes from the devices cache; with the cache gone the event has none (history takes
+    the live row's, webhooks the device's in PostgreSQL), and everything else is there."""
+    out = await plane.start_session(LICENSE_ID, "fp1", client_version="2.0")
+    assert out.token
+    await plane.invalidate_license(LICENSE_ID)
+    assert await plane.end_session(LICENSE_ID, out.token, EndReason.CLIENT_END)
+    [ended] = [e for e in await events(plane) if e.kind is SessionEventKind.ENDED]
+    assert (ended.device_id, ended.fingerprint, ended.client_version, ended.reason) == (
+        101, None, "2.0", EndReason.CLIENT_END)
+
+
 async def test_start_refuses_when_limit_reached_and_ends_nothing(plane: SessionPlane) -> None:
     tokens = [(await plane.start_session(LICENSE_ID, f"fp{i}")).token for i in range(3)]
     out = await plane.start_session(LICENSE_ID, "fp3")
@@ -212,7 +261,7 @@ async def test_end_session_emits_exactly_one_ended_event(plane: SessionPlane) ->
     assert len(ended) == 1
     assert ended[0].reason is EndReason.CLIENT_END and ended[0].heartbeat_count == 1
     assert ended[0].device_id == 101 and ended[0].last_heartbeat_ms is not None
-    assert await cast("Awaitable[bytes | None]", plane.redis.hget(keys.fingerprints(LICENSE_ID, plane.shards), "fp1")) is None
+    assert ended[0].fingerprint == "fp1"
     assert await cast("Awaitable[bytes | None]", plane.redis.hget(keys.sessions(LICENSE_ID, plane.shards), out.token)) is None
 
 
@@ -290,13 +339,14 @@ async def test_key_functions_match_the_layout_the_scripts_use(plane: SessionPlan
     assert keys.license_hash(LICENSE_ID, s) == base + keys.LICENSE_SUFFIX
     assert keys.devices(LICENSE_ID, s) == base + keys.DEVICES_SUFFIX
     assert keys.live_sessions(LICENSE_ID, s) == base + keys.LIVE_SUFFIX
-    assert keys.fingerprints(LICENSE_ID, s) == base + keys.FINGERPRINTS_SUFFIX
     assert keys.sessions(LICENSE_ID, s) == base + keys.SESSIONS_SUFFIX
-    assert keys.license_keys(LICENSE_ID, s)[:3] == [keys.license_hash(LICENSE_ID, s), keys.devices(LICENSE_ID, s),
-                                                 keys.live_sessions(LICENSE_ID, s)]
-    for key in (keys.license_hash(LICENSE_ID, s), keys.devices(LICENSE_ID, s), keys.live_sessions(LICENSE_ID, s),
-                keys.fingerprints(LICENSE_ID, s), keys.sessions(LICENSE_ID, s)):
+    assert keys.license_keys(LICENSE_ID, s) == [keys.license_hash(LICENSE_ID, s), keys.devices(LICENSE_ID, s),
+                                             keys.live_sessions(LICENSE_ID, s), keys.sessions(LICENSE_ID, s)]
+    for key in keys.license_keys(LICENSE_ID, s):
         assert await plane.redis.exists(key) == 1, key
+    # the four keys are all a session leaves in Redis besides the shard's keys
+    found = {k.decode() for k in await plane.redis.keys(base + "*")}
+    assert found == set(keys.license_keys(LICENSE_ID, s))
 
 
 async def test_cache_license_ends_sessions_of_devices_no_longer_active(plane: SessionPlane) -> None:
@@ -305,7 +355,8 @@ async def test_cache_license_ends_sessions_of_devices_no_longer_active(plane: Se
     assert await plane.cache_license(cached(version=2), {"fp2": 102})
     assert await plane.live_tokens(LICENSE_ID) == {kept.token}
     ended = [e for e in await events(plane) if e.kind is SessionEventKind.ENDED]
-    assert [(e.session_token, e.reason) for e in ended] == [(gone.token, EndReason.DEVICE_DEACTIVATED)]
+    assert [(e.session_token, e.reason, e.fingerprint) for e in ended] == [
+        (gone.token, EndReason.DEVICE_DEACTIVATED, "fp1")]
 
 
 async def test_client_version_with_separator_survives_the_packed_record(plane: SessionPlane) -> None:
@@ -323,7 +374,7 @@ async def test_session_keys_expire_after_grace_if_no_reaper_runs(plane: SessionP
     await plane.cache_license(cached(version=2, timeout_s=2), {"fp1": 101})
     await plane.start_session(LICENSE_ID, "fp1")
     s = plane.shards
-    for key in (keys.live_sessions(LICENSE_ID, s), keys.fingerprints(LICENSE_ID, s), keys.sessions(LICENSE_ID, s)):
+    for key in (keys.live_sessions(LICENSE_ID, s), keys.sessions(LICENSE_ID, s)):
         ttl = await plane.redis.pttl(key)
         assert 2000 < ttl <= 2000 + keys.SESSION_GRACE_MS, key
 

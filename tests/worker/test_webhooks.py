@@ -99,6 +99,25 @@ async def test_receiver_down_then_up_gets_each_event_once_verified(
     assert await db.fetchval("SELECT failing_since FROM webhook_endpoints WHERE id = $1", endpoint_id) is None
 
 
+async def test_session_ended_after_the_license_cache_left_redis_still_names_the_fingerprint(
+        hook_ctx: dict[str, Any], db: asyncpg.Connection, plane: SessionPlane, receiver: Receiver,
+        live_license: Callable[..., Awaitable[LiveLicense]]) -> None:
+    """The plane takes an `ended` event's fingerprint from the cached devices; gone from Redis, the
+    device's row in PostgreSQL gives it."""
+    await add_endpoint(db, hook_ctx["settings"], receiver, ("session.ended",))
+    lic = await live_license()
+    started = await plane.start_session(lic.license_id, lic.fingerprint)
+    assert started.token
+    await plane.invalidate_license(lic.license_id)
+    assert await plane.end_session(lic.license_id, started.token, EndReason.CLIENT_END)
+    assert await queue_session_webhooks(hook_ctx) == 2
+    raw = await db.fetchval("SELECT payload FROM webhook_messages WHERE id = $1", f"msg_session.ended_{started.token}")
+    assert raw is not None
+    payload = json.loads(raw)
+    assert (payload["data"]["device_id"], payload["data"]["hardware_fingerprint"]) == (
+        lic.device_id, lic.fingerprint)
+
+
 async def test_nothing_is_delivered_twice_under_different_webhook_ids(
         hook_ctx: dict[str, Any], db: asyncpg.Connection, plane: SessionPlane, receiver: Receiver,
         redis: Any, live_license: Callable[..., Awaitable[LiveLicense]]) -> None:

@@ -2,15 +2,14 @@
 -- (Redis scripts cannot include files).  It only defines local functions; it touches no key.
 --
 -- Every key a script touches is declared in its KEYS (Redis Cluster routes a script by its keys, and
--- only declared keys are known to be on the node): a license's five keys come as one block
+-- only declared keys are known to be on the node): a license's four keys come as one block
 -- (license_keys), a shard's deadline index, event stream and live count as another (shard_keys).
 -- They all share the shard's hash tag, so every script runs on one cluster slot
 -- (tests/heartline/test_plane_keys.py holds every script to both).
 
--- The license's keys from KEYS[first .. first+4], in the order keys.license_keys() gives them.
+-- The license's keys from KEYS[first .. first+3], in the order keys.license_keys() gives them.
 local function license_keys(first)
-  return {lic = KEYS[first], dev = KEYS[first + 1], live = KEYS[first + 2], fp = KEYS[first + 3],
-          ss = KEYS[first + 4]}
+  return {lic = KEYS[first], dev = KEYS[first + 1], live = KEYS[first + 2], ss = KEYS[first + 3]}
 end
 
 -- The shard's keys from KEYS[first .. first+2], in the order keys.shard_keys() gives them, and the
@@ -50,12 +49,38 @@ local function write_session(lk, token, rec)
     rec.d .. '|' .. rec.s .. '|' .. rec.lh .. '|' .. rec.n .. '|' .. rec.ip .. '|' .. rec.v)
 end
 
--- The fingerprint whose live session `token` is (the fp hash maps each device to its one live token).
-local function fingerprint_of(lk, token)
-  local entries = redis.call('HGETALL', lk.fp)
+-- The fingerprint of a device of the license: the devices hash maps fingerprint -> device id (one
+-- fingerprint per device, at most 10 devices per license), read backwards.  nil when the device is not
+-- in the cache (the license's cache expired or was dropped; readers of the events fill it in from
+-- PostgreSQL).
+local function fingerprint_of(lk, device)
+  if not device or device == '' then
+    return nil
+  end
+  local entries = redis.call('HGETALL', lk.dev)
   for i = 1, #entries, 2 do
-    if entries[i + 1] == token then
+    if entries[i + 1] == device then
       return entries[i]
+    end
+  end
+  return nil
+end
+
+-- The device's session in the live set (lapsed ones included), or nil: a device has at most one.  Found
+-- by scanning the license's session records for the device id they start with (at most 10 concurrent
+-- sessions per license, so a small listpack hash); the fields that are not records ('!g', 'l:<token>',
+-- 'b:<token>') are skipped.  No separate fingerprint -> token map: it cost ~67 bytes per session.
+local function device_session(lk, device)
+  if not device or device == '' then
+    return nil
+  end
+  local prefix = device .. '|'
+  local entries = redis.call('HGETALL', lk.ss)
+  for i = 1, #entries, 2 do
+    local field = entries[i]
+    if string.sub(entries[i + 1], 1, #prefix) == prefix and string.byte(field, 1) ~= 33
+        and not string.find(field, ':', 1, true) and redis.call('ZSCORE', lk.live, field) then
+      return field
     end
   end
   return nil
@@ -67,7 +92,7 @@ end
 -- shortened.
 local function keep_session_keys(lk, ttl_ms)
   local refresh_below = ttl_ms - math.min(60000, math.floor(ttl_ms / 4))
-  for _, key in ipairs({lk.live, lk.fp, lk.ss}) do
+  for _, key in ipairs({lk.live, lk.ss}) do
     if redis.call('PTTL', key) < refresh_below then
       redis.call('PEXPIRE', key, ttl_ms)
     end
@@ -136,15 +161,17 @@ local function borrow_field(token)
   return 'b:' .. token
 end
 
--- Ends one session of a license: removes it from the live set, the fingerprint map and the session
--- records, re-indexes the license, counts it off the shard's live count and appends exactly one `ended`
--- event (fields: heartline/plane/events.py).  `lk` from license_keys(), `shard` from shard_keys().
+-- Ends one session of a license: removes it from the live set and the session records, re-indexes the
+-- license, counts it off the shard's live count and appends exactly one `ended` event (fields:
+-- heartline/plane/events.py).  `lk` from license_keys(), `shard` from shard_keys().  The event's
+-- fingerprint is `fp` when the caller knows it, else the device's in the devices hash ('' when the
+-- license's cache is gone).
 -- A session already past its deadline is ended as 'timeout' whatever the caller asked (as
 -- 'borrow_expired' when it was borrowed), so history keeps the true reason.  The event carries `lp`,
 -- how many times the session missed its deadline (its revivals, plus this end when it is a timeout),
 -- when that is not 0.  Returns 0 when the token was not live (nothing emitted: an end racing another
 -- end or the reaper is harmless), 1 when ended with `reason`, 2 when ended as timeout.
-local function end_session(lk, license_id, token, reason, now, shard)
+local function end_session(lk, license_id, token, reason, now, shard, fp)
   local score = redis.call('ZSCORE', lk.live, token)
   local borrowed = redis.call('HDEL', lk.ss, borrow_field(token)) == 1
   local lapses = tonumber(redis.call('HGET', lk.ss, lapse_field(token)) or 0)
@@ -166,10 +193,7 @@ local function end_session(lk, license_id, token, reason, now, shard)
   end
   local rec = read_session(lk, token) or {d = '', s = '', lh = '', n = '0', ip = '', v = ''}
   redis.call('HDEL', lk.ss, token, lapse_field(token))
-  local fp = fingerprint_of(lk, token)
-  if fp then
-    redis.call('HDEL', lk.fp, fp)
-  end
+  fp = fp or fingerprint_of(lk, rec.d)
   if lapses > 0 then
     append_event(shard.events, shard.maxlen,
       'k', 'ended', 'l', license_id, 't', token, 'd', rec.d, 'f', fp or '', 's', rec.s,

@@ -1,6 +1,6 @@
 -- heartbeat: keep one session alive and record the heartbeat, in one round trip.
--- KEYS: 1-5 the license's keys (lic, dev, live, fp, ss), 6-8 the shard's keys (deadlines, events, count),
---       9 the shard's heartbeat stream, 10 the license's seat queue expiry zset (qx)
+-- KEYS: 1-4 the license's keys (lic, dev, live, ss), 5-7 the shard's keys (deadlines, events, count),
+--       8 the shard's heartbeat stream, 9 the license's seat queue expiry zset (qx)
 -- ARGV: 1 license id, 2 token, 3 minimum gap ms, 4 stream max length,
 --       5 grace ms the session keys outlive the last write
 -- Reply: {'OK', deadline ms, heartbeat interval s, offline grace s}
@@ -17,7 +17,7 @@
 -- recorded and a refused one never is.
 local license_id, token = ARGV[1], ARGV[2]
 local lk = license_keys(1)
-local shard = shard_keys(6, ARGV[4])
+local shard = shard_keys(5, ARGV[4])
 local lic = redis.call('HMGET', lk.lic, 'status', 'valid_from_ms', 'valid_until_ms', 'interval_s',
   'timeout_s', 'offline_grace_s', 'resume_grace_s', 'sessions_limit')
 if not lic[1] then
@@ -59,7 +59,7 @@ end
 -- nothing is recorded.
 if lapsed then
   local in_use = seats_in_use(lk, now)
-  if in_use + tickets_waiting(KEYS[10], now) >= tonumber(lic[8]) then
+  if in_use + tickets_waiting(KEYS[9], now) >= tonumber(lic[8]) then
     return {'SESSION_LIMIT_REACHED', lic[8], in_use}
   end
   revive_session(lk, token)
@@ -79,5 +79,5 @@ write_session(lk, token, rec)
 keep_session_keys(lk, timeout_ms + resume_ms + tonumber(ARGV[5]))
 -- one field 'h' = 'license id|token|device id' (heartline/plane/events.py): a third of the stream reply
 -- the worker's XREADGROUP builds and parses for three fields
-append_event(KEYS[9], ARGV[4], 'h', license_id .. '|' .. token .. '|' .. rec.d)
+append_event(KEYS[8], ARGV[4], 'h', license_id .. '|' .. token .. '|' .. rec.d)
 return {'OK', deadline, lic[4], lic[6] or 0}

@@ -1,6 +1,6 @@
 -- reap: end the expired sessions of some licenses of one shard, as timeout.
--- KEYS: 1-3 the shard's keys (deadlines, events, count), then the five keys of each license in ARGV
---       (lic, dev, live, fp, ss), license after license
+-- KEYS: 1-3 the shard's keys (deadlines, events, count), then the four keys of each license in ARGV
+--       (lic, dev, live, ss), license after license
 -- ARGV: 1 stream max length, 2 .. license ids (as due.lua found them)
 -- Reply: number of sessions ended.
 -- A session is expired once its deadline plus the license's resume grace has passed (see
@@ -12,7 +12,7 @@ local now = now_ms()
 local ended = 0
 for i = 2, #ARGV do
   local license_id = ARGV[i]
-  local lk = license_keys(4 + 5 * (i - 2))
+  local lk = license_keys(4 + 4 * (i - 2))
   -- a lapsed session stays revivable for the license's resume grace (0 unless the license sets it)
   local resume_ms = resume_grace_ms(lk)
   for _, token in ipairs(redis.call('ZRANGEBYSCORE', lk.live, '-inf', now - resume_ms)) do

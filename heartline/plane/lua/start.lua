@@ -1,6 +1,6 @@
 -- start: start a session for a device of one license, or resume the device's live session.
--- KEYS: 1-5 the license's keys (lic, dev, live, fp, ss), 6-8 the shard's keys (deadlines, events, count),
---       9-10 the license's seat queue (q, qx; see queue_keys in the prelude)
+-- KEYS: 1-4 the license's keys (lic, dev, live, ss), 5-7 the shard's keys (deadlines, events, count),
+--       8-9 the license's seat queue (q, qx; see queue_keys in the prelude)
 -- ARGV: 1 license id, 2 fingerprint, 3 token for a new session (uuid4 made by the caller),
 --       4 client version, 5 client ip, 6 stream max length,
 --       7 grace ms the session keys outlive the last write (memory bound if no reaper runs),
@@ -26,8 +26,8 @@
 -- back, so refusals never take device slots.
 local license_id, fp = ARGV[1], ARGV[2]
 local lk = license_keys(1)
-local shard = shard_keys(6, ARGV[6])
-local queue = queue_keys(9)
+local shard = shard_keys(5, ARGV[6])
+local queue = queue_keys(8)
 local lic, now, refusal = serving_license(lk, 'sessions_limit', 'interval_s', 'timeout_s', 'offline_grace_s',
   'resume_grace_s')
 if refusal then
@@ -116,14 +116,15 @@ end
 
 local timeout_ms = tonumber(lic[6]) * 1000
 local deadline = now + timeout_ms
-local current = redis.call('HGET', lk.fp, fp)
+-- The device's session, found by its device id in the session records (device_session in the prelude).
+local current = device_session(lk, device or offered)
 local current_deadline = current and redis.call('ZSCORE', lk.live, current)
 if current_deadline and tonumber(current_deadline) <= now then
   -- The device's session lapsed (missed its deadline) and is within its resume grace: it comes back
   -- with its token if a seat is free; otherwise the start is refused and the session stays lapsed
   -- (the reaper ends it as timeout when the grace runs out).  A borrow that ran out does not come back.
   if redis.call('HEXISTS', lk.ss, borrow_field(current)) == 1 then
-    end_session(lk, license_id, current, 'timeout', now, shard)
+    end_session(lk, license_id, current, 'timeout', now, shard, fp)
     current_deadline = nil
   else
     local in_use = seats_in_use(lk, now)
@@ -161,7 +162,6 @@ local token = ARGV[3]
 redis.call('ZADD', lk.live, deadline, token)
 index_license(lk, license_id, shard, resume_ms)
 redis.call('INCR', shard.count)
-redis.call('HSET', lk.fp, fp, token)
 write_session(lk, token, {d = device, s = now, lh = '', n = 0, ip = ARGV[5], v = ARGV[4]})
 if resume_ms > 0 then
   redis.call('HSET', lk.ss, GRACE_FIELD, resume_ms)

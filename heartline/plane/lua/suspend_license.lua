@@ -1,7 +1,7 @@
 -- suspend_license: switch a cached license to a status that refuses service and end every live session
 -- of the license, in one atomic step: no start can slip in between (ending first and switching second
 -- left a window in which an edge started a session on the still-active cached license).
--- KEYS: 1-5 the license's keys (lic, dev, live, fp, ss), 6-8 the shard's keys (deadlines, events, count)
+-- KEYS: 1-4 the license's keys (lic, dev, live, ss), 5-7 the shard's keys (deadlines, events, count)
 -- ARGV: 1 license id, 2 status ('suspended' | 'revoked'),
 --       3 the license's version in PostgreSQL that carries this status, 4 end reason,
 --       5 stream max length
@@ -12,7 +12,7 @@
 -- holds the status); its sessions are ended all the same.
 local license_id = ARGV[1]
 local lk = license_keys(1)
-local shard = shard_keys(6, ARGV[5])
+local shard = shard_keys(5, ARGV[5])
 local cached = redis.call('HGET', lk.lic, 'version')
 if cached and tonumber(cached) > tonumber(ARGV[3]) then
   return -1
