@@ -72,7 +72,14 @@ def live_sessions(license_id: int, shards: int) -> str:
 
 
 def sessions(license_id: int, shards: int) -> str:
-    """Hash: session token -> packed record 'device id|started ms|last heartbeat ms|count|ip|client version'.
+    """Hash: session token -> packed record 'device id|started|last heartbeat|count|ip|client version'.
+
+    started (ms since the epoch), last heartbeat (ms after started, '' before the first) and count are in
+    base 36; records written before that are decimal with the last heartbeat in ms since the epoch (a
+    started of 12 characters or more; SessionPlane.seat_holders and the Lua prelude read both).  A record
+    longer than 64 bytes (Redis's default hash-max-listpack-value, beyond which the whole hash becomes a
+    hashtable) keeps 'device id|started|last heartbeat|count' under the token and 'ip|client version' in
+    field 'x:<token>'.
 
     One field per session in a small per-license hash (listpack-encoded) rather than a key per session:
     a key, its hash and its expiry entry cost ~240 bytes of Redis memory, a field ~90.  The same device
@@ -81,7 +88,7 @@ def sessions(license_id: int, shards: int) -> str:
     bytes per session; the devices hash maps fingerprint -> device id).
 
     Besides the records: '!g' (the license's resume grace in ms), 'l:<token>' (a revived session's
-    lapses) and 'b:<token>' (a borrowed session's end in ms)."""
+    lapses), 'b:<token>' (a borrowed session's end in ms) and 'x:<token>' (a split record's tail)."""
     return license_base(license_id, shards) + SESSIONS_SUFFIX
 
 

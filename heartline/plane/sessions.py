@@ -96,6 +96,23 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def session_record_times(record: str) -> tuple[int | None, int, int | None]:
+    """Device id, started ms and last heartbeat ms (None before the first) of a session record
+    (keys.sessions): 'device id|started|last heartbeat|count|...', times in base 36, the last heartbeat
+    in ms after started; a record written before that layout is decimal ms (a started of 12 characters
+    or more).  Missing parts read as None / 0."""
+    device, started, last = ([*record.split("|", 3), "", "", ""])[:3]
+    if len(started) >= 12:
+        return int(device) if device else None, int(started), int(last) if last else None
+    started_ms = _signed_b36(started) if started else 0
+    return (int(device) if device else None, started_ms,
+            started_ms + _signed_b36(last) if last else None)
+
+
+def _signed_b36(text: str) -> int:
+    return -int(text[1:], 36) if text.startswith("-") else int(text, 36)
+
+
 def new_session_token() -> str:
     """Session tokens are UUID v4: unguessable, and the worker stores them in uuid columns."""
     return str(uuid.uuid4())
@@ -243,12 +260,8 @@ class SessionPlane:
                              self.redis.hmget(keys.sessions(license_id, self.shards), tokens))
         holders = []
         for (_token, deadline), record in zip(live, records, strict=True):
-            # 'device id|started ms|last heartbeat ms|count|ip|client version' (keys.sessions)
-            parts = _text(record).split("|") if record is not None else []
-            device, started, last = (parts + ["", "", ""])[:3]
-            holders.append(SeatHolder(device_id=int(device) if device else None,
-                                      started_ms=int(started) if started else 0,
-                                      last_heartbeat_ms=int(last) if last else None,
+            device, started, last = session_record_times(_text(record) if record is not None else "")
+            holders.append(SeatHolder(device_id=device, started_ms=started, last_heartbeat_ms=last,
                                       deadline_ms=int(deadline)))
         return now, holders
 

@@ -23,6 +23,16 @@ from heartline.settings import Settings
 LICENSE_ID = 7
 
 
+def b36(n: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        n, d = divmod(n, 36)
+        out = digits[d] + out
+        if n == 0:
+            return out
+
+
 def cached(**changes: object) -> CachedLicense:
     fields: dict[str, object] = {"license_id": LICENSE_ID, "version": 1, "status": "active",
                                  "valid_from_ms": 0, "valid_until_ms": None, "device_limit": 10,
@@ -54,7 +64,7 @@ async def test_start_creates_session_and_emits_started_event(plane: SessionPlane
     assert ev.device_id == 101 and ev.fingerprint == "fp1" and ev.client_version == "1.2"
     assert ev.client_ip == "10.0.0.1" and ev.started_ms == ev.at_ms
     record = await cast("Awaitable[bytes | None]", plane.redis.hget(keys.sessions(LICENSE_ID, plane.shards), out.token))
-    assert record == f"101|{ev.started_ms}||0|10.0.0.1|1.2".encode()
+    assert record == f"101|{b36(ev.started_ms)}||0|10.0.0.1|1.2".encode()
 
 
 async def test_start_resumes_same_device_with_same_token(plane: SessionPlane) -> None:
@@ -84,7 +94,86 @@ async def test_a_session_started_under_the_old_layout_resumes_and_ends_once(plan
     assert await plane.end_session(LICENSE_ID, token, EndReason.CLIENT_END)
     [ended] = [e for e in await events(plane) if e.kind is SessionEventKind.ENDED]
     assert (ended.session_token, ended.device_id, ended.fingerprint, ended.heartbeat_count) == (token, 101, "fp1", 1)
+    assert (ended.started_ms, ended.client_ip, ended.client_version) == (now, "10.0.0.1", "1.0")
+    assert ended.last_heartbeat_ms is not None and ended.last_heartbeat_ms >= now
     assert 0 < await plane.redis.pttl(old_fp_map) <= 60_000
+
+
+async def test_a_decimal_record_written_before_base_36_reads_the_same(plane: SessionPlane) -> None:
+    """Records written before the times went to base 36 (decimal ms, the last heartbeat absolute) are read
+    by the scripts and by seat_holders alike."""
+    s = plane.shards
+    now = await plane.now_ms()
+    token = "22222222-2222-4222-8222-222222222222"
+    await plane.redis.zadd(keys.live_sessions(LICENSE_ID, s), {token: now + 2000})
+    await cast("Awaitable[int]", plane.redis.hset(keys.sessions(LICENSE_ID, s), token,
+                                                  f"102|{now - 5000}|{now - 1000}|41|::1|9|9"))
+    _now, [holder] = await plane.seat_holders(LICENSE_ID)
+    assert (holder.device_id, holder.started_ms, holder.last_heartbeat_ms) == (102, now - 5000, now - 1000)
+    assert await plane.end_session(LICENSE_ID, token, EndReason.CLIENT_END)
+    [ended] = [e for e in await events(plane) if e.kind is SessionEventKind.ENDED]
+    assert (ended.started_ms, ended.last_heartbeat_ms, ended.heartbeat_count, ended.client_ip,
+            ended.client_version) == (now - 5000, now - 1000, 41, "::1", "9|9")
+
+
+async def test_seat_holders_and_the_ended_event_read_one_record_alike(plane: SessionPlane) -> None:
+    out = await plane.start_session(LICENSE_ID, "fp1", client_ip="10.0.0.1")
+    assert out.token
+    _now, [fresh] = await plane.seat_holders(LICENSE_ID)
+    assert fresh.last_heartbeat_ms is None
+    assert (await plane.heartbeat(LICENSE_ID, out.token)).code is PlaneCode.OK
+    _now, [holder] = await plane.seat_holders(LICENSE_ID)
+    assert await plane.end_session(LICENSE_ID, out.token, EndReason.CLIENT_END)
+    [started, ended] = await events(plane)
+    assert (holder.device_id, holder.started_ms, holder.last_heartbeat_ms) == (
+        101, started.started_ms, ended.last_heartbeat_ms)
+    assert ended.started_ms == started.started_ms and ended.heartbeat_count == 1
+    assert holder.last_heartbeat_ms is not None and holder.last_heartbeat_ms >= holder.started_ms
+
+
+@pytest.mark.parametrize(("ip", "version"), [
+    ("2001:0db8:85a3:1234:5678:8a2e:0370:7334", "1.2.3-rc1"),  # a full IPv6 address
+    ("203.0.113.77", "build-2026.11.30-nightly+g3ea257b5f10"),  # a long client version
+])
+async def test_a_long_record_is_split_and_the_hash_stays_a_listpack(plane: SessionPlane, ip: str,
+                                                                   version: str) -> None:
+    """A value over hash-max-listpack-value (64 by default) would turn the license's whole session hash
+    into a hashtable: the record's ip and version move to field 'x:<token>' instead."""
+    ss = keys.sessions(LICENSE_ID, plane.shards)
+    tokens = []
+    for i in range(3):
+        out = await plane.start_session(LICENSE_ID, f"fp{i}", client_version=version, client_ip=ip)
+        assert out.token
+        tokens.append(out.token)
+        assert (await plane.heartbeat(LICENSE_ID, out.token)).code is PlaneCode.OK
+        assert (await plane.heartbeat(LICENSE_ID, out.token)).code is PlaneCode.OK
+    values = await cast("Awaitable[list[bytes]]", plane.redis.hvals(ss))
+    assert max(len(v) for v in values) <= 64
+    fields = await cast("Awaitable[list[bytes]]", plane.redis.hkeys(ss))
+    assert sorted(f for f in fields if f.startswith(b"x:")) == sorted(b"x:" + t.encode() for t in tokens)
+    assert await plane.redis.object("encoding", ss) in (b"listpack", b"ziplist")
+    assert (await plane.start_session(LICENSE_ID, "fp0")).token == tokens[0]  # resumes the split record
+    _now, holders = await plane.seat_holders(LICENSE_ID)
+    assert sorted(h.device_id or 0 for h in holders) == [100, 101, 102]
+    assert all(h.last_heartbeat_ms for h in holders)
+    assert await plane.end_session(LICENSE_ID, tokens[0], EndReason.CLIENT_END)
+    [ended] = [e for e in await events(plane) if e.kind is SessionEventKind.ENDED]
+    assert (ended.client_ip, ended.client_version, ended.heartbeat_count, ended.fingerprint) == (ip, version, 2, "fp0")
+    fields = await cast("Awaitable[list[bytes]]", plane.redis.hkeys(ss))
+    assert not [f for f in fields if tokens[0].encode() in f]
+    assert await plane.end_license_sessions(LICENSE_ID, EndReason.ADMIN_TERMINATED) == 2
+    assert not await plane.redis.exists(ss) or await cast("Awaitable[list[bytes]]", plane.redis.hkeys(ss)) == []
+
+
+async def test_a_record_whose_tail_alone_is_too_long_stays_whole(plane: SessionPlane) -> None:
+    ip, version = "2001:0db8:85a3:1234:5678:8a2e:0370:7334", "v" * 40
+    out = await plane.start_session(LICENSE_ID, "fp1", client_version=version, client_ip=ip)
+    assert out.token and (await plane.heartbeat(LICENSE_ID, out.token)).code is PlaneCode.OK
+    assert await cast("Awaitable[list[bytes]]", plane.redis.hkeys(keys.sessions(LICENSE_ID, plane.shards))) == [
+        out.token.encode()]
+    assert await plane.end_session(LICENSE_ID, out.token, EndReason.CLIENT_END)
+    [ended] = [e for e in await events(plane) if e.kind is SessionEventKind.ENDED]
+    assert (ended.client_ip, ended.client_version, ended.heartbeat_count) == (ip, version, 1)
 
 
 async def test_end_device_sessions_finds_the_session_by_device_id_once_the_cache_is_gone(

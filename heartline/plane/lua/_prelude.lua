@@ -25,8 +25,47 @@ local function now_ms()
 end
 
 -- Session records are fields of the license's 'ss' hash, packed as
--- 'device id|started ms|last heartbeat ms|count|ip|client version' (the version last: it may hold '|').
-local function read_session(lk, token)
+-- 'device id|started|last heartbeat|count|ip|client version' (the version last: it may hold '|'), with
+-- started in ms since the epoch, the last heartbeat in ms after started ('' before the first) and the
+-- count, all three in base 36: ~13 bytes less than decimal ms per record.  Records written before are
+-- decimal (started in 13 digits, the last heartbeat in ms since the epoch) and still read: a started of
+-- 12 characters or more is decimal; the next write stores the record in base 36.
+-- A record stays at most RECORD_MAX bytes, Redis's default hash-max-listpack-value: one longer value
+-- turns the license's whole hash from a listpack into a hashtable (~80 bytes more per session).  A
+-- longer one (a full IPv6 address, a long client version) is split: 'device id|started|last
+-- heartbeat|count' under the token and 'ip|client version' in field 'x:<token>' -- unless that is
+-- longer than RECORD_MAX itself (then nothing keeps the hash a listpack, and the record stays whole).
+local RECORD_MAX = 64
+local B36 = '0123456789abcdefghijklmnopqrstuvwxyz'
+
+local function to_b36(n)
+  n = math.floor(tonumber(n) or 0)
+  if n < 0 then
+    return '-' .. to_b36(-n)
+  end
+  local digits = {}
+  repeat
+    local d = n % 36
+    digits[#digits + 1] = string.sub(B36, d + 1, d + 1)
+    n = (n - d) / 36
+  until n == 0
+  return string.reverse(table.concat(digits))
+end
+
+local function from_b36(text)
+  if string.sub(text, 1, 1) == '-' then
+    return -tonumber(string.sub(text, 2), 36)
+  end
+  return tonumber(text, 36)
+end
+
+local function tail_field(token)
+  return 'x:' .. token
+end
+
+-- The session's record with started, last heartbeat ('' before the first) and count as numbers (ms since
+-- the epoch), or nil.  `with_tail`: also the ip and client version of a split record (rec.split).
+local function read_session(lk, token, with_tail)
   local raw = redis.call('HGET', lk.ss, token)
   if not raw then
     return nil
@@ -36,17 +75,55 @@ local function read_session(lk, token)
   for i = 1, 5 do
     local sep = string.find(raw, '|', from, true)
     if not sep then
-      return nil
+      if i ~= 4 then
+        return nil
+      end
+      parts[4] = string.sub(raw, from)
+      from = nil
+      break
     end
     parts[i] = string.sub(raw, from, sep - 1)
     from = sep + 1
   end
-  return {d = parts[1], s = parts[2], lh = parts[3], n = parts[4], ip = parts[5], v = string.sub(raw, from)}
+  local rec = {d = parts[1], ip = parts[5] or '', v = ''}
+  if #parts[2] >= 12 then
+    rec.s, rec.lh, rec.n = tonumber(parts[2]), tonumber(parts[3]) or '', tonumber(parts[4]) or 0
+  else
+    rec.s, rec.n = from_b36(parts[2]), from_b36(parts[4]) or 0
+    rec.lh = parts[3] ~= '' and rec.s + from_b36(parts[3]) or ''
+  end
+  if from then
+    rec.v = string.sub(raw, from)
+  else
+    rec.split = true
+    if with_tail then
+      local tail = redis.call('HGET', lk.ss, tail_field(token)) or '|'
+      local sep = string.find(tail, '|', 1, true) or #tail + 1
+      rec.ip, rec.v = string.sub(tail, 1, sep - 1), string.sub(tail, sep + 1)
+    end
+  end
+  return rec
 end
 
 local function write_session(lk, token, rec)
-  redis.call('HSET', lk.ss, token,
-    rec.d .. '|' .. rec.s .. '|' .. rec.lh .. '|' .. rec.n .. '|' .. rec.ip .. '|' .. rec.v)
+  local s = tonumber(rec.s) or 0
+  local lh = ''
+  if tonumber(rec.lh) then
+    lh = to_b36(tonumber(rec.lh) - s)
+  end
+  local head = rec.d .. '|' .. to_b36(s) .. '|' .. lh .. '|' .. to_b36(rec.n)
+  if rec.split then  -- its ip and client version are in 'x:<token>' already
+    redis.call('HSET', lk.ss, token, head)
+    return
+  end
+  local tail = rec.ip .. '|' .. rec.v
+  if #head + 1 + #tail <= RECORD_MAX or #tail > RECORD_MAX then
+    -- (a tail too long for a listpack value would turn the hash into a hashtable either way)
+    redis.call('HSET', lk.ss, token, head .. '|' .. tail)
+  else
+    redis.call('HSET', lk.ss, token, head, tail_field(token), tail)
+    rec.split = true
+  end
 end
 
 -- The fingerprint of a device of the license: the devices hash maps fingerprint -> device id (one
@@ -176,7 +253,7 @@ local function end_session(lk, license_id, token, reason, now, shard, fp)
   local borrowed = redis.call('HDEL', lk.ss, borrow_field(token)) == 1
   local lapses = tonumber(redis.call('HGET', lk.ss, lapse_field(token)) or 0)
   if not score then
-    redis.call('HDEL', lk.ss, token, lapse_field(token))
+    redis.call('HDEL', lk.ss, token, lapse_field(token), tail_field(token))
     return 0
   end
   redis.call('ZREM', lk.live, token)
@@ -191,8 +268,8 @@ local function end_session(lk, license_id, token, reason, now, shard, fp)
     lapses = lapses + 1
     result = 2
   end
-  local rec = read_session(lk, token) or {d = '', s = '', lh = '', n = '0', ip = '', v = ''}
-  redis.call('HDEL', lk.ss, token, lapse_field(token))
+  local rec = read_session(lk, token, true) or {d = '', s = '', lh = '', n = '0', ip = '', v = ''}
+  redis.call('HDEL', lk.ss, token, lapse_field(token), tail_field(token))
   fp = fp or fingerprint_of(lk, rec.d)
   if lapses > 0 then
     append_event(shard.events, shard.maxlen,
