@@ -105,6 +105,20 @@ def _i(value: bytes | str | None) -> int | None:
     return int(text) if text is not None else None
 
 
+def _record_numbers(started: str | None, last: str | None, count: str | None) -> tuple[int, int | None, int]:
+    """Started ms, last heartbeat ms and heartbeat count of a session event: decimal, as the scripts write
+    them.  An `ended` event written by a plane script older than the session's record (old and new edges
+    or workers side by side during an upgrade) passes the record's base-36 values through (keys.sessions):
+    a started that is not all digits is base 36, and so is the count, and the last heartbeat counts from
+    the start unless it has 12 digits or more (an old script's heartbeat wrote it in ms since the epoch)."""
+    if started is None or started.isdigit():
+        return int(started or 0), int(last) if last else None, int(count or 0)
+    begun = int(started, 36)
+    if not last:
+        return begun, None, int(count or "0", 36)
+    return begun, int(last) if len(last) >= 12 and last.isdigit() else begun + int(last, 36), int(count or "0", 36)
+
+
 def _key(fields: dict[bytes, bytes] | dict[str, str], name: str) -> bytes | str | None:
     got = fields.get(name)  # type: ignore[call-overload]
     if got is None:
@@ -132,18 +146,19 @@ def session_event_from_fields(shard: int, entry_id: bytes | str,
                               fields: dict[bytes, bytes] | dict[str, str]) -> SessionEvent:
     sid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
     reason = _s(_key(fields, "r"))
+    started, last, count = _record_numbers(_s(_key(fields, "s")), _s(_key(fields, "lh")), _s(_key(fields, "n")))
     return SessionEvent(
         event_id=f"{shard}-{sid}",
         kind=SessionEventKind(_s(_key(fields, "k")) or ""),
         license_id=int(_s(_key(fields, "l")) or 0),
         session_token=_s(_key(fields, "t")) or "",
         at_ms=_i(_key(fields, "at")) or int(sid.split("-", 1)[0]),
-        started_ms=_i(_key(fields, "s")) or 0,
+        started_ms=started,
         device_id=_i(_key(fields, "d")),
         fingerprint=_s(_key(fields, "f")),
         reason=EndReason(reason) if reason else None,
-        heartbeat_count=_i(_key(fields, "n")) or 0,
-        last_heartbeat_ms=_i(_key(fields, "lh")),
+        heartbeat_count=count,
+        last_heartbeat_ms=last,
         client_version=_s(_key(fields, "v")),
         client_ip=_s(_key(fields, "ip")),
         lapses=_i(_key(fields, "lp")) or 0,

@@ -105,6 +105,8 @@ def session_record_times(record: str) -> tuple[int | None, int, int | None]:
     if len(started) >= 12:
         return int(device) if device else None, int(started), int(last) if last else None
     started_ms = _signed_b36(started) if started else 0
+    if len(last) >= 12:  # written in ms since the epoch by a heartbeat script older than the record
+        return int(device) if device else None, started_ms, int(last)
     return (int(device) if device else None, started_ms,
             started_ms + _signed_b36(last) if last else None)
 

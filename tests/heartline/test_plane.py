@@ -116,6 +116,37 @@ async def test_a_decimal_record_written_before_base_36_reads_the_same(plane: Ses
             ended.client_version) == (now - 5000, now - 1000, 41, "::1", "9|9")
 
 
+async def test_a_base_36_record_whose_last_heartbeat_an_older_script_wrote_in_ms(plane: SessionPlane) -> None:
+    """Old and new scripts side by side during an upgrade: an old heartbeat keeps the base-36 start it
+    cannot read and writes the last heartbeat in ms since the epoch; both read back right."""
+    s = plane.shards
+    now = await plane.now_ms()
+    token = "33333333-3333-4333-8333-333333333333"
+    await plane.redis.zadd(keys.live_sessions(LICENSE_ID, s), {token: now + 2000})
+    await cast("Awaitable[int]", plane.redis.hset(keys.sessions(LICENSE_ID, s), token,
+                                                  f"103|{b36(now - 5000)}|{now - 1000}|1|10.0.0.3|1.0"))
+    _now, [holder] = await plane.seat_holders(LICENSE_ID)
+    assert (holder.device_id, holder.started_ms, holder.last_heartbeat_ms) == (103, now - 5000, now - 1000)
+    assert await plane.end_session(LICENSE_ID, token, EndReason.CLIENT_END)
+    [ended] = [e for e in await events(plane) if e.kind is SessionEventKind.ENDED]
+    assert (ended.started_ms, ended.last_heartbeat_ms, ended.heartbeat_count) == (now - 5000, now - 1000, 1)
+
+
+def test_an_ended_event_an_older_script_wrote_from_a_base_36_record_reads_in_ms() -> None:
+    """An old script ending a session whose record a new one wrote passes the record's base-36 values into
+    the event; the worker reads them as ms (not as a malformed event that history would lose)."""
+    fields = {"k": "ended", "l": "7", "t": "44444444-4444-4444-8444-444444444444", "r": "timeout",
+              "at": "1764537100000", "s": b36(1_764_537_000_000), "lh": b36(69_900), "n": b36(100)}
+    event = session_event_from_fields(0, "1764537100000-0", fields)
+    assert (event.started_ms, event.last_heartbeat_ms, event.heartbeat_count) == (
+        1_764_537_000_000, 1_764_537_069_900, 100)
+    event = session_event_from_fields(0, "1764537100000-0", {**fields, "lh": "1764537069900", "n": ""})
+    assert (event.started_ms, event.last_heartbeat_ms, event.heartbeat_count) == (
+        1_764_537_000_000, 1_764_537_069_900, 0)
+    event = session_event_from_fields(0, "1764537100000-0", {**fields, "s": "1764537000000", "lh": "", "n": "12"})
+    assert (event.started_ms, event.last_heartbeat_ms, event.heartbeat_count) == (1_764_537_000_000, None, 12)
+
+
 async def test_seat_holders_and_the_ended_event_read_one_record_alike(plane: SessionPlane) -> None:
     out = await plane.start_session(LICENSE_ID, "fp1", client_ip="10.0.0.1")
     assert out.token

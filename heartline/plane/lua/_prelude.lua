@@ -90,7 +90,11 @@ local function read_session(lk, token, with_tail)
     rec.s, rec.lh, rec.n = tonumber(parts[2]), tonumber(parts[3]) or '', tonumber(parts[4]) or 0
   else
     rec.s, rec.n = from_b36(parts[2]), from_b36(parts[4]) or 0
-    rec.lh = parts[3] ~= '' and rec.s + from_b36(parts[3]) or ''
+    if #parts[3] >= 12 then  -- ms since the epoch, written by a heartbeat script older than the record
+      rec.lh = tonumber(parts[3])
+    else
+      rec.lh = parts[3] ~= '' and rec.s + from_b36(parts[3]) or ''
+    end
   end
   if from then
     rec.v = string.sub(raw, from)
