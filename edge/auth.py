@@ -84,6 +84,16 @@ class ApiKeyGuard:
         self._used.add(key_id)
         return key_id
 
+    def known(self, presented: str) -> int | None:
+        """The id of a key already known to be valid and not due for a re-check, else None (then `check`
+        decides).  No I/O, for the heartbeat's hot path.  A valid entry was only ever cached for a
+        well-formed key, so the same digest needs no second look at the key's format."""
+        entry = self._cache.get(hash_key(presented))
+        if entry is None or entry[0] is None or entry[1] <= time.monotonic():
+            return None
+        self._used.add(entry[0])
+        return entry[0]
+
     async def _lookup(self, digest: bytes) -> int | None:
         """One query per key however many requests wait for it; a task of its own, so a caller that goes
         away cancels nobody else's wait."""

@@ -12,8 +12,10 @@ the app's one handler renders them.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import math
+import re
 import time
 import uuid
 from typing import Any
@@ -30,38 +32,102 @@ from edge.errors import (
     SessionLimitReached,
 )
 from edge.metrics import EdgeMetrics, ResponseStatus
-from edge.schemas import HeartbeatResponse, LicenseRequest, encode, utc_from_ms
+from edge.schemas import LicenseRequest
 from edge.sessions import refusal
-from edge.signing import InvalidNonce, read_nonce, signed_send
+from edge.signing import InvalidNonce, signed_send
 from edge.state import EdgeState
 from heartline.plane.sessions import PlaneCode
+from heartline.signing.signer import NONCE_HEADER, NONCE_PATTERN, request_path
 
 log = logging.getLogger("heartline.edge.heartbeats")
 
-JSON_HEADERS = [(b"content-type", b"application/json")]
+_CONTENT_TYPE = (b"content-type", b"application/json")
+# Content-Length header pairs by body length, made once (a heartbeat's answer is ~90 bytes)
+_CONTENT_LENGTH = [(b"content-length", str(n).encode()) for n in range(512)]
+
+
+def _content_length(size: int) -> tuple[bytes, bytes]:
+    return _CONTENT_LENGTH[size] if size < 512 else (b"content-length", str(size).encode())
+# A session token already in canonical form (what clients send back) needs no round trip through uuid.UUID
+_CANONICAL_TOKEN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_API_KEY = b"x-api-key"
+_CONTENT_LENGTH_NAME = b"content-length"
+
+
+def session_token(raw: str) -> str:
+    """The {token} path parameter in canonical form (str(uuid.UUID(raw))); anything but a UUID is refused."""
+    if _CANONICAL_TOKEN.fullmatch(raw):
+        return raw
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError:
+        raise InvalidSessionToken() from None
+
+
+class AnswerBody:
+    """The 200 answer's body, byte for byte what msgspec writes for HeartbeatResponse (edge/schemas.py):
+    `{"expires_at":"<RFC 3339, UTC>","next_heartbeat_in_s":N,"offline_grace_s":N}`, with the deadline's
+    date and time formatted once per second instead of a datetime and a struct per answer.
+    tests/edge/test_heartbeats.py compares it with msgspec's encoding."""
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = b""
+
+    def __call__(self, deadline_ms: int, interval_s: int, offline_grace_s: int) -> bytes:
+        second, millis = divmod(deadline_ms, 1000)
+        if second != self._second:
+            moment = dt.datetime.fromtimestamp(second, dt.UTC)
+            self._prefix = b'{"expires_at":"' + moment.strftime("%Y-%m-%dT%H:%M:%S").encode()
+            self._second = second
+        # msgspec writes microseconds, and no fraction at all for a whole second
+        fraction = b"" if millis == 0 else b".%03d000" % millis
+        return b"".join((self._prefix, fraction, b'Z","next_heartbeat_in_s":%d,"offline_grace_s":%d}'
+                         % (interval_s, offline_grace_s)))
 
 
 class HeartbeatEndpoint:
-    """POST /v1/sessions/{token}/heartbeat: keep a session alive."""
+    """POST /v1/sessions/{token}/heartbeat: keep a session alive (unsigned: the fast path signs)."""
+
+    def __init__(self) -> None:
+        self.body = AnswerBody()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state: EdgeState = scope["app"].state.edge
         limit = state.settings.max_body_bytes
         api_keys = []
         for name, value in scope["headers"]:
-            if name == b"x-api-key":
+            if name == _API_KEY:
                 api_keys.append(value.decode("latin-1"))
-            elif name == b"content-length" and value.isdigit() and int(value) > limit:
+            elif name == _CONTENT_LENGTH_NAME and value.isdigit() and int(value) > limit:
                 raise BodyTooLarge(f"The body may be at most {limit} bytes.")
-        await state.api_keys.check(api_keys)
-        body = decode(await _read_body(receive, limit), LicenseRequest)
-        try:
-            token = str(uuid.UUID(scope["path_params"]["token"]))
-        except ValueError:
-            raise InvalidSessionToken() from None
-        license_id = await state.licenses.license_id(body.license_key)
+        payload = await self.accept(state, receive, scope["path_params"]["token"], api_keys)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [_CONTENT_TYPE, _content_length(len(payload))]})
+        await send({"type": "http.response.body", "body": payload})
+
+    async def accept(self, state: EdgeState, receive: Receive, raw_token: str, api_keys: list[str]) -> bytes:
+        """The body of the 200 answer to an accepted heartbeat; raises the refusal otherwise.  The
+        Content-Length header was checked by the caller."""
+        if len(api_keys) != 1 or state.api_keys.known(api_keys[0]) is None:
+            await state.api_keys.check(api_keys)
+        limit = state.settings.max_body_bytes
+        message = await receive()
+        if message["type"] == "http.request" and not message.get("more_body", False):
+            raw = message.get("body", b"")
+            if len(raw) > limit:
+                raise BodyTooLarge(f"The body may be at most {limit} bytes.")
+        else:
+            raw = await _read_body(message, receive, limit)
+        body = decode(raw, LicenseRequest)
+        token = session_token(raw_token)
+        license_id = state.licenses.known_id(body.license_key)
         if license_id is None:
-            raise LicenseNotFound()
+            license_id = await state.licenses.license_id(body.license_key)
+            if license_id is None:
+                raise LicenseNotFound()
 
         outcome = await state.plane.heartbeat(license_id, token)
         if outcome.code is PlaneCode.LICENSE_NOT_CACHED:
@@ -69,13 +135,7 @@ class HeartbeatEndpoint:
                 raise LicenseNotFound()
             outcome = await state.plane.heartbeat(license_id, token)
         if outcome.code is PlaneCode.OK:
-            payload = encode(HeartbeatResponse(expires_at=utc_from_ms(outcome.deadline_ms),
-                                               next_heartbeat_in_s=outcome.interval_s,
-                                               offline_grace_s=outcome.offline_grace_s))
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [*JSON_HEADERS, (b"content-length", str(len(payload)).encode())]})
-            await send({"type": "http.response.body", "body": payload})
-            return
+            return self.body(outcome.deadline_ms, outcome.interval_s, outcome.offline_grace_s)
         if outcome.code is PlaneCode.HEARTBEAT_TOO_FREQUENT:
             retry_after = max(1, math.ceil(outcome.retry_after_ms / 1000))
             raise HeartbeatTooFrequent(headers={"Retry-After": str(retry_after)})
@@ -87,10 +147,11 @@ class HeartbeatEndpoint:
         raise refusal(outcome.code)
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes:
+async def _read_body(first: dict[str, Any], receive: Receive, limit: int) -> bytes:
+    """The body of a request whose first message did not hold all of it."""
     body = b""
+    message = first
     while True:
-        message = await receive()
         if message["type"] != "http.request":  # client went away
             return body
         body += message.get("body", b"")
@@ -98,12 +159,14 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
             raise BodyTooLarge(f"The body may be at most {limit} bytes.")
         if not message.get("more_body", False):
             return body
+        message = await receive()
 
 
 heartbeat = HeartbeatEndpoint()
 
 HEARTBEAT_ROUTE = "/v1/sessions/{token}/heartbeat"
 _PREFIX, _SUFFIX = "/v1/sessions/", "/heartbeat"
+_START, _END = len(_PREFIX), -len(_SUFFIX)
 
 
 class HeartbeatFastPath:
@@ -114,35 +177,81 @@ class HeartbeatFastPath:
     It keeps what those layers give: the same metrics under the same route label, the same signature
     (edge/signing.py), and the same error rendering (the app's handlers) for refusals and for Redis or
     PostgreSQL being unreachable.  Anything else propagates to Starlette's server-error middleware (500,
-    logged) as before.
+    logged) as before.  An accepted heartbeat is answered here directly — headers made once, the
+    signature's headers added, no wrapper around `send` — and counted in a plain tally
+    (edge/metrics.py); refusals go through the app's handlers and the signing `send` as before.
     """
 
     def __init__(self, app: ASGIApp, metrics: EdgeMetrics) -> None:
         self.app = app
         self.metrics = metrics
+        self.accepted = metrics.tally(HEARTBEAT_ROUTE, "POST", 200)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
-        token = path[len(_PREFIX):-len(_SUFFIX)] if path.startswith(_PREFIX) and path.endswith(_SUFFIX) else ""
+        token = path[_START:_END] if path.startswith(_PREFIX) and path.endswith(_SUFFIX) else ""
         if not token or "/" in token or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        answered = ResponseStatus(send)
-        scope["path_params"] = {"token": token}
-        # Answers and refusals alike are signed (edge/signing.py), as the middleware this path skips would.
-        nonce, acceptable = read_nonce(scope["headers"])
-        out = signed_send(scope, answered, nonce)
+        state: EdgeState = scope["app"].state.edge
+        limit = state.settings.max_body_bytes
+        # one pass over the headers for what the heartbeat reads: API key(s), Content-Length, the nonce
+        api_keys: list[str] = []
+        nonce: bytes | None = None
+        nonces = 0
+        too_large = False
+        for name, value in scope["headers"]:
+            if name == _API_KEY:
+                api_keys.append(value.decode("latin-1"))
+            elif name == _CONTENT_LENGTH_NAME:
+                if value.isdigit() and int(value) > limit:
+                    too_large = True
+            elif name == NONCE_HEADER:
+                nonce, nonces = value, nonces + 1
+        if nonces > 1 or (nonce is not None and NONCE_PATTERN.match(nonce) is None):
+            acceptable, nonce_text = False, None
+        else:
+            acceptable, nonce_text = True, (nonce.decode() if nonce is not None else None)
+        answered = False
         try:
             if not acceptable:
                 raise InvalidNonce()
-            await heartbeat(scope, receive, out)
+            if too_large:
+                raise BodyTooLarge(f"The body may be at most {limit} bytes.")
+            payload = await heartbeat.accept(state, receive, token, api_keys)
+            headers = [_CONTENT_TYPE, _content_length(len(payload))]
+            signer = state.signing.signer
+            if signer is not None:
+                headers += signer.headers(200, payload, "POST", request_path(scope.get("raw_path"), path),
+                                          nonce_text)
+            answered = True
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": payload})
         except Exception as exc:
+            if not answered:
+                await self._refuse(scope, receive, send, exc, token, nonce_text, started)
+                return
+            self.metrics.observe(HEARTBEAT_ROUTE, "POST", 200, time.perf_counter() - started)
+            raise
+        except BaseException:  # cancelled (the client went away): counted as the metrics middleware would
+            self.metrics.observe(HEARTBEAT_ROUTE, "POST", 200 if answered else 500, time.perf_counter() - started)
+            raise
+        self.accepted.add(time.perf_counter() - started)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, exc: Exception, token: str,
+                      nonce: str | None, started: float) -> None:
+        """Answer a refusal or a failure as the app's handler for it would, signed; counted like the
+        metrics middleware counts (500 when no handler answers and the error propagates)."""
+        answered = ResponseStatus(send)
+        try:
             handler = _handler_for(scope["app"], exc)
             if handler is None:
-                raise
+                raise exc
+            scope["path_params"] = {"token": token}
             response = await handler(Request(scope), exc)
-            await response(scope, receive, out)
+            # Refusals are signed too (edge/signing.py), as the middleware this path skips would.
+            await response(scope, receive, signed_send(scope, answered, nonce))
         finally:
             self.metrics.observe(HEARTBEAT_ROUTE, "POST", answered.status, time.perf_counter() - started)
 

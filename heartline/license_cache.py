@@ -144,6 +144,10 @@ class LicenseCache:
         self._pending: set[int] = set()
         self.poll_overlap = POLL_OVERLAP
 
+    def known_id(self, license_key: str) -> int | None:
+        """The id of a license key already looked up, else None (then `license_id` asks PostgreSQL)."""
+        return self._ids.get(license_key)
+
     async def license_id(self, license_key: str) -> int | None:
         """The id of a license key; no I/O once known."""
         found = self._ids.get(license_key)
