@@ -41,6 +41,11 @@ class PlaneCode(StrEnum):
     BORROW_IN_PAST = "BORROW_IN_PAST"
 
 
+# a script's reply code, as bytes or str (decode_responses), -> its PlaneCode without an enum lookup
+_CODES: dict[bytes | str, PlaneCode] = {**{code.value.encode(): code for code in PlaneCode},
+                                        **{code.value: code for code in PlaneCode}}
+
+
 @dataclass(frozen=True, slots=True)
 class StartOutcome:
     code: PlaneCode
@@ -171,7 +176,7 @@ class SessionPlane:
     async def heartbeat(self, license_id: int, token: str) -> HeartbeatOutcome:
         """Extend a live session and record the heartbeat: one EVALSHA, one round trip."""
         reply = await self.scripts.heartbeat(license_id, token, self.settings.heartbeat_min_gap_ms)
-        code = PlaneCode(_text(reply[0]))
+        code = _CODES.get(reply[0]) or PlaneCode(_text(reply[0]))
         if code is PlaneCode.OK:
             return HeartbeatOutcome(code=code, deadline_ms=int(reply[1]), interval_s=int(reply[2]),
                                     offline_grace_s=int(reply[3]))

@@ -7,6 +7,7 @@ import hashlib
 from collections.abc import Awaitable
 from typing import cast
 
+import hiredis
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -17,6 +18,7 @@ from heartline.devstack import free_port
 from heartline.plane.cached_license import CachedLicense
 from heartline.plane.redis.protocol import PlaneBusy, ReplicationTimeout
 from heartline.plane.redis.single import MultiplexedRedis
+from heartline.plane.scripts import SCRIPTS
 from heartline.plane.sessions import PlaneCode, SessionPlane
 from heartline.settings import Settings
 
@@ -173,6 +175,36 @@ async def test_session_plane_runs_its_scripts_on_the_multiplexed_client(client: 
     assert beat.code is PlaneCode.OK and beat.interval_s == 30
     assert client.commands - sent == 4  # the scripts went through the multiplexed client ...
     assert await plane.is_live(7, token)  # ... and the plain calls through redis-py still see them
+
+
+async def test_heartbeat_packed_once_per_license_is_the_command_hiredis_packs(client: MultiplexedRedis,
+                                                                             settings: Settings) -> None:
+    plane = SessionPlane(cast("aioredis.Redis", client), settings, scripts_client=client)
+    scripts = plane.scripts
+    for license_id, token, gap in ((7, "5b1c7b0e-8f1e-4b53-9d2a-4f1b2a9b7c11", 0), (7, "other", 0),
+                                   (7, "5b1c7b0e-8f1e-4b53-9d2a-4f1b2a9b7c11", 250), (123456, "t", 9)):
+        script_keys, args = scripts._heartbeat_call(license_id, token, gap)
+        for flagged in (False, True):
+            scripts.flagged = flagged
+            sha = SCRIPTS["heartbeat"].flagged_sha if flagged else SCRIPTS["heartbeat"].sha
+            expected = hiredis.pack_command(("EVALSHA", sha, len(script_keys), *script_keys, *args))
+            assert scripts.packed_heartbeat(license_id, token, gap) == expected
+
+
+async def test_packed_heartbeat_reloads_a_flushed_script_cache(client: MultiplexedRedis, redis: aioredis.Redis,
+                                                               settings: Settings) -> None:
+    plane = SessionPlane(redis, settings.replace(heartbeat_min_gap_ms=0), scripts_client=client)
+    await plane.load_scripts()
+    await plane.cache_license(CachedLicense(license_id=7, version=1, status="active", valid_from_ms=0,
+                                            valid_until_ms=None, device_limit=3, sessions_limit=2,
+                                            interval_s=30, timeout_s=60), {"fp-a": 1})
+    token = (await plane.start_session(7, "fp-a")).token
+    assert token is not None
+    assert (await plane.heartbeat(7, token)).code is PlaneCode.OK
+    await redis.script_flush()
+    assert (await plane.heartbeat(7, token)).code is PlaneCode.OK  # NOSCRIPT: loaded again, then run
+    assert (await plane.heartbeat(7, token)).code is PlaneCode.OK
+    assert (await plane.heartbeat(7, "5b1c7b0e-8f1e-4b53-9d2a-4f1b2a9b7c11")).code is PlaneCode.SESSION_NOT_FOUND
 
 
 def test_from_url_reads_credentials_and_database() -> None:

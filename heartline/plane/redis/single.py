@@ -99,6 +99,18 @@ class MultiplexedRedis:
         protocol = await self._connect()
         return await protocol.send(hiredis.pack_command(args))
 
+    def execute_packed(self, packed: bytes) -> asyncio.Future[Any]:
+        """`execute` for one command already packed as RESP (the plane's heartbeat packs its own, most of
+        it once per license: heartline/plane/scripts.py)."""
+        protocol = self._protocol
+        if protocol is not None and protocol.usable:
+            return protocol.send(packed)
+        return asyncio.ensure_future(self._send_after_connect(packed))
+
+    async def _send_after_connect(self, packed: bytes) -> Any:
+        protocol = await self._connect()
+        return await protocol.send(packed)
+
     async def execute_asking(self, *args: Any) -> Any:
         """ASKING and then the command, back to back on one connection (a cluster's ASK redirection:
         the slot is being imported here, and ASKING lets the next command in)."""
