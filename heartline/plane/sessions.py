@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, cast
 
+import msgspec
 import redis.asyncio as aioredis
 
 from heartline.plane import keys
@@ -67,8 +68,10 @@ class StartOutcome:
         return self.code in (PlaneCode.STARTED, PlaneCode.RESUMED)
 
 
-@dataclass(frozen=True, slots=True)
-class HeartbeatOutcome:
+class HeartbeatOutcome(msgspec.Struct, frozen=True):
+    """What a heartbeat got (a msgspec struct, not a dataclass: a frozen dataclass takes ~1 µs to build,
+    once per heartbeat)."""
+
     code: PlaneCode
     deadline_ms: int = 0
     interval_s: int = 0
