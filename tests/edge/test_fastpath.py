@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 
 from edge.app import create_app
 from heartline.devstack import free_port
@@ -60,3 +61,50 @@ async def test_heartbeat_with_redis_unreachable_gets_the_apps_503(
         assert r.headers["Retry-After"] == "1"
         # counted like every other answer (/metrics itself needs Redis for the live-session gauge)
         assert app.state.metrics.requests.labels(ROUTE, "POST", "503")._value.get() == 1.0
+
+
+def test_a_tally_shows_at_scrape_what_observe_would_have_counted() -> None:
+    import random
+    import re
+
+    from prometheus_client import generate_latest
+
+    from edge.metrics import LATENCY_BUCKETS, EdgeMetrics
+
+    observed, tallied = EdgeMetrics(), EdgeMetrics()
+    rng = random.Random(16)
+    # every bucket bound exactly (observe counts a value equal to a bound into that bound's bucket), zero,
+    # values past the last bound, and values in between
+    values = [*LATENCY_BUCKETS, 0.0, 3.0, 100.0, *(rng.random() * 0.3 for _ in range(2000))]
+    tally = tallied.tally(ROUTE, "POST", 200)
+    for i, seconds in enumerate(values):
+        observed.observe(ROUTE, "POST", 200, seconds)
+        tally.add(seconds)
+        if i % 500 == 0:  # scrapes in between: each moves what was counted so far
+            generate_latest(tallied.registry)
+
+    def text(metrics: EdgeMetrics) -> str:
+        # _created is when each series was made: not the same instant in two registries
+        return re.sub(r"^\S+_created\{.*\n", "", generate_latest(metrics.registry).decode(), flags=re.MULTILINE)
+
+    def parsed(metrics: EdgeMetrics) -> dict[str, float]:
+        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                for line in text(metrics).splitlines() if line and not line.startswith("#")}
+
+    expected, got = parsed(observed), parsed(tallied)
+    assert expected.keys() == got.keys()
+    for series, value in expected.items():  # the sum may differ in its last bits (added in another order)
+        assert got[series] == pytest.approx(value, rel=1e-12), series
+    assert f'heartline_edge_requests_total{{method="POST",route="{ROUTE}",status="200"}} {float(len(values))}' \
+        in text(tallied)
+
+
+def test_a_tally_series_exists_at_zero_before_its_first_count() -> None:
+    from prometheus_client import generate_latest
+
+    from edge.metrics import EdgeMetrics
+
+    metrics = EdgeMetrics()
+    metrics.tally(ROUTE, "POST", 200)
+    text = generate_latest(metrics.registry).decode()
+    assert f'heartline_edge_requests_total{{method="POST",route="{ROUTE}",status="200"}} 0.0' in text

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import random
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -162,3 +164,33 @@ async def test_heartbeats_need_no_postgres_once_warm(
     r = await client.post("/v1/licenses/validate", json={"license_key": "HL-NEVER-SEEN-KEY",
                                                          "hardware_fingerprint": "x"})
     assert r.status_code == 503 and r.json()["error"]["code"] == "DATABASE_UNAVAILABLE"
+
+
+def test_the_answer_body_is_what_msgspec_writes_for_the_response_struct() -> None:
+    from edge.heartbeats import AnswerBody
+    from edge.schemas import HeartbeatResponse, encode, utc_from_ms
+
+    body = AnswerBody()
+    rng = random.Random(16)
+    # deadlines are the Redis server's now plus a heartbeat timeout; up to 2100 (past ~2112, utc_from_ms's
+    # float division is off by microseconds, where AnswerBody stays exact)
+    deadlines = [0, 999, 1000, 1_764_536_400_000, 1_764_536_400_001, 1_764_536_400_010, 1_764_536_400_999,
+                 4_102_444_799_999]
+    deadlines += [rng.randrange(0, 4_102_444_800_000) for _ in range(3000)]
+    for deadline_ms in deadlines:
+        for interval_s, grace_s in ((30, 0), (1, 86_400), (3600, 7)):
+            expected = encode(HeartbeatResponse(expires_at=utc_from_ms(deadline_ms), next_heartbeat_in_s=interval_s,
+                                                offline_grace_s=grace_s))
+            assert body(deadline_ms, interval_s, grace_s) == expected, deadline_ms
+
+
+def test_canonical_and_other_uuid_spellings_become_the_same_token() -> None:
+    from edge.errors import InvalidSessionToken
+    from edge.heartbeats import session_token
+
+    token = uuid.uuid4()
+    for spelling in (str(token), str(token).upper(), token.hex, f"{{{token}}}", f"urn:uuid:{token}"):
+        assert session_token(spelling) == str(token)
+    for bad in ("", "not-a-uuid", str(token)[:-1], str(token) + "0"):
+        with pytest.raises(InvalidSessionToken):
+            session_token(bad)
