@@ -104,9 +104,7 @@ class EdgeMetrics:
         counts like observe() does, into the same metrics, from the next scrape on (see Tally)."""
         labels = (route, method, str(status))
         found = self._tallies.get(labels)
-        if found is None:
-            self.requests.labels(*labels)  # the series exists from now on, at 0, as with observe()
-            self.latency.labels(*labels)
+        if found is None:  # its series appear with the first count, as with observe()
             found = self._tallies[labels] = Tally([*LATENCY_BUCKETS, float("inf")])
         return found
 

@@ -99,12 +99,15 @@ def test_a_tally_shows_at_scrape_what_observe_would_have_counted() -> None:
         in text(tallied)
 
 
-def test_a_tally_series_exists_at_zero_before_its_first_count() -> None:
+def test_a_tally_series_appears_with_its_first_count_as_with_observe() -> None:
     from prometheus_client import generate_latest
 
     from edge.metrics import EdgeMetrics
 
     metrics = EdgeMetrics()
-    metrics.tally(ROUTE, "POST", 200)
-    text = generate_latest(metrics.registry).decode()
-    assert f'heartline_edge_requests_total{{method="POST",route="{ROUTE}",status="200"}} 0.0' in text
+    tally = metrics.tally(ROUTE, "POST", 200)
+    series = f'heartline_edge_requests_total{{method="POST",route="{ROUTE}",status="200"}}'
+    assert series not in generate_latest(metrics.registry).decode()
+    tally.add(0.001)
+    assert f"{series} 1.0" in generate_latest(metrics.registry).decode()
+    assert f"{series} 1.0" in generate_latest(metrics.registry).decode()  # moved once, not counted again
