@@ -166,7 +166,7 @@ class PlaneScripts:
 
     def packed_heartbeat(self, license_id: int, token: str, min_gap_ms: int) -> bytes:
         """The heartbeat's EVALSHA as the bytes hiredis.pack_command would give, spliced from the
-        license's command packed once (everything but the token) and the token: packing its 14
+        license's command packed once (everything but the token) and the token: packing its sixteen
         arguments anew costs ~3 µs a heartbeat, the splice a few hundred ns."""
         sha = SCRIPTS["heartbeat"].flagged_sha if self.flagged else SCRIPTS["heartbeat"].sha
         cached = self._heartbeat_packed.get(license_id)
