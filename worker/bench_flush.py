@@ -1,12 +1,17 @@
 """Benchmark: heartbeat flush rows/s against a raw COPY of the same rows into the same table.
 
-    python -m worker.bench_flush [--rows 200000] [--sessions 20000] [--rounds 3]
+    python -m worker.bench_flush [--rows 200000] [--sessions 20000 200000] [--rounds 3]
 
 Both sides store the same rows into `license_heartbeats` in the same run: the raw side is one
 `COPY ... FROM STDIN` of every row (the floor: no Redis, no dedup, no updates); the worker side is the
 real flush (XREADGROUP batches of HEARTLINE_FLUSH_BATCH_SIZE, COPY into the batch table,
 INSERT ... ON CONFLICT, set-based session/device updates, commit, XACK).  Rounds alternate which side
 goes first; medians and the ratio worker/raw are printed.
+
+Two scenarios by default, each in its own scratch database: 20 000 sessions (10 heartbeats per session
+in the streams, so a batch carries several of each session and updates its row once for them) and one
+session per row (one heartbeat per session: the case at scale, a million sessions beating every 30 s,
+where every row costs its own session and device update).  `--sessions` picks others.
 
 PostgreSQL and Redis are started from the pip wheels in a temporary folder unless --database-url and
 --redis-url are given; then a scratch database is created (and dropped) on that server and the bench's
@@ -198,27 +203,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=200_000, help="heartbeat rows per round")
     # Production-like: with 30 s heartbeats and sub-second batches a session appears about once per batch,
     # so each row also costs its session and device update.
-    parser.add_argument("--sessions", type=int, default=20_000, help="sessions the heartbeats belong to")
+    parser.add_argument("--sessions", type=int, nargs="+", metavar="N",
+                        help="sessions the heartbeats belong to, one scenario per number "
+                             "(default: 20000 and as many as --rows, one heartbeat per session)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--database-url", help="PostgreSQL server (a scratch database is created on it)")
     parser.add_argument("--redis-url", help="Redis the bench streams are written to (and deleted from)")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
+    scenarios = args.sessions or [20_000, args.rows]
 
-    async def bench(pg_url: str, redis_url: str) -> dict[str, float]:
+    async def bench(pg_url: str, redis_url: str, sessions: int) -> dict[str, float]:
         return await _with_scratch_database(
-            pg_url, lambda url: run(settings, url, redis_url, rows=args.rows, sessions=args.sessions,
+            pg_url, lambda url: run(settings, url, redis_url, rows=args.rows, sessions=sessions,
                                     rounds=args.rounds))
 
+    results: dict[int, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="heartline-bench-") as tmp, embedded_services(
             Path(tmp), postgres=not args.database_url, redis=not args.redis_url, persist=False) as (pg, rd):
         pg_url, redis_url = args.database_url or pg or "", args.redis_url or rd or ""
-        print(f"rows={args.rows} sessions={args.sessions} rounds={args.rounds} "
-              f"batch={settings.flush_batch_size} shards={settings.stream_shards}")
-        result = asyncio.run(bench(pg_url, redis_url))
-    print(f"raw COPY:     {result['raw_rows_s']:>10,.0f} rows/s (median)")
-    print(f"worker flush: {result['worker_rows_s']:>10,.0f} rows/s (median)")
-    print(f"ratio worker/raw: {result['ratio']:.2f}")
+        for sessions in scenarios:
+            print(f"rows={args.rows} sessions={sessions} rounds={args.rounds} "
+                  f"batch={settings.flush_batch_size} shards={settings.stream_shards}")
+            results[sessions] = asyncio.run(bench(pg_url, redis_url, sessions))
+    for sessions, result in results.items():
+        per_session = args.rows / sessions
+        print(f"sessions={sessions} ({per_session:g} heartbeats per session)")
+        print(f"  raw COPY:     {result['raw_rows_s']:>10,.0f} rows/s (median)")
+        print(f"  worker flush: {result['worker_rows_s']:>10,.0f} rows/s (median)")
+        print(f"  ratio worker/raw: {result['ratio']:.2f}")
     return 0
 
 

@@ -71,6 +71,15 @@ SELECT pg_advisory_xact_lock({MIRROR_LOCK}, s)
   FROM (SELECT DISTINCT unnest($1::int[]) AS s ORDER BY 1) x
 """
 
+# The session and device updates join the batch's aggregates (unnest) to the tables by primary key.
+# With a few thousand rows in the batch PostgreSQL's own choice is a hash join: a sequential scan of
+# the whole table into a hash (spilling to disk at 200 000 rows) for every batch, a cost that grows with
+# the number of sessions and devices, not with the batch.  Hash and merge joins are switched off for
+# the flush's transaction only (set_config(..., true)), so each row of the batch is an index probe.
+JOIN_BY_INDEX = """
+SELECT set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true)
+"""
+
 # One row per session / device of the batch (aggregated in Python), whatever the batch size.
 UPDATE_SESSIONS = """
 UPDATE license_sessions s
@@ -309,6 +318,8 @@ async def _store_once(conn: Conn, decoded: Decoded, shards: list[int]) -> int:
 async def _update_sessions_and_devices(conn: Conn, sessions: dict[Any, list[Any]],
                                        devices: dict[int, datetime]) -> None:
     # Sorted, so concurrent workers lock rows in the same order and do not deadlock each other.
+    if sessions or devices:
+        await conn.execute(JOIN_BY_INDEX)
     if sessions:
         tokens = sorted(sessions)
         await conn.execute(UPDATE_SESSIONS, tokens, [sessions[t][0] for t in tokens],
