@@ -102,7 +102,7 @@ class Settings:
     """uvicorn worker processes of `heartline edge` (about one per core)."""
 
     # Worker
-    flush_batch_size: int = 5000
+    flush_batch_size: int = 20000
     """Stream entries the worker reads and stores per batch (heartbeats and session events)."""
     flush_interval_s: float = 0.5
     """How long the worker waits for a batch to fill; it reads again at once while batches come back full."""
