@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             results[sessions] = asyncio.run(bench(pg_url, redis_url, sessions))
     for sessions, result in results.items():
         per_session = args.rows / sessions
-        print(f"sessions={sessions} ({per_session:g} heartbeats per session)")
+        print(f"sessions={sessions} ({per_session:g} heartbeat{'' if per_session == 1 else 's'} per session)")
         print(f"  raw COPY:     {result['raw_rows_s']:>10,.0f} rows/s (median)")
         print(f"  worker flush: {result['worker_rows_s']:>10,.0f} rows/s (median)")
         print(f"  ratio worker/raw: {result['ratio']:.2f}")
