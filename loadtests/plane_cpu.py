@@ -181,11 +181,16 @@ class Workload:
     lua: str | None = None  # full source, loaded as the plane loads its scripts
     plain: Callable[[Call, int, int], tuple[Any, ...]] | None = None  # (call, shards, i) -> command
     note: str = ""
+    # driven over the small plane's share of every plane (the sessions of its licenses, the same license
+    # ids at both sizes) instead of the hot set: a big keyspace with a small working set
+    narrow: bool = False
 
 
 def workloads() -> list[Workload]:
     full = SCRIPTS["heartbeat"].source
-    found = [Workload("heartbeat (as shipped)", "evalsha", lua=full)]
+    found = [Workload("heartbeat (as shipped)", "evalsha", lua=full),
+             Workload("heartbeat (as shipped), small plane's licenses only", "evalsha", lua=full, narrow=True,
+                      note="the same license ids at both sizes: the keyspace grows, the working set does not")]
     for part in PARTS:
         found.append(Workload(f"heartbeat without {part}", "evalsha", lua=heartbeat_without(part)))
     found.append(Workload("heartbeat without all five", "evalsha", lua=heartbeat_without(*PARTS)))
@@ -195,6 +200,8 @@ def workloads() -> list[Workload]:
         Workload("control: script doing the heartbeat's lookups", "evalsha", lua=prelude() + LOOKUPS_LUA,
                  note="HMGET license, TIME, ZSCORE live set, HGET record"),
         Workload("control: HGET license hash", "hget",
+                 plain=lambda c, shards, _i: ("HGET", keys.license_hash(c.license_id, shards), "status")),
+        Workload("control: HGET license hash, small plane's licenses only", "hget", narrow=True,
                  plain=lambda c, shards, _i: ("HGET", keys.license_hash(c.license_id, shards), "status")),
         Workload("control: ZSCORE license live set", "zscore",
                  plain=lambda c, shards, _i: ("ZSCORE", keys.live_sessions(c.license_id, shards), c.token)),
@@ -221,6 +228,7 @@ class Target:
     url: str
     shards: int
     calls: list[Call] = field(default_factory=list)
+    narrow_calls: list[Call] = field(default_factory=list)
     fill_s: float = 0.0
     client: redis.Redis = field(init=False)
     flagged: bool = False  # Redis 7+: scripts loaded with the `#!lua` shebang, as the plane loads them
@@ -251,14 +259,15 @@ class Target:
 
 def _packed(target: Target, work: Workload, shards: int, batch: int) -> list[tuple[bytes, int]]:
     """The whole hot set's commands for `work`, packed once into pipelined writes of `batch` commands."""
+    calls = target.narrow_calls if work.narrow else target.calls
     conn = target.client.connection_pool.get_connection()
     try:
         if work.lua is not None:
             sha = target.load(work.lua)
-            commands = [("EVALSHA", sha, len(c.script_keys), *c.script_keys, *c.args) for c in target.calls]
+            commands = [("EVALSHA", sha, len(c.script_keys), *c.script_keys, *c.args) for c in calls]
         else:
             assert work.plain is not None
-            commands = [work.plain(c, shards, i) for i, c in enumerate(target.calls)]
+            commands = [work.plain(c, shards, i) for i, c in enumerate(calls)]
         return [(b"".join(conn.pack_commands(commands[i:i + batch])), len(commands[i:i + batch]))
                 for i in range(0, len(commands), batch)]
     finally:
@@ -297,7 +306,7 @@ def drive(target: Target, writes: list[tuple[bytes, int]], duration: float, chec
     stats = {name.removeprefix("cmdstat_"): value for name, value in client.info("commandstats").items()}
     return {"calls": calls, "calls_per_s": calls / elapsed, "cpu_us_per_call": cpu * 1e6 / max(1, calls),
             "commandstats": {name: {"calls": int(v["calls"]), "usec_per_call": float(v["usec_per_call"])}
-                             for name, v in stats.items() if name not in ("config", "info")}}
+                             for name, v in stats.items() if name.split("|")[0] not in ("config", "info")}}
 
 
 def warm(target: Target, writes: list[tuple[bytes, int]]) -> None:
@@ -392,6 +401,10 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             live = asyncio.run(fill(url, size, args.per_license, settings))
             target.fill_s = time.perf_counter() - started
             target.calls = asyncio.run(record_heartbeats(rng.sample(live, min(args.hot_set, len(live))), settings))
+            # live is in license order: its first sizes[0] sessions are the small plane's licenses
+            narrow = live[:args.sizes[0]]
+            target.narrow_calls = asyncio.run(record_heartbeats(rng.sample(narrow, min(args.hot_set, len(narrow))),
+                                                                settings))
             target.connect()
             targets.append(target)
             print(f"plane_cpu: {target.label()} filled in {target.fill_s:.1f} s, "
