@@ -1,7 +1,7 @@
 """Redis CPU per heartbeat at two plane sizes, in one run, with Redis alone: what grows from 10 000 to
 1 000 000 live sessions, and whether it is the heartbeat script's own work or Redis's keyspace.
 
-    python -m loadtests.plane_cpu                                  # 10 000 and 1 000 000 sessions, ~6 min
+    python -m loadtests.plane_cpu                                  # 10 000 and 1 000 000 sessions, ~12 min
     python -m loadtests.plane_cpu --sizes 1000,20000 --duration 1 --rounds 1   # quick
     python -m loadtests.plane_cpu --servers wheel,system           # also the machine's redis-server
 
@@ -18,7 +18,8 @@ What one run does:
    variants of it with one part taken out (loaded only here, never shipped), and controls on the same
    keys — a script that only returns, a script that only does the heartbeat's lookups, and plain
    commands (HGET of the license hash, ZSCORE in the license's live set, ZSCORE/ZADD in the shard's
-   deadline index, PTTL);
+   deadline index, PTTL); and each of these again over the small plane's licenses only (the same
+   license ids at both sizes: the keyspace grows, the working set does not);
 4. per measurement reads Redis's own figures: INFO cpu (user + sys) per call, INFO commandstats
    usec_per_call of the command driven and, for the shipped script, of every command it runs;
    measurements alternate between the sizes round after round, so each ratio comes from one round;
@@ -47,7 +48,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import redis
@@ -236,9 +237,8 @@ class Target:
 
     def connect(self) -> None:
         self.client = redis.Redis.from_url(self.url)
-        info = self.client.info("server")
-        self.version = str(info["redis_version"])
-        self.malloc = str(self.client.info("memory").get("mem_allocator", ""))
+        self.version = str(_info(self.client, "server")["redis_version"])
+        self.malloc = str(_info(self.client, "memory").get("mem_allocator", ""))
         try:
             self.client.script_load("#!lua\nreturn 1")
             self.flagged = True
@@ -272,8 +272,12 @@ def _packed(target: Target, work: Workload, shards: int, batch: int) -> list[tup
         target.client.connection_pool.release(conn)
 
 
+def _info(client: redis.Redis, section: str) -> dict[str, Any]:
+    return cast(dict[str, Any], client.info(section))
+
+
 def _cpu_s(client: redis.Redis) -> float:
-    info = client.info("cpu")
+    info = _info(client, "cpu")
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
@@ -301,7 +305,7 @@ def drive(target: Target, writes: list[tuple[bytes, int]], duration: float, chec
         client.connection_pool.release(conn)
     cpu = _cpu_s(client) - cpu_before
     elapsed = time.monotonic() - started
-    stats = {name.removeprefix("cmdstat_"): value for name, value in client.info("commandstats").items()}
+    stats = {name.removeprefix("cmdstat_"): value for name, value in _info(client, "commandstats").items()}
     return {"calls": calls, "calls_per_s": calls / elapsed, "cpu_us_per_call": cpu * 1e6 / max(1, calls),
             "commandstats": {name: {"calls": int(v["calls"]), "usec_per_call": float(v["usec_per_call"])}
                              for name, v in stats.items() if name.split("|")[0] not in ("config", "info")}}
@@ -332,15 +336,15 @@ def expiry_work(target: Target, idle_s: float) -> dict[str, Any]:
     before = _cpu_s(target.client)
     time.sleep(idle_s)
     idle_ms_per_s = (_cpu_s(target.client) - before) * 1000 / idle_s
-    stats = target.client.info("stats")
-    keyspace = target.client.info("keyspace")
-    db = next(iter(keyspace.values()), {}) if keyspace else {}
+    stats = _info(target.client, "stats")
+    keyspace = _info(target.client, "keyspace")
+    db: dict[str, Any] = next(iter(keyspace.values()), {}) if keyspace else {}
     return {"idle_cpu_ms_per_s": round(idle_ms_per_s, 2),
             "expired_stale_perc": stats.get("expired_stale_perc"),
             "expire_cycle_cpu_milliseconds": stats.get("expire_cycle_cpu_milliseconds"),
             "expired_keys": stats.get("expired_keys"),
-            "hz": target.client.config_get("hz").get("hz"), "keys": db.get("keys"), "expires": db.get("expires"),
-            "deadline_index_entries": sum(int(target.client.zcard(keys.deadlines(s)))
+            "hz": cast(dict[str, Any], target.client.config_get("hz")).get("hz"), "keys": db.get("keys"), "expires": db.get("expires"),
+            "deadline_index_entries": sum(cast(int, target.client.zcard(keys.deadlines(s)))
                                           for s in keys.all_shards(target.shards))}
 
 
