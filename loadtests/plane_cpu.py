@@ -196,6 +196,9 @@ def workloads() -> list[Workload]:
     found += [
         Workload("control: script that only returns", "evalsha", lua="return 1",
                  note="EVALSHA with the heartbeat's KEYS and ARGV, no command"),
+        Workload("control: script calling TIME four times", "evalsha",
+                 lua="redis.call('TIME')\nredis.call('TIME')\nredis.call('TIME')\nredis.call('TIME')\nreturn 1",
+                 note="four commands from Lua that touch no key: what a redis.call costs whatever the keyspace"),
         Workload("control: script doing the heartbeat's lookups", "evalsha", lua=prelude() + LOOKUPS_LUA,
                  note="HMGET license, TIME, ZSCORE live set, HGET record"),
         Workload("control: HGET license hash", "hget",
