@@ -64,8 +64,8 @@ from loadtests.servers import (
 REPORTS = Path(__file__).with_name("reports")
 SESSIONS_PER_LICENSE = 10
 
-# Targets from issue #7, reported against (never asserted).
-TARGET_FLOOR_RATIO = 0.60
+# Targets from issues #7 and #16, reported against (never asserted).
+TARGET_FLOOR_RATIO = 0.70  # issue #16 (issue #7 asked ≥ 0.60)
 TARGET_P99_MS = 10.0
 TARGET_LARGE_RATIO = 0.90
 TARGET_BYTES_PER_SESSION = 160  # issue #16 (issue #7 asked ≤ 300)
