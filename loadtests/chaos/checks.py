@@ -16,8 +16,11 @@
    only if its start was in a loss window.  Nothing stays open in `license_sessions` after the drain.
 3. **No license over its limits**: the sampler's findings (sampler.py).
 4. **A suspended license is refused** (starts and heartbeats) from `license_cache_s` + SLACK_S after the
-   suspension committed until its reactivation (the admin's plane script does it at once; when Redis was
-   unreachable for it, the edges' poll of PostgreSQL must).
+   suspension committed until a reactivation was sent (the admin's plane script does it at once; when Redis
+   was unreachable for it, the edges' poll of PostgreSQL must).  A reactivation counts from when it was
+   sent, whatever the harness heard back: its UPDATE may commit before the answer arrives, or commit
+   although the harness gave up waiting (a timeout through the black-holed PostgreSQL proxy is in doubt,
+   not a failure), and from its commit on the edges rightly serve the license.
 5. **No 500**, and no answer a well-behaved client should never get.
 6. **No process exited by itself**, and **the backlog drained** at the end.
 """
@@ -363,13 +366,14 @@ class Judge:
         return False
 
     def _suspensions(self, license_id: int) -> list[tuple[Any, float]]:
-        """Successful suspensions of a license, each with the time its reactivation committed."""
-        actions = sorted((a for a in self.ledger.admin if a.license_id == license_id and a.ok
-                          and a.kind in ("suspend", "reactivate")), key=lambda a: a.sent)
+        """Successful suspensions of a license, each with the time the next reactivation was sent: any
+        attempt, answered or not, since one the harness saw fail (a timeout) may still have committed."""
+        actions = sorted((a for a in self.ledger.admin if a.license_id == license_id
+                          and ((a.kind == "suspend" and a.ok) or a.kind == "reactivate")), key=lambda a: a.sent)
         out = []
         for n, action in enumerate(actions):
             if action.kind == "suspend":
-                after = next((a.done for a in actions[n + 1:] if a.kind == "reactivate"), float("inf"))
+                after = next((a.sent for a in actions[n + 1:] if a.kind == "reactivate"), float("inf"))
                 out.append((action, after))
         return out
 

@@ -114,3 +114,22 @@ def test_a_loss_is_put_on_the_wipe_rather_than_on_an_earlier_restart_that_kept_i
     j = judge(ledger, stored=[])
     assert j.verdict.ok, j.verdict.violations
     assert [w["heartbeats_lost"] for w in j.windows_figures()] == [0, 1]
+
+
+def test_a_suspended_license_served_before_any_reactivation_is_a_violation_but_not_after_one_in_doubt() -> None:
+    """Suspended at +1 s (refused from +14 s: license cache 3 s + the checks' 10 s slack); a reactivation sent
+    at +30 s timed out at +40 s (in doubt: its UPDATE may have committed) and one sent at +41 s succeeded."""
+    def ledger(start_sent: float) -> Ledger:
+        led = ledger_with_beats()
+        led.admin += [AdminAction("suspend", 7, T0 + 1.0, T0 + 1.01, True, detail="sessions ended: 1"),
+                      AdminAction("reactivate", 7, T0 + 30.0, T0 + 40.0, False, detail="database: TimeoutError"),
+                      AdminAction("reactivate", 7, T0 + 41.0, T0 + 41.01, True)]
+        led.sessions[TOKEN].starts.append(Attempt(Route.START, T0 + start_sent, T0 + start_sent + 0.1, 200))
+        return led
+    served_while_suspended = judge(ledger(20.0), stored=[])
+    served_while_suspended.suspensions_enforced()
+    assert any("suspended at" in v and "still answered 1 start(s) 200" in v
+               for v in served_while_suspended.verdict.violations)
+    served_after_the_reactivation_in_doubt = judge(ledger(35.0), stored=[])
+    served_after_the_reactivation_in_doubt.suspensions_enforced()
+    assert served_after_the_reactivation_in_doubt.verdict.ok, served_after_the_reactivation_in_doubt.verdict.violations
