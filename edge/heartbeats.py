@@ -34,10 +34,10 @@ from edge.errors import (
 from edge.metrics import EdgeMetrics, ResponseStatus
 from edge.schemas import LicenseRequest
 from edge.sessions import refusal
-from edge.signing import InvalidNonce, signed_send
+from edge.signing import InvalidNonce, judge_nonce, signed_send
 from edge.state import EdgeState
 from heartline.plane.sessions import PlaneCode
-from heartline.signing.signer import NONCE_HEADER, NONCE_PATTERN, request_path
+from heartline.signing.signer import NONCE_HEADER, request_path
 
 log = logging.getLogger("heartline.edge.heartbeats")
 
@@ -210,10 +210,7 @@ class HeartbeatFastPath:
                     too_large = True
             elif name == NONCE_HEADER:
                 nonce, nonces = value, nonces + 1
-        if nonces > 1 or (nonce is not None and NONCE_PATTERN.match(nonce) is None):
-            acceptable, nonce_text = False, None
-        else:
-            acceptable, nonce_text = True, (nonce.decode() if nonce is not None else None)
+        nonce_text, acceptable = judge_nonce(nonce, nonces)
         answered = False
         try:
             if not acceptable:
