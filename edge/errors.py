@@ -30,6 +30,11 @@ class InvalidSessionToken(EdgeError):
     status, code, message = 422, "INVALID_SESSION_TOKEN", "Session tokens are UUIDs."
 
 
+class InvalidKeyShare(EdgeError):
+    status, code, message = 422, "INVALID_KEY_SHARE", \
+        "Heartline-Key-Share must be sent once, as base64url of a 32-byte X25519 public key."
+
+
 class BodyTooLarge(EdgeError):
     status, code, message = 413, "BODY_TOO_LARGE", "The body is larger than this server accepts."
 

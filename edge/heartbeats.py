@@ -52,6 +52,9 @@ def _content_length(size: int) -> tuple[bytes, bytes]:
 _CANONICAL_TOKEN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _API_KEY = b"x-api-key"
 _CONTENT_LENGTH_NAME = b"content-length"
+# A client holding its session's answer key asks for MACed answers with the kid it got it under
+# (heartline/signing/session_keys.py, docs/client.md)
+ANSWER_KEY_HEADER = b"heartline-answer-key"
 
 
 def session_token(raw: str) -> str:
@@ -201,6 +204,7 @@ class HeartbeatFastPath:
         api_keys: list[str] = []
         nonce: bytes | None = None
         nonces = 0
+        answer_key: bytes | None = None
         too_large = False
         for name, value in scope["headers"]:
             if name == _API_KEY:
@@ -210,6 +214,8 @@ class HeartbeatFastPath:
                     too_large = True
             elif name == NONCE_HEADER:
                 nonce, nonces = value, nonces + 1
+            elif name == ANSWER_KEY_HEADER:
+                answer_key = value
         nonce_text, acceptable = judge_nonce(nonce, nonces)
         answered = False
         try:
@@ -221,8 +227,15 @@ class HeartbeatFastPath:
             headers = [_CONTENT_TYPE, _content_length(len(payload))]
             signer = state.signing.signer
             if signer is not None:
-                headers += signer.headers(200, payload, "POST", request_path(scope.get("raw_path"), path),
-                                          nonce_text)
+                # MACed with the session's answer key when the client holds one whose master this edge
+                # has; Ed25519 otherwise (an unknown or retired kid included: the client takes either)
+                mac = state.signing.macs.get(answer_key) if answer_key is not None else None
+                if mac is not None:
+                    headers += mac.headers(session_token(token), 200, payload, "POST",
+                                           request_path(scope.get("raw_path"), path), nonce_text)
+                else:
+                    headers += signer.headers(200, payload, "POST", request_path(scope.get("raw_path"), path),
+                                              nonce_text)
             answered = True
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": payload})

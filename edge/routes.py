@@ -76,7 +76,8 @@ OPERATIONS: tuple[Operation, ...] = (
               {404: "LICENSE_NOT_FOUND", 403: LICENSE_REFUSED,
                409: "SESSION_LIMIT_REACHED (with limit, in_use, the seat holders and Retry-After; with "
                     "\"queue\": true also the caller's seat queue ticket and position), DEVICE_LIMIT_REACHED "
-                    "(with limit and in_use) or DEVICE_CHANGE_LIMIT_REACHED"}),
+                    "(with limit and in_use) or DEVICE_CHANGE_LIMIT_REACHED",
+               422: "INVALID_KEY_SHARE (Heartline-Key-Share is not base64url of 32 bytes, or sent twice)"}),
     Operation("POST", "/v1/sessions/{token}/heartbeat", heartbeats.heartbeat, "Keep a session alive",
               LicenseRequest, {200: (HeartbeatResponse, "Session extended")},
               {404: "SESSION_NOT_FOUND (start a new session) or LICENSE_NOT_FOUND", 403: LICENSE_REFUSED +

@@ -167,6 +167,16 @@ OfflineGrace = Annotated[int, Meta(ge=0, description=(
     "Seconds past expires_at the client may go on without reaching the edge (the license's offline grace)"))]
 
 
+class AnswerKey(Struct, frozen=True):
+    """The session's answer key K, sealed to the client's Heartline-Key-Share (docs/client.md,
+    "Session-bound answer MACs"): send `kid` back in Heartline-Answer-Key on heartbeats and their answers
+    are MACed with K (RFC 9421 alg hmac-sha256, keyid "session:<kid>")."""
+    kid: str
+    alg: str
+    ephemeral: Annotated[str, Meta(description="base64url of the edge's ephemeral X25519 public key")]
+    sealed: Annotated[str, Meta(description="base64url of AES-256-GCM(K), ciphertext then tag")]
+
+
 class SessionResponse(Struct, frozen=True):
     session_token: Annotated[str, Meta(extra_json_schema={"format": "uuid"})]
     resumed: bool
@@ -175,6 +185,8 @@ class SessionResponse(Struct, frozen=True):
     expires_at: dt.datetime
     entitlements: list[str] = []
     offline_grace_s: OfflineGrace = 0
+    # only when the request sent a Heartline-Key-Share (and answers are signed)
+    answer_key: AnswerKey | msgspec.UnsetType = msgspec.UNSET
 
 
 class HeartbeatResponse(Struct, frozen=True):

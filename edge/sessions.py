@@ -6,6 +6,8 @@ import logging
 import math
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+from msgspec import UNSET
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -14,12 +16,14 @@ from edge.devices import license_id_or_404, start_on_new_device
 from edge.errors import (
     LICENSE_REFUSALS,
     EdgeError,
+    InvalidKeyShare,
     LicenseNotFound,
     PlaneUnavailable,
     SessionLimitReached,
     SessionNotFound,
 )
 from edge.schemas import (
+    AnswerKey,
     EndResponse,
     LicenseRequest,
     QueueTicket,
@@ -32,6 +36,7 @@ from edge.schemas import (
 from edge.state import EdgeState, client_ip, edge_state
 from heartline.plane.events import EndReason
 from heartline.plane.sessions import PlaneCode, StartOutcome
+from heartline.signing.session_keys import b64url, read_share, seal, session_key
 
 log = logging.getLogger("heartline.edge.sessions")
 
@@ -110,6 +115,7 @@ async def start(request: Request) -> Response:
     """POST /v1/sessions: start a session (201), or resume the device's live one (200, resumed=true)."""
     state = edge_state(request)
     await state.api_keys.authenticate(request)
+    share = key_share(request)
     body = await read_struct(request, StartSessionRequest, state.settings.max_body_bytes)
     license_id = await license_id_or_404(state, body.license_key)
     outcome = await start_or_resume(state, license_id, body, client_ip(request))
@@ -122,12 +128,32 @@ async def start(request: Request) -> Response:
     resumed = outcome.code is PlaneCode.RESUMED
     # One more read of the cached license, on starts only (never on the heartbeat path).
     entitlements = await state.plane.cached_entitlements(license_id)
+    sealed: Any = UNSET
+    active = state.signing.answer_key() if share is not None else None
+    if share is not None and active is not None:
+        kid, mac = active
+        # K is derived, never stored: every edge with the signing key derives the same one for this token
+        key = seal(share, kid, session_key(mac.master, outcome.token), outcome.token)
+        sealed = AnswerKey(kid=kid, alg="hmac-sha256", ephemeral=b64url(key.ephemeral), sealed=b64url(key.sealed))
     return Response(encode(SessionResponse(
         session_token=outcome.token, resumed=resumed, heartbeat_interval_s=outcome.interval_s,
         heartbeat_timeout_s=outcome.timeout_s, expires_at=utc_from_ms(outcome.deadline_ms),
         entitlements=entitlements,
-        offline_grace_s=outcome.offline_grace_s)),
+        offline_grace_s=outcome.offline_grace_s, answer_key=sealed)),
         status_code=200 if resumed else 201, media_type="application/json")
+
+
+def key_share(request: Request) -> X25519PublicKey | None:
+    """The client's Heartline-Key-Share (None when it sent none); refused unless one, well-formed."""
+    values = request.headers.getlist("heartline-key-share")
+    if not values:
+        return None
+    if len(values) > 1:
+        raise InvalidKeyShare()
+    try:
+        return read_share(values[0])
+    except ValueError:
+        raise InvalidKeyShare() from None
 
 
 async def end(request: Request) -> Response:

@@ -21,8 +21,9 @@ from edge import errors
 from edge.errors import EdgeError
 from heartline.settings import Settings
 from heartline.signing.jwks import encode_jwks
-from heartline.signing.keys import KeyBox, KeyStatus, ensure_active_key, list_keys, load_active_key
-from heartline.signing.signer import NONCE_HEADER, NONCE_PATTERN, AnswerSigner, request_path
+from heartline.signing.keys import ActiveKey, KeyBox, KeyStatus, ensure_active_key, list_keys, load_active_key
+from heartline.signing.session_keys import master_key
+from heartline.signing.signer import NONCE_HEADER, NONCE_PATTERN, AnswerSigner, SessionMac, request_path
 
 log = logging.getLogger("heartline.edge.signing")
 
@@ -46,6 +47,9 @@ class EdgeSigning:
         self.box = box
         self.settings = settings
         self.signer: AnswerSigner | None = None
+        # session-bound answer MACs (heartline/signing/session_keys.py): one per signing key this edge has
+        # held since it started, by kid as the Heartline-Answer-Key header sends it; a retired key's goes
+        self.macs: dict[bytes, SessionMac] = {}
         self.jwks = b'{"keys":[]}'
         self.etag = ""
 
@@ -54,20 +58,20 @@ class EdgeSigning:
         the edge starts all the same and answers unsigned (clients refuse those, as they would a fake
         server's) until the refresher has loaded the key."""
         try:
-            self.signer = AnswerSigner(await ensure_active_key(self.pool, self.box))
+            signer = self._use(await ensure_active_key(self.pool, self.box))
             await self._publish()
         except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
             log.warning("edge.signing.unavailable at start error=%s; answers unsigned until the key loads",
                         type(exc).__name__)
             return
-        log.info("edge.signing.ready kid=%s", self.signer.kid)
+        log.info("edge.signing.ready kid=%s", signer.kid)
 
     async def refresh(self) -> bool:
         """Pick up a rotation; True when the signing key changed.  A private key is opened only then."""
         if self.signer is None:
-            self.signer = AnswerSigner(await ensure_active_key(self.pool, self.box))
+            signer = self._use(await ensure_active_key(self.pool, self.box))
             await self._publish()
-            log.info("edge.signing.ready kid=%s", self.signer.kid)
+            log.info("edge.signing.ready kid=%s", signer.kid)
             return True
         active_kid = await self._publish()
         if active_kid is None or active_kid == self.signer.kid:
@@ -75,9 +79,24 @@ class EdgeSigning:
         active = await load_active_key(self.pool, self.box)
         if active is None:
             return False
-        self.signer = AnswerSigner(active)
+        self._use(active)
         log.info("edge.signing.rotated kid=%s", active.kid)
         return True
+
+    def _use(self, key: ActiveKey) -> AnswerSigner:
+        """Sign with `key` from now on; its session master joins the ones kept for MACed heartbeats."""
+        signer = AnswerSigner(key)
+        self.macs = {**self.macs, key.kid.encode(): SessionMac(key.kid, master_key(key.private_key))}
+        self.signer = signer
+        return signer
+
+    def answer_key(self) -> tuple[str, SessionMac] | None:
+        """The kid and MAC signer that session starts hand out answer keys for: the signing key's."""
+        signer = self.signer
+        if signer is None:
+            return None
+        mac = self.macs.get(signer.kid.encode())
+        return None if mac is None else (signer.kid, mac)
 
     async def _publish(self) -> str | None:
         """Rebuild the JWKS; returns the signing key's kid."""
@@ -85,6 +104,9 @@ class EdgeSigning:
         body = encode_jwks(found)
         self.jwks = body
         self.etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+        retired = {k.kid.encode() for k in found if k.status is KeyStatus.RETIRED}
+        if retired & self.macs.keys():  # a retired key's sessions fall back to Ed25519 answers
+            self.macs = {kid: mac for kid, mac in self.macs.items() if kid not in retired}
         return next((k.kid for k in found if k.status is KeyStatus.ACTIVE), None)
 
     async def run_refresher(self) -> None:

@@ -251,6 +251,12 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                         workdir)
                     servers.append(edges[variant, plane_label])
             targets = {"small": (small_file, small_seed), "large": (large_file, large_seed)}
+            # edge-session-mac: its heartbeats name the signing key's kid (Heartline-Answer-Key), so every
+            # answer is MACed with the session's answer key; K is derived from the token, so no start is needed
+            extra_headers: dict[str, dict[str, str]] = {}
+            for (variant, _plane_label), server in edges.items():
+                if variant == "edge-session-mac":
+                    extra_headers[server.name] = {"Heartline-Answer-Key": signing_kid(server.url)}
 
             cpu_us: dict[int, float] = {}  # id(LoadResult) -> server CPU µs per answered request
             redis_us: dict[int, float] = {}  # id(LoadResult) -> Redis CPU µs per answered request
@@ -264,7 +270,8 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 redis_before = redis_cpu_s(redis_of[plane_label])
                 cpu_before = tree_cpu_s(server.proc.pid)
                 result = run_load(server.url, requests_file, seed_data.api_key, duration_s=duration,
-                                  connections=args.connections, rate=rate, tool=generator)
+                                  connections=args.connections, rate=rate, tool=generator,
+                                  headers=extra_headers.get(server.name))
                 cpu_us[id(result)] = (tree_cpu_s(server.proc.pid) - cpu_before) * 1e6 / max(1, result.requests)
                 redis_us[id(result)] = ((redis_cpu_s(redis_of[plane_label]) - redis_before) * 1e6
                                         / max(1, result.requests))
@@ -319,6 +326,21 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     if "edge" in rounds and "edge-unsigned" in rounds:
         signing = signing_cost(rounds["edge"], rounds["edge-unsigned"])
         text += "\n\n== signing (edge vs edge-unsigned, same run) ==\n" + signing["summary"]
+    session_mac = None
+    if "edge-session-mac" in rounds and "edge-unsigned" in rounds:
+        session_mac = signing_cost(rounds["edge-session-mac"], rounds["edge-unsigned"])
+        text += ("\n\n== session-bound answer MACs (edge-session-mac vs edge-unsigned, same run) ==\n"
+                 + session_mac["summary"].replace("signed / unsigned", "MACed / unsigned ")
+                 .replace("signing adds", "the MAC adds"))
+    if "edge-session-mac" in rounds and "edge" in rounds:
+        pairs = list(zip(rounds["edge-session-mac"], rounds["edge"], strict=True))
+        text += ("\n  MACed / Ed25519-signed:      "
+                 + _range([m.small.ok_rps / e.small.ok_rps if e.small.ok_rps else 0.0 for m, e in pairs], "{:.2f}")
+                 + " by heartbeats/s; against the floor "
+                 + _range([m.floor_ratio for m, _ in pairs], "{:.2f}") + " vs "
+                 + _range([e.floor_ratio for _, e in pairs], "{:.2f}") + " by req/s, "
+                 + _range([m.cpu_ratio for m, _ in pairs], "{:.2f}") + " vs "
+                 + _range([e.cpu_ratio for _, e in pairs], "{:.2f}") + f" by CPU   target ≥ {TARGET_FLOOR_RATIO:.2f}")
     servers_compared = None
     if "edge" in rounds and "edge-granian" in rounds:
         servers_compared = server_choice(rounds["edge"], rounds["edge-granian"])
@@ -348,9 +370,18 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     "stream_bytes": p.stream_bytes, "fill_s": round(p.fill_s, 2),
                     "breakdown": {k: round(v, 1) for k, v in p.breakdown.items()}} for p in (small, large)],
         "signing": signing,
+        "session_mac": session_mac,
         "server_choice": servers_compared,
         "summary": text,
     }
+
+
+def signing_kid(url: str) -> str:
+    """The kid of the key an edge signs with: the bench's database holds the one key the first edge
+    created, and GET /v1/keys lists keys oldest first, so the newest is the signing key."""
+    import httpx
+
+    return str(httpx.get(f"{url}/v1/keys", timeout=10).json()["keys"][-1]["kid"])
 
 
 def signing_cost(signed: list[Round], unsigned: list[Round]) -> dict[str, Any]:
@@ -436,7 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--variants", type=lambda text: [v for v in text.split(",") if v], default=["edge"],
                         help="edge variants to measure, comma-separated, each against the same floor: edge "
                              "(as shipped), edge-unsigned (answers not signed: with edge, the cost of "
-                             "signing), edge-redispy (plane scripts on redis-py), edge-multiplexed (plane "
+                             "signing), edge-session-mac (heartbeats ask for session-bound answer MACs: "
+                             "hmac-sha256 instead of Ed25519), edge-redispy (plane scripts on redis-py), edge-multiplexed (plane "
                              "scripts on heartline.plane.redis.single), edge-multiplexed-direct (measurement "
                              "only: heartbeats ahead of Starlette's stack), edge-granian (the edge as shipped "
                              "on granian, against a floor on granian; with edge, the server choice); "

@@ -91,6 +91,11 @@ end
 
 function init(args)
   local headers = {["Content-Type"] = "application/json", ["X-API-Key"] = args[2]}
+  -- extra "Name: value" headers (e.g. Heartline-Answer-Key for the edge-session-mac variant)
+  for k = 4, #args do
+    local name, value = args[k]:match("^([^:]+):%s*(.*)$")
+    if name then headers[name] = value end
+  end
   for line in io.lines(args[1]) do
     local path, body = line:match("^([^\t]+)\t(.*)$")
     if path then
@@ -123,7 +128,8 @@ def wrk_available() -> bool:
 
 
 def run_wrk(url: str, requests_file: Path, api_key: str, *, duration_s: float, connections: int = 64,
-            threads: int = 1, rate: float | None = None, timeout_s: float = 5.0) -> LoadResult:
+            threads: int = 1, rate: float | None = None, timeout_s: float = 5.0,
+            headers: dict[str, str] | None = None) -> LoadResult:
     """Run wrk against `url` (scheme://host:port) with the requests in `requests_file`."""
     delay = ""
     if rate:
@@ -135,7 +141,7 @@ def run_wrk(url: str, requests_file: Path, api_key: str, *, duration_s: float, c
     try:
         cmd = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(duration_s))}s",
                "--timeout", f"{timeout_s:.0f}s", "-s", script.name, url, "--",
-               str(requests_file), api_key, str(threads)]
+               str(requests_file), api_key, str(threads), *(f"{k}: {v}" for k, v in (headers or {}).items())]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration_s + 60, check=False)
     finally:
         Path(script.name).unlink(missing_ok=True)
@@ -165,11 +171,13 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 
 
 async def _drive(url: str, requests: list[tuple[str, bytes]], api_key: str, duration_s: float,
-                 connections: int, rate: float | None) -> LoadResult:
+                 connections: int, rate: float | None, headers: dict[str, str] | None = None) -> LoadResult:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
     raw = [(f"POST {p} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-            f"X-API-Key: {api_key}\r\nContent-Length: {len(b)}\r\n\r\n").encode() + b for p, b in requests]
+            f"X-API-Key: {api_key}\r\n{extra}Content-Length: {len(b)}\r\n\r\n").encode() + b
+           for p, b in requests]
     latencies: list[float] = []
     statuses: Counter[int] = Counter()
     errors = 0
@@ -241,10 +249,13 @@ async def _drive(url: str, requests: list[tuple[str, bytes]], api_key: str, dura
 
 
 def run_asyncio_client(url: str, requests_file: Path, api_key: str, *, duration_s: float,
-                       connections: int = 64, rate: float | None = None) -> LoadResult:
+                       connections: int = 64, rate: float | None = None,
+                       headers: dict[str, str] | None = None) -> LoadResult:
     """Run the built-in client in a child process, so it has a core's share of its own like wrk."""
     cmd = [sys.executable, "-m", "loadtests.loadgen", "--url", url, "--requests", str(requests_file),
            "--api-key", api_key, "--duration", str(duration_s), "--connections", str(connections)]
+    for name, value in (headers or {}).items():
+        cmd += ["--header", f"{name}: {value}"]
     if rate:
         cmd += ["--rate", str(rate)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration_s + 60, check=False)
@@ -256,13 +267,13 @@ def run_asyncio_client(url: str, requests_file: Path, api_key: str, *, duration_
 
 
 def run_load(url: str, requests_file: Path, api_key: str, *, duration_s: float, connections: int = 64,
-             rate: float | None = None, tool: str = "auto") -> LoadResult:
-    """wrk if installed (or `tool="wrk"`), else the asyncio client."""
+             rate: float | None = None, tool: str = "auto", headers: dict[str, str] | None = None) -> LoadResult:
+    """wrk if installed (or `tool="wrk"`), else the asyncio client; `headers` go with every request."""
     if tool == "wrk" or (tool == "auto" and wrk_available()):
         return run_wrk(url, requests_file, api_key, duration_s=duration_s, connections=connections,
-                       rate=rate)
+                       rate=rate, headers=headers)
     return run_asyncio_client(url, requests_file, api_key, duration_s=duration_s,
-                              connections=connections, rate=rate)
+                              connections=connections, rate=rate, headers=headers)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -275,14 +286,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--rate", type=float, default=None, help="requests per second (default: as fast "
                                                                  "as the server answers)")
+    parser.add_argument("--header", action="append", default=[], help="extra `Name: value` header (repeatable)")
     args = parser.parse_args(argv)
+    headers = {name.strip(): value.strip() for name, _, value in (h.partition(":") for h in args.header)}
     try:
         import uvloop
         runner: Callable[[Coroutine[Any, Any, Any]], Any] = uvloop.run
     except ImportError:  # pragma: no cover
         runner = asyncio.run
     result = runner(_drive(args.url, read_requests(args.requests), args.api_key, args.duration,
-                           args.connections, args.rate))
+                           args.connections, args.rate, headers))
     print(json.dumps(result.as_dict()))
     return 0
 

@@ -7,6 +7,10 @@
 `edge-unsigned` is the edge as shipped with HEARTLINE_SIGN_ANSWERS=false: beside `edge` in one run it
 gives what signing every answer (RFC 9421, one Ed25519 signature per heartbeat) costs.
 
+`edge-session-mac` is the edge as shipped, loaded with heartbeats that carry `Heartline-Answer-Key: <the
+signing key's kid>` (the bench adds the header): every answer MACed with the session's answer key
+(RFC 9421 hmac-sha256, docs/client.md) instead of Ed25519-signed.  The server is the same as `edge`.
+
 `edge-redispy` runs the plane's scripts on the edge's redis-py client whatever the edge itself does
 (the baseline of the comparison once the edge uses the multiplexed client itself).
 
@@ -59,7 +63,7 @@ GRANIAN_OPTIONS: dict[str, Any] = {
     "log_level": "warning",
 }
 
-VARIANTS = ("floor", "edge", "edge-unsigned", "edge-redispy", "edge-multiplexed", "edge-multiplexed-direct",
+VARIANTS = ("floor", "edge", "edge-unsigned", "edge-session-mac", "edge-redispy", "edge-multiplexed", "edge-multiplexed-direct",
             "floor-granian", "edge-granian")
 GRANIAN_SUFFIX = "-granian"
 

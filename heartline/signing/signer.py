@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import re
 import time
 
@@ -113,3 +114,54 @@ def request_path(raw_path: bytes | None, path: str) -> str:
     if text.isascii() and text.isprintable():
         return text or "/"
     return "".join(c if c.isascii() and c.isprintable() else f"%{ord(c):02X}" for c in text)
+
+
+class SessionMac:
+    """Signs heartbeat answers with RFC 9421 `alg="hmac-sha256"` under a session's answer key
+    (heartline/signing/session_keys.py): K = HMAC-SHA256(master, token), recomputed per answer, then one
+    HMAC over the same signature base as the Ed25519 signature's.  One per signing key the edge holds;
+    `keyid` is "session:<kid>"."""
+
+    __slots__ = ("_created", "_master", "_params", "kid")
+
+    def __init__(self, kid: str, master: bytes) -> None:
+        self.kid = kid
+        self._master = master
+        self._created = -1
+        self._params: tuple[tuple[bytes, bytes], tuple[bytes, bytes]] = ((b"", b""), (b"", b""))
+
+    def __repr__(self) -> str:  # never print a master key
+        return f"SessionMac(kid={self.kid!r})"
+
+    @property
+    def master(self) -> bytes:
+        return self._master
+
+    def _signature_params(self, with_nonce: bool) -> tuple[bytes, bytes]:
+        now = int(time.time())
+        if now != self._created:
+            tail = f';created={now};keyid="session:{self.kid}";alg="hmac-sha256"'
+            self._params = tuple(  # type: ignore[assignment]
+                (f'"@signature-params": {params}'.encode(), f"{LABEL}={params}".encode())
+                for params in (f"({COMPONENTS}){tail}", f"({COMPONENTS_WITH_NONCE}){tail}"))
+            self._created = now
+        return self._params[with_nonce]
+
+    def headers(self, token: str, status: int, body: bytes, method: str, path: str,
+                nonce: str | None) -> list[tuple[bytes, bytes]]:
+        """Content-Digest, Signature-Input and Signature for one answer to session `token` (canonical)."""
+        digest = b"sha-256=:" + base64.b64encode(hashlib.sha256(body).digest()) + b":"
+        params, signature_input = self._signature_params(nonce is not None)
+        if nonce is None:
+            base = b"".join((b'"@status": ', _STATUS.get(status) or str(status).encode(), b'\n"content-digest": ',
+                             digest, b'\n"@method";req: ', method.encode(), b'\n"@path";req: ', path.encode(),
+                             b"\n", params))
+        else:
+            base = b"".join((b'"@status": ', _STATUS.get(status) or str(status).encode(), b'\n"content-digest": ',
+                             digest, b'\n"@method";req: ', method.encode(), b'\n"@path";req: ', path.encode(),
+                             b'\n"heartline-nonce";req: ', nonce.encode(), b"\n", params))
+        key = hmac.digest(self._master, token.encode(), "sha256")
+        signature = base64.b64encode(hmac.digest(key, base, "sha256"))
+        return [(b"content-digest", digest),
+                (b"signature-input", signature_input),
+                (b"signature", b"heartline=:" + signature + b":")]

@@ -7,6 +7,7 @@
             do_licensed_work()
 """
 
+from heartline_client.answer_keys import AnswerKeyError, SessionKey
 from heartline_client.client import Answer, AsyncClient, Client
 from heartline_client.errors import HeartlineError, Refused, Unreachable
 from heartline_client.fingerprint import device_fingerprint
@@ -15,8 +16,8 @@ from heartline_client.session import AsyncSession, Callbacks, Session, SessionSt
 from heartline_client.verify import KeySet, SignatureError, Verified, verify_answer
 
 __all__ = [
-    "Answer", "AsyncClient", "AsyncSession", "Callbacks", "Client", "HeartlineError", "KeySet", "Lease",
+    "Answer", "AnswerKeyError", "AsyncClient", "AsyncSession", "Callbacks", "Client", "HeartlineError", "KeySet", "Lease",
     "LeaseError", "Refused",
-    "Session", "SessionState", "SessionStats", "SignatureError", "Unreachable", "Verified",
+    "Session", "SessionKey", "SessionState", "SessionStats", "SignatureError", "Unreachable", "Verified",
     "device_fingerprint", "verify_answer",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import logging
 import secrets
 import threading
 from collections.abc import Coroutine
@@ -19,9 +20,18 @@ from typing import Any, Self, TypeVar
 
 import httpx
 
+from heartline_client.answer_keys import (
+    ANSWER_KEY_HEADER,
+    SHARE_HEADER,
+    AnswerKeyError,
+    SessionKey,
+    new_share,
+    open_answer_key,
+)
 from heartline_client.errors import Refused, Unreachable
 from heartline_client.verify import KeySet, SignatureError, verify_answer
 
+log = logging.getLogger("heartline_client")
 T = TypeVar("T")
 DEFAULT_TIMEOUT_S = 10.0
 
@@ -35,11 +45,14 @@ class Evidence:
     method: str
     path: str
     nonce: str
+    # the session's answer key when the answer may be MACed (a heartbeat's); never in a lease
+    session_key: SessionKey | None = None
 
     def verify(self, keys: KeySet) -> int:
         """Verify again against `keys`; returns the signature's `created`.  Raises SignatureError."""
         return verify_answer(keys, status=self.status, headers=self.headers, body=self.body,
-                             method=self.method, path=self.path, nonce=self.nonce).created
+                             method=self.method, path=self.path, nonce=self.nonce,
+                             session_key=self.session_key).created
 
 
 SIGNATURE_HEADERS = ("content-digest", "signature-input", "signature")
@@ -73,12 +86,17 @@ class AsyncClient:
     base_url: the edge, e.g. "https://licenses.example.com" (served at the root: the signature covers
     the path as the edge sees it).  api_key: your X-API-Key.  license_key: the customer's license.
     keys: the pinned KeySet.  transport: an httpx transport, for tests or special networking.
+    session_macs: ask for session-bound answer MACs (docs/client.md): heartbeat answers checked with one
+    HMAC under a key the Ed25519-signed start answer delivered, instead of an Ed25519 signature.
     """
 
     def __init__(self, base_url: str, *, api_key: str, license_key: str, keys: KeySet,
-                 timeout_s: float = DEFAULT_TIMEOUT_S, transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 timeout_s: float = DEFAULT_TIMEOUT_S, transport: httpx.AsyncBaseTransport | None = None,
+                 session_macs: bool = True) -> None:
         self.license_key = license_key
         self.keys = keys
+        self.session_macs = session_macs
+        self.answer_keys: dict[str, SessionKey] = {}  # session token -> its answer key
         self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout_s, transport=transport,
                                        headers={"X-API-Key": api_key}, follow_redirects=False)
 
@@ -91,17 +109,21 @@ class AsyncClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Answer:
-        """Send one request and return its verified answer; raises Refused or Unreachable."""
+    async def call(self, method: str, path: str, body: dict[str, Any] | None = None, *,
+                   headers: dict[str, str] | None = None, session_key: SessionKey | None = None) -> Answer:
+        """Send one request and return its verified answer; raises Refused or Unreachable.  With
+        `session_key` an answer MACed under it is believed as well as an Ed25519-signed one."""
         nonce = secrets.token_urlsafe(18)
         try:
-            response = await self._http.request(method, path, json=body, headers={"Heartline-Nonce": nonce})
+            response = await self._http.request(method, path, json=body,
+                                                 headers={"Heartline-Nonce": nonce, **(headers or {})})
         except httpx.HTTPError as exc:
             raise Unreachable(f"{method} {path}: {type(exc).__name__}: {exc}", exc) from None
         sent_path = response.request.url.raw_path.decode("ascii").split("?", 1)[0]
         try:
             verified = verify_answer(self.keys, status=response.status_code, headers=response.headers,
-                                     body=response.content, method=method, path=sent_path, nonce=nonce)
+                                     body=response.content, method=method, path=sent_path, nonce=nonce,
+                                     session_key=session_key)
         except SignatureError as exc:
             error = Unreachable(f"{method} {path}: answer {response.status_code} not trusted: {exc}", exc)
             error.retry_after_s = _retry_after(response) if response.status_code >= 500 else None
@@ -116,7 +138,8 @@ class AsyncClient:
                           str(refusal.get("message", "")), _retry_after(response),
                           {k: v for k, v in refusal.items() if k not in ("code", "message")})
         evidence = Evidence(status=response.status_code, body=response.content, method=method, path=sent_path,
-                            nonce=nonce, headers={h: response.headers[h] for h in SIGNATURE_HEADERS})
+                            nonce=nonce, headers={h: response.headers[h] for h in SIGNATURE_HEADERS},
+                            session_key=session_key)
         return Answer(status=response.status_code, data=data, kid=verified.kid, created=verified.created,
                       evidence=evidence)
 
@@ -138,15 +161,39 @@ class AsyncClient:
                             device_type: str | None = None, client_version: str | None = None, *,
                             queue: bool = False, ticket: str | None = None) -> Answer:
         """queue/ticket: the seat queue; a refusal's `Refused.details["queue"]` holds the ticket to send
-        back within its renew_within_s."""
-        return await self.call("POST", "/v1/sessions", self._license(
+        back within its renew_within_s.  With session_macs, a fresh X25519 share goes with it and the
+        answer's `answer_key` is opened (the answer's Ed25519 signature verified first) and kept for the
+        session's heartbeats."""
+        private, headers = None, None
+        if self.session_macs:
+            private, share = new_share()
+            headers = {SHARE_HEADER: share}
+        answer = await self.call("POST", "/v1/sessions", self._license(
             hardware_fingerprint=fingerprint, device_name=device_name, device_type=device_type,
-            client_version=client_version, queue=queue or None, ticket=ticket))
+            client_version=client_version, queue=queue or None, ticket=ticket), headers=headers)
+        token = answer.data.get("session_token")
+        if private is not None and isinstance(token, str) and "answer_key" in answer.data:
+            try:
+                self.answer_keys[token] = open_answer_key(private, answer.data["answer_key"], token)
+            except AnswerKeyError as exc:  # signed by a pinned key all the same: beats stay Ed25519-checked
+                log.warning("heartline.answer_key.unusable %s", exc)
+        return answer
 
     async def heartbeat(self, token: str) -> Answer:
-        return await self.call("POST", f"/v1/sessions/{token}/heartbeat", self._license())
+        """One heartbeat; its answer MACed under the session's answer key when the client holds one (the
+        edge may sign it with Ed25519 instead, which is believed as ever)."""
+        session_key = self.answer_keys.get(token)
+        headers = {ANSWER_KEY_HEADER: session_key.kid} if session_key is not None else None
+        try:
+            return await self.call("POST", f"/v1/sessions/{token}/heartbeat", self._license(), headers=headers,
+                                   session_key=session_key)
+        except Refused as refused:
+            if refused.code == "SESSION_NOT_FOUND":
+                self.answer_keys.pop(token, None)
+            raise
 
     async def end_session(self, token: str) -> Answer:
+        self.answer_keys.pop(token, None)
         return await self.call("POST", f"/v1/sessions/{token}/end", self._license())
 
     async def resources(self) -> Answer:
@@ -184,15 +231,17 @@ class Client:
     """The same calls as AsyncClient for synchronous programs (arguments as AsyncClient's)."""
 
     def __init__(self, base_url: str, *, api_key: str, license_key: str, keys: KeySet,
-                 timeout_s: float = DEFAULT_TIMEOUT_S, transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 timeout_s: float = DEFAULT_TIMEOUT_S, transport: httpx.AsyncBaseTransport | None = None,
+                 session_macs: bool = True) -> None:
         self.portal = _Portal()
-        self.aio = self.portal.call(self._make(base_url, api_key, license_key, keys, timeout_s, transport))
+        self.aio = self.portal.call(self._make(base_url, api_key, license_key, keys, timeout_s, transport,
+                                               session_macs))
 
     @staticmethod
     async def _make(*args: Any) -> AsyncClient:
-        base_url, api_key, license_key, keys, timeout_s, transport = args
+        base_url, api_key, license_key, keys, timeout_s, transport, session_macs = args
         return AsyncClient(base_url, api_key=api_key, license_key=license_key, keys=keys, timeout_s=timeout_s,
-                           transport=transport)
+                           transport=transport, session_macs=session_macs)
 
     def close(self) -> None:
         self.portal.call(self.aio.aclose())

@@ -27,6 +27,9 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from heartline_client.answer_keys import ALG as MAC_ALG
+from heartline_client.answer_keys import KEYID_PREFIX, SessionKey
+
 LABEL = "heartline"
 REQUIRED = ('"@status"', '"content-digest"', '"@method";req', '"@path";req')
 NONCE_COMPONENT = '"heartline-nonce";req'
@@ -73,10 +76,12 @@ class Verified:
 
 
 def verify_answer(keys: KeySet, *, status: int, headers: Mapping[str, str], body: bytes, method: str,
-                  path: str, nonce: str | None) -> Verified:
+                  path: str, nonce: str | None, session_key: SessionKey | None = None) -> Verified:
     """Check one answer; `headers` is case-insensitive as httpx's are (lower-case names otherwise).
 
-    `method`, `path` and `nonce` are what this client sent, never what the answer claims."""
+    `method`, `path` and `nonce` are what this client sent, never what the answer claims.  With
+    `session_key` (the session's answer key, answer_keys.py) an `alg="hmac-sha256"` signature with
+    `keyid="session:<its kid>"` is accepted too, as long as that kid is still pinned; Ed25519 always is."""
     digest = _header(headers, "content-digest")
     sig_input = _header(headers, "signature-input")
     signature = _header(headers, "signature")
@@ -97,15 +102,26 @@ def verify_answer(keys: KeySet, *, status: int, headers: Mapping[str, str], body
     missing = [c for c in required if c not in covered]
     if missing:
         raise SignatureError(f"the signature does not cover {', '.join(missing)}")
-    if params.get("alg") != "ed25519":
-        raise SignatureError("the signature's alg is not ed25519")
+    alg = params.get("alg")
+    mac = alg == MAC_ALG and session_key is not None
+    if alg != "ed25519" and not mac:
+        raise SignatureError("the signature's alg is not ed25519" if session_key is None else
+                             "the signature's alg is neither ed25519 nor hmac-sha256")
     kid = params.get("keyid")
     created = params.get("created")
     if not isinstance(kid, str) or not isinstance(created, int) or isinstance(created, bool):
         raise SignatureError("the signature lacks keyid or created")
-    public_key = keys.get(kid)
-    if public_key is None:
-        raise SignatureError(f"the answer was signed by {kid!r}, which is not a pinned key")
+    public_key = None
+    if mac:
+        assert session_key is not None
+        if kid != KEYID_PREFIX + session_key.kid:
+            raise SignatureError(f"the answer was MACed under {kid!r}, not this session's key")
+        if keys.get(session_key.kid) is None:
+            raise SignatureError(f"the session's answer key comes from {session_key.kid!r}, no longer pinned")
+    else:
+        public_key = keys.get(kid)
+        if public_key is None:
+            raise SignatureError(f"the answer was signed by {kid!r}, which is not a pinned key")
     if digest is None:
         raise SignatureError("the answer has no Content-Digest")
     expected = "sha-256=:" + base64.b64encode(hashlib.sha256(body).digest()).decode() + ":"
@@ -121,6 +137,13 @@ def verify_answer(keys: KeySet, *, status: int, headers: Mapping[str, str], body
             raise SignatureError(f"the signature covers {component}, which this client cannot check")
         lines.append(f"{component}: {values[component]}")
     lines.append('"@signature-params": ' + _serialize_inner_list(components, params))
+    if public_key is None:
+        assert session_key is not None
+        expected_mac = hmac.digest(session_key.key, "\n".join(lines).encode(), hashlib.sha256)
+        if not hmac.compare_digest(sig_value, expected_mac):
+            raise SignatureError("the signature does not verify: the answer was changed or is not for this "
+                                 "request")
+        return Verified(kid=kid, created=created)
     try:
         public_key.verify(sig_value, "\n".join(lines).encode())
     except InvalidSignature:
