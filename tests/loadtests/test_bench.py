@@ -23,14 +23,16 @@ def test_bench_measures_floor_heartbeats_and_memory_in_one_run(tmp_path: Path) -
     res = subprocess.run(
         [sys.executable, "-m", "loadtests.bench", "--rounds", "1", "--duration", "1", "--warmup", "1",
          "--sessions", "40", "--large-sessions", "300", "--hot-set", "40", "--connections", "4",
-         "--variants", "edge,edge-unsigned,edge-multiplexed", "--json", str(out)],
+         "--variants", "edge,edge-unsigned,edge-multiplexed,edge-session-mac", "--json", str(out)],
         env=env, capture_output=True, text=True, timeout=240, check=False)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     data = json.loads(out.read_text())
-    assert set(data["variants"]) == {"edge", "edge-unsigned", "edge-multiplexed"}
+    assert set(data["variants"]) == {"edge", "edge-unsigned", "edge-multiplexed", "edge-session-mac"}
     # signed and unsigned side by side, from the same run
     assert len(data["signing"]["rps_ratio"]) == 1 and data["signing"]["rps_ratio"][0] > 0
     assert "heartbeat signed / unsigned" in res.stdout
+    # session-bound answer MACs beside them (the heartbeats carrying Heartline-Answer-Key)
+    assert len(data["session_mac"]["rps_ratio"]) == 1 and "MACed / Ed25519-signed" in res.stdout
     for variant, (round_,) in data["variants"].items():
         assert round_["floor"]["rps"] > 0
         # every heartbeat of the hot set was accepted: the sessions the bench started are live on the edges
