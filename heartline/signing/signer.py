@@ -45,6 +45,27 @@ def content_digest(body: bytes) -> bytes:
     """RFC 9530 Content-Digest field value for `body` (sha-256)."""
     return b"sha-256=:" + base64.b64encode(hashlib.sha256(body).digest()) + b":"
 
+def signature_params(created: int, keyid: str, alg: str) -> tuple[tuple[bytes, bytes], tuple[bytes, bytes]]:
+    """(signature base tail, Signature-Input value), without and with the nonce component, for answers
+    signed at second `created` under `keyid` with `alg`."""
+    tail = f';created={created};keyid="{keyid}";alg="{alg}"'
+    first, second = ((f'"@signature-params": {params}'.encode(), f"{LABEL}={params}".encode())
+                     for params in (f"({COMPONENTS}){tail}", f"({COMPONENTS_WITH_NONCE}){tail}"))
+    return first, second
+
+
+def signature_base(status: int, digest: bytes, method: str, path: str, nonce: str | None, params: bytes) -> bytes:
+    """The RFC 9421 signature base of an answer: its status and Content-Digest, the request's method, path
+    and nonce (when it sent one), then `params` (the "@signature-params" line)."""
+    if nonce is None:
+        return b"".join((b'"@status": ', _STATUS.get(status) or str(status).encode(), b'\n"content-digest": ',
+                         digest, b'\n"@method";req: ', method.encode(), b'\n"@path";req: ', path.encode(),
+                         b"\n", params))
+    return b"".join((b'"@status": ', _STATUS.get(status) or str(status).encode(), b'\n"content-digest": ',
+                     digest, b'\n"@method";req: ', method.encode(), b'\n"@path";req: ', path.encode(),
+                     b'\n"heartline-nonce";req: ', nonce.encode(), b"\n", params))
+
+
 
 class AnswerSigner:
     """Signs answers with one key; the edge swaps in a new signer when the signing key rotates."""
@@ -72,10 +93,7 @@ class AnswerSigner:
     def _signature_params(self, with_nonce: bool) -> tuple[bytes, bytes]:
         now = int(time.time())
         if now != self._created:
-            tail = f';created={now};keyid="{self.kid}";alg="ed25519"'
-            self._params = tuple(  # type: ignore[assignment]
-                (f'"@signature-params": {params}'.encode(), f"{LABEL}={params}".encode())
-                for params in (f"({COMPONENTS}){tail}", f"({COMPONENTS_WITH_NONCE}){tail}"))
+            self._params = signature_params(now, self.kid, "ed25519")
             self._created = now
         return self._params[with_nonce]
 
@@ -87,14 +105,7 @@ class AnswerSigner:
         Heartline-Nonce, already checked against NONCE_PATTERN, or None."""
         digest = b"sha-256=:" + base64.b64encode(hashlib.sha256(body).digest()) + b":"
         params, signature_input = self._signature_params(nonce is not None)
-        if nonce is None:
-            base = b"".join((b'"@status": ', _STATUS.get(status) or str(status).encode(), b'\n"content-digest": ',
-                             digest, b'\n"@method";req: ', method.encode(), b'\n"@path";req: ', path.encode(),
-                             b"\n", params))
-        else:
-            base = b"".join((b'"@status": ', _STATUS.get(status) or str(status).encode(), b'\n"content-digest": ',
-                             digest, b'\n"@method";req: ', method.encode(), b'\n"@path";req: ', path.encode(),
-                             b'\n"heartline-nonce";req: ', nonce.encode(), b"\n", params))
+        base = signature_base(status, digest, method, path, nonce, params)
         signature = base64.b64encode(crypto_sign(base, self._secret)[:64])
         return [(b"content-digest", digest),
                 (b"signature-input", signature_input),
@@ -140,10 +151,7 @@ class SessionMac:
     def _signature_params(self, with_nonce: bool) -> tuple[bytes, bytes]:
         now = int(time.time())
         if now != self._created:
-            tail = f';created={now};keyid="session:{self.kid}";alg="hmac-sha256"'
-            self._params = tuple(  # type: ignore[assignment]
-                (f'"@signature-params": {params}'.encode(), f"{LABEL}={params}".encode())
-                for params in (f"({COMPONENTS}){tail}", f"({COMPONENTS_WITH_NONCE}){tail}"))
+            self._params = signature_params(now, f"session:{self.kid}", "hmac-sha256")
             self._created = now
         return self._params[with_nonce]
 
@@ -152,14 +160,7 @@ class SessionMac:
         """Content-Digest, Signature-Input and Signature for one answer to session `token` (canonical)."""
         digest = b"sha-256=:" + base64.b64encode(hashlib.sha256(body).digest()) + b":"
         params, signature_input = self._signature_params(nonce is not None)
-        if nonce is None:
-            base = b"".join((b'"@status": ', _STATUS.get(status) or str(status).encode(), b'\n"content-digest": ',
-                             digest, b'\n"@method";req: ', method.encode(), b'\n"@path";req: ', path.encode(),
-                             b"\n", params))
-        else:
-            base = b"".join((b'"@status": ', _STATUS.get(status) or str(status).encode(), b'\n"content-digest": ',
-                             digest, b'\n"@method";req: ', method.encode(), b'\n"@path";req: ', path.encode(),
-                             b'\n"heartline-nonce";req: ', nonce.encode(), b"\n", params))
+        base = signature_base(status, digest, method, path, nonce, params)
         key = hmac.digest(self._master, token.encode(), "sha256")
         signature = base64.b64encode(hmac.digest(key, base, "sha256"))
         return [(b"content-digest", digest),
