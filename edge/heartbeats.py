@@ -230,12 +230,11 @@ class HeartbeatFastPath:
                 # MACed with the session's answer key when the client holds one whose master this edge
                 # has; Ed25519 otherwise (an unknown or retired kid included: the client takes either)
                 mac = state.signing.macs.get(answer_key) if answer_key is not None else None
+                sent_path = request_path(scope.get("raw_path"), path)
                 if mac is not None:
-                    headers += mac.headers(session_token(token), 200, payload, "POST",
-                                           request_path(scope.get("raw_path"), path), nonce_text)
+                    headers += mac.headers(session_token(token), 200, payload, "POST", sent_path, nonce_text)
                 else:
-                    headers += signer.headers(200, payload, "POST", request_path(scope.get("raw_path"), path),
-                                              nonce_text)
+                    headers += signer.headers(200, payload, "POST", sent_path, nonce_text)
             answered = True
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": payload})

@@ -328,10 +328,10 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         text += "\n\n== signing (edge vs edge-unsigned, same run) ==\n" + signing["summary"]
     session_mac = None
     if "edge-session-mac" in rounds and "edge-unsigned" in rounds:
-        session_mac = signing_cost(rounds["edge-session-mac"], rounds["edge-unsigned"])
+        session_mac = signing_cost(rounds["edge-session-mac"], rounds["edge-unsigned"], signed_label="MACed",
+                                   cost="the MAC")
         text += ("\n\n== session-bound answer MACs (edge-session-mac vs edge-unsigned, same run) ==\n"
-                 + session_mac["summary"].replace("signed / unsigned", "MACed / unsigned ")
-                 .replace("signing adds", "the MAC adds"))
+                 + session_mac["summary"])
     if "edge-session-mac" in rounds and "edge" in rounds:
         pairs = list(zip(rounds["edge-session-mac"], rounds["edge"], strict=True))
         text += ("\n  MACed / Ed25519-signed:      "
@@ -384,18 +384,20 @@ def signing_kid(url: str) -> str:
     return str(httpx.get(f"{url}/v1/keys", timeout=10).json()["keys"][-1]["kid"])
 
 
-def signing_cost(signed: list[Round], unsigned: list[Round]) -> dict[str, Any]:
-    """What signing every answer costs the heartbeat: the two variants' figures side by side, by round."""
+def signing_cost(signed: list[Round], unsigned: list[Round], *, signed_label: str = "signed",
+                 cost: str = "signing") -> dict[str, Any]:
+    """What signing every answer costs the heartbeat: the two variants' figures side by side, by round.
+    `signed_label` names the signed side in the summary ("signed", "MACed"), `cost` what it adds."""
     pairs = list(zip(signed, unsigned, strict=True))
     rps = [s.small.ok_rps / u.small.ok_rps if u.small.ok_rps else 0.0 for s, u in pairs]
     cpu = [u.small_cpu_us / s.small_cpu_us if s.small_cpu_us else 0.0 for s, u in pairs]
     extra_us = [s.small_cpu_us - u.small_cpu_us for s, u in pairs]
     summary = "\n".join([
-        (f"heartbeat signed / unsigned:   {_range([s.small.ok_rps for s, _ in pairs])} vs "
+        (f"{f'heartbeat {signed_label} / unsigned:':<31}{_range([s.small.ok_rps for s, _ in pairs])} vs "
          f"{_range([u.small.ok_rps for _, u in pairs])} /s = {_range(rps, '{:.2f}')}"),
         (f"  by server CPU per heartbeat: {_range([s.small_cpu_us for s, _ in pairs])} vs "
          f"{_range([u.small_cpu_us for _, u in pairs])} µs = {_range(cpu, '{:.2f}')} "
-         f"(signing adds {_range(extra_us)} µs per answer)"),
+         f"({cost} adds {_range(extra_us)} µs per answer)"),
         (f"  p99 at half rate:            {_range([s.small_half.p99_ms for s, _ in pairs], '{:.2f}')} vs "
          f"{_range([u.small_half.p99_ms for _, u in pairs], '{:.2f}')} ms"),
         (f"  each against the floor:      {_range([s.floor_ratio for s, _ in pairs], '{:.2f}')} vs "

@@ -45,6 +45,7 @@ def content_digest(body: bytes) -> bytes:
     """RFC 9530 Content-Digest field value for `body` (sha-256)."""
     return b"sha-256=:" + base64.b64encode(hashlib.sha256(body).digest()) + b":"
 
+
 def signature_params(created: int, keyid: str, alg: str) -> tuple[tuple[bytes, bytes], tuple[bytes, bytes]]:
     """(signature base tail, Signature-Input value), without and with the nonce component, for answers
     signed at second `created` under `keyid` with `alg`."""
@@ -64,7 +65,6 @@ def signature_base(status: int, digest: bytes, method: str, path: str, nonce: st
     return b"".join((b'"@status": ', _STATUS.get(status) or str(status).encode(), b'\n"content-digest": ',
                      digest, b'\n"@method";req: ', method.encode(), b'\n"@path";req: ', path.encode(),
                      b'\n"heartline-nonce";req: ', nonce.encode(), b"\n", params))
-
 
 
 class AnswerSigner:
