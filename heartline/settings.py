@@ -76,6 +76,13 @@ class Settings:
     """Seat queue (`POST /v1/sessions` with `"queue": true`): a ticket not renewed within this many seconds
     expires and leaves the queue, and the seat held for it goes to the next ticket (1–3600).
     """
+    heartbeat_mirror_s: int = 300
+    """How often, at most, a live session's heartbeat count and last heartbeat (`license_sessions`) and its
+    device's `last_seen_at` are brought up to date in PostgreSQL: every K-th heartbeat of a session, K =
+    this / the license's interval (at least 1), and its first. Every heartbeat is still stored in
+    `license_heartbeats`; history gets the plane's exact count when the session ends. 0 updates them at
+    every heartbeat (the flush then costs a row update per heartbeat, docs/performance.md).
+    """
     stream_max_len: int = 0
     """0: the edge never trims the streams, so a PostgreSQL outage grows them and loses nothing (the
     worker trims what it stored). A positive value caps each shard's stream and drops unstored entries
@@ -227,6 +234,8 @@ class Settings:
                 f"{PREFIX}HEARTBEAT_TIMEOUT_S ({self.heartbeat_timeout_s}) must be greater than "
                 f"{PREFIX}HEARTBEAT_INTERVAL_S ({self.heartbeat_interval_s})"
             )
+        if not 0 <= self.heartbeat_mirror_s <= 86_400:
+            raise SettingsError(f"{PREFIX}HEARTBEAT_MIRROR_S must be between 0 and 86400")
         if not 1 <= self.stream_shards <= 1024:
             raise SettingsError(f"{PREFIX}STREAM_SHARDS must be between 1 and 1024")
         if not 1 <= self.queue_ticket_s <= 3600:

@@ -126,7 +126,8 @@ class _Recorder:
 
 async def record_heartbeats(hot: list[tuple[int, str]], settings: Settings) -> list[Call]:
     recorder = _Recorder()
-    scripts = PlaneScripts(recorder, shards=settings.stream_shards, max_len=settings.stream_max_len)
+    scripts = PlaneScripts(recorder, shards=settings.stream_shards, max_len=settings.stream_max_len,
+                           mirror_s=settings.heartbeat_mirror_s)
     calls = []
     for license_id, token in hot:
         await scripts.heartbeat(license_id, token, settings.heartbeat_min_gap_ms)

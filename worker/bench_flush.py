@@ -4,14 +4,16 @@
 
 Both sides store the same rows into `license_heartbeats` in the same run: the raw side is one
 `COPY ... FROM STDIN` of every row (the floor: no Redis, no dedup, no updates); the worker side is the
-real flush (XREADGROUP batches of HEARTLINE_FLUSH_BATCH_SIZE, COPY into the batch table,
-INSERT ... ON CONFLICT, set-based session/device updates, commit, XACK).  Rounds alternate which side
+real flush (XREADGROUP batches of HEARTLINE_FLUSH_BATCH_SIZE, binary COPY, set-based session/device
+updates for the sessions with a marked heartbeat in the batch, commit, XACK).  The entries are marked as
+heartbeat.lua marks them: a session's first and every K-th heartbeat, K = HEARTLINE_HEARTBEAT_MIRROR_S /
+HEARTLINE_HEARTBEAT_INTERVAL_S (10 by default; HEARTLINE_HEARTBEAT_MIRROR_S=0 marks every heartbeat, the
+mirror updated per session and batch as before the mirror was throttled).  Rounds alternate which side
 goes first; medians and the ratio worker/raw are printed.
 
 Two scenarios by default, each in its own scratch database: 20 000 sessions (10 heartbeats per session
-in the streams, so a batch carries several of each session and updates its row once for them) and one
-session per row (one heartbeat per session: the case at scale, a million sessions beating every 30 s,
-where every row costs its own session and device update).  `--sessions` picks others.
+in the streams) and one session per row (one heartbeat per session: the case at scale, a million
+sessions beating every 30 s, where a batch holds each session once).  `--sessions` picks others.
 
 PostgreSQL and Redis are started from the pip wheels in a temporary folder unless --database-url and
 --redis-url are given; then a scratch database is created (and dropped) on that server and the bench's
@@ -24,6 +26,7 @@ import argparse
 import asyncio
 import gc
 import os
+import random
 import statistics
 import tempfile
 import time
@@ -68,22 +71,34 @@ async def _seed(conn: asyncpg.Connection, sessions: int) -> list[tuple[int, str,
 
 
 async def _fill_streams(redis: aioredis.Redis, sessions: list[tuple[int, str, int]], rows: int,
-                        shards: int, interval_ms: int = 30_000) -> None:
+                        shards: int, mark_every: int, interval_ms: int = 30_000) -> int:
     """Heartbeats as production sends them: each session once per `interval_ms`, sessions spread
-    evenly over the interval, ending now (explicit stream ids carry those times)."""
+    evenly over the interval, ending now (explicit stream ids carry those times), marked as
+    heartbeat.lua marks them: each session has beaten a random number of times before, and its first
+    and every `mark_every`-th heartbeat carries its count.  Returns the sum of the counts the mirror
+    rows should hold afterwards (each session's highest marked count)."""
     beats_per_session = -(-rows // len(sessions))
     now_ms = int(time.time() * 1000)
     start_ms = now_ms - beats_per_session * interval_ms
+    earlier = random.Random(rows + len(sessions))
+    before = [earlier.randrange(0, 1000) for _ in sessions]
+    marked = [0] * len(sessions)
     async with redis.pipeline(transaction=False) as pipe:
         for i in range(rows):
-            license_id, token, device_id = sessions[i % len(sessions)]
             beat, nth = divmod(i, len(sessions))
+            license_id, token, device_id = sessions[nth]
             at_ms = start_ms + beat * interval_ms + nth * interval_ms // len(sessions)
-            pipe.xadd(keys.heartbeat_stream(keys.shard_of(license_id, shards)),
-                      {HEARTBEAT_FIELD: f"{license_id}|{token}|{device_id}"}, id=f"{at_ms}-{i}")
+            count = before[nth] + beat + 1
+            packed = f"{license_id}|{token}|{device_id}"
+            if count == 1 or count % mark_every == 0:
+                packed += f"|{count}"
+                marked[nth] = count
+            pipe.xadd(keys.heartbeat_stream(keys.shard_of(license_id, shards)), {HEARTBEAT_FIELD: packed},
+                      id=f"{at_ms}-{i}")
             if i % 10_000 == 9_999:
                 await pipe.execute()
         await pipe.execute()
+    return sum(marked)
 
 
 async def _stream_rows(redis: aioredis.Redis, shards: int) -> list[tuple[Any, ...]]:
@@ -135,6 +150,8 @@ async def _worker_flush(pool: asyncpg.Pool, redis: aioredis.Redis, fast: Any, se
 async def run(settings: Settings, database_url: str, redis_url: str, *, rows: int, sessions: int,
               rounds: int) -> dict[str, float]:
     assert settings.stream_shards
+    # as heartbeat.lua marks the heartbeats of a license with the default interval
+    mark_every = max(1, settings.heartbeat_mirror_s // settings.heartbeat_interval_s)
     conn = await hldb.connect(database_url, actor="bench")
     pool = await hldb.create_pool(database_url, actor="bench", min_size=1, max_size=2,
                                   init=prepare_connection)
@@ -149,7 +166,7 @@ async def run(settings: Settings, database_url: str, redis_url: str, *, rows: in
         raw_times, worker_times = [], []
         for round_ in range(rounds):
             await _reset(conn, redis, settings.stream_shards)
-            await _fill_streams(redis, session_rows, rows, settings.stream_shards)
+            mirrored = await _fill_streams(redis, session_rows, rows, settings.stream_shards, mark_every)
             records = await _stream_rows(redis, settings.stream_shards)
             sides = ["raw", "worker"] if round_ % 2 == 0 else ["worker", "raw"]
             for side in sides:
@@ -159,7 +176,7 @@ async def run(settings: Settings, database_url: str, redis_url: str, *, rows: in
                 else:
                     worker_times.append(await _worker_flush(pool, redis, fast, settings, rows))
                     assert await conn.fetchval("SELECT count(*) FROM license_heartbeats") == rows
-                    assert await conn.fetchval("SELECT sum(heartbeat_count) FROM license_sessions") == rows
+                    assert await conn.fetchval("SELECT sum(heartbeat_count) FROM license_sessions") == mirrored
                     await conn.execute("TRUNCATE license_heartbeats")
             print(f"round {round_ + 1}: raw COPY {rows / raw_times[-1]:>10,.0f} rows/s   "
                   f"worker flush {rows / worker_times[-1]:>10,.0f} rows/s")
@@ -224,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
         pg_url, redis_url = args.database_url or pg or "", args.redis_url or rd or ""
         for sessions in scenarios:
             print(f"rows={args.rows} sessions={sessions} rounds={args.rounds} "
-                  f"batch={settings.flush_batch_size} shards={settings.stream_shards}")
+                  f"batch={settings.flush_batch_size} shards={settings.stream_shards} "
+                  f"mirror every {max(1, settings.heartbeat_mirror_s // settings.heartbeat_interval_s)} "
+                  f"heartbeats")
             results[sessions] = asyncio.run(bench(pg_url, redis_url, sessions))
     for sessions, result in results.items():
         per_session = args.rows / sessions

@@ -4,7 +4,10 @@ A batch is read from every shard's stream at once (worker/streams.py), decoded i
 from Redis's reply into PostgreSQL's binary COPY format, COPYed into the table, and the sessions' last heartbeat and
 count and the devices' `last_seen_at` are updated with one set-based statement each over the batch
 aggregated per session and per device, in one transaction; the entries are acknowledged after the
-commit.  `received_at` comes from the stream id, so a batch delivered twice (a crash between commit and
+commit.  Every heartbeat is a row; the mirror (the session's count and last heartbeat, the device's
+last_seen_at) is updated only for the sessions of the batch that have a marked heartbeat - heartbeat.lua
+marks a session's first and every K-th one with the plane's count (HEARTLINE_HEARTBEAT_MIRROR_S) - and
+set to that count with greatest(), so applying a batch twice changes nothing.  `received_at` comes from the stream id, so a batch delivered twice (a crash between commit and
 acknowledgement) hits the same (received_at, event_id) keys: its COPY fails on the primary key, the
 transaction is rolled back and the batch goes through INSERT ... ON CONFLICT DO NOTHING instead, whose
 RETURNING says which rows are new, so nothing is stored or counted twice.
@@ -25,7 +28,7 @@ import asyncpg
 from asyncpg.pgproto.pgproto import UUID as PgUUID
 
 from heartline.db import Conn
-from heartline.plane.events import HEARTBEAT_FIELD
+from heartline.plane.events import HEARTBEAT_FIELD, LEGACY_HEARTBEAT_FIELD
 from worker.streams import Batch, Entry, StreamConsumer, field_dict
 
 log = logging.getLogger("worker.flush")
@@ -53,7 +56,7 @@ MOVE_BATCH = f"""
 INSERT INTO license_heartbeats (received_at, event_id, license_id, session_token, device_id)
 SELECT received_at, event_id, license_id, session_token, device_id FROM {BATCH_TABLE}
 ON CONFLICT DO NOTHING
-RETURNING received_at, session_token, device_id
+RETURNING event_id
 """
 
 # Heartbeats and `started` events of a shard drain through different streams, maybe in different
@@ -80,12 +83,15 @@ JOIN_BY_INDEX = """
 SELECT set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true)
 """
 
-# One row per session / device of the batch (aggregated in Python), whatever the batch size.
+# One row per mirrored session / device of the batch (aggregated in Python), whatever the batch size.
+# n: the highest plane count a marked heartbeat of the batch carries (idempotent: greatest); added: the
+# batch's entries of the legacy formats, each counted once (a redelivered batch adds only what RETURNING
+# names as new).
 UPDATE_SESSIONS = """
 UPDATE license_sessions s
-   SET heartbeat_count = s.heartbeat_count + b.n,
+   SET heartbeat_count = greatest(s.heartbeat_count + b.added, b.n),
        last_heartbeat_at = greatest(s.last_heartbeat_at, b.last_at)
-  FROM unnest($1::uuid[], $2::bigint[], $3::timestamptz[]) AS b(session_token, n, last_at)
+  FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::timestamptz[]) AS b(session_token, added, n, last_at)
  WHERE s.session_token = b.session_token
 """
 # last_seen_at moves in steps of at least DEVICE_SEEN_STEP: with 30 s heartbeats that halves the device
@@ -101,9 +107,11 @@ UPDATE device_registrations d
 """
 
 
-# Full batches one flush step stores back to back (the next read while the one before is stored) before
-# the loop looks at its stop flag again.
-PIPELINE_BATCHES = 8
+# Full batches one flush step stores back to back at most (the next read and decoded while the one before
+# is stored); it also ends when the worker is asked to stop.  Each step starts with a batch read and
+# decoded while PostgreSQL waits and ends with one stored while the worker's Python waits, so longer
+# steps overlap more: 8 batches per step gave 0.42 of a raw COPY in worker.bench_flush, 32 gave 0.47.
+PIPELINE_BATCHES = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,9 +131,11 @@ async def prepare_connection(conn: asyncpg.Connection) -> None:
     await conn.execute(CREATE_BATCH_TABLE)
 
 
-# heartbeat.lua writes one field, h = b'<license id>|<token>|<device id>'; entries written before that
-# format have three, l, t and d, in this order (heartline/plane/events.py).
-_H = HEARTBEAT_FIELD.encode()
+# heartbeat.lua writes one field, b = b'<license id>|<token>|<device id>[|<count>]'; entries written
+# before that have h = b'<license id>|<token>|<device id>' or three fields, l, t and d, in this order
+# (heartline/plane/events.py), each mirrored.
+_B = HEARTBEAT_FIELD.encode()
+_H = LEGACY_HEARTBEAT_FIELD.encode()
 _L, _T, _D = b"l", b"t", b"d"
 
 
@@ -136,32 +146,51 @@ _L, _T, _D = b"l", b"t", b"d"
 COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 COPY_TRAILER = struct.pack(">h", -1)
 _ROW_HEAD = struct.Struct(">hiqi")  # 5 fields; 8, received_at; length of event_id (then its bytes)
-_ROW_MID = struct.Struct(">iqi")    # 8, license_id; 16 (then the uuid's bytes)
-_ROW_DEVICE = struct.Struct(">iq")  # 8, device_id
-_ROW_NO_DEVICE = struct.pack(">i", -1)
+_ROW_TAIL = struct.Struct(">iqi16siq")        # 8, license_id; 16, the uuid; 8, device_id
+_ROW_TAIL_NO_DEVICE = struct.Struct(">iqi16si")  # ... -1: device_id NULL
 PG_EPOCH_MS = 946_684_800_000       # 2000-01-01T00:00:00Z in Unix ms
 MAX_MS = 253_402_300_799_999        # 9999-12-31T23:59:59.999Z, the last instant a datetime holds
 
 
-def _packed(fields: Any) -> bytes:
-    """b'<license id>|<token>|<device id>' of an entry in any format (the fast path takes 'h' itself)."""
+def _packed(fields: Any) -> tuple[bytes, int, bool]:
+    """(b'<license id>|<token>|<device id>', marked count or 0, legacy) of an entry in any format but the
+    one the fast path takes ('b' as a two-item list); legacy: written before 'b' ('h', or l, t and d),
+    so mirrored whatever it carries."""
+    if type(fields) is list and len(fields) == 2 and fields[0] == _H:
+        return fields[1], 0, True
     if type(fields) is list and len(fields) == 6 and fields[0] == _L and fields[2] == _T and fields[4] == _D:
-        return b"|".join((fields[1], fields[3], fields[5]))  # written before 'h'
+        return b"|".join((fields[1], fields[3], fields[5])), 0, True  # written before 'h'
     named = {(k.decode() if isinstance(k, bytes) else k): v for k, v in field_dict(fields).items()}
     if named.get(HEARTBEAT_FIELD) is not None:
-        return _bytes(named[HEARTBEAT_FIELD])
+        packed = _bytes(named[HEARTBEAT_FIELD])
+        if packed.count(b"|") != 3:
+            return packed, 0, False
+        packed, _, mark = packed.rpartition(b"|")
+        count = int(mark)
+        if not 0 < count <= MAX_BIGINT:
+            raise ValueError("heartbeat count out of range")
+        return packed, count, False
+    if named.get(LEGACY_HEARTBEAT_FIELD) is not None:
+        return _bytes(named[LEGACY_HEARTBEAT_FIELD]), 0, True
     if named.get("l") is None or named.get("t") is None:
         raise ValueError("license id or token missing")
-    return b"|".join((_bytes(named["l"]), _bytes(named["t"]), _bytes(named.get("d") or b"")))
+    return b"|".join((_bytes(named["l"]), _bytes(named["t"]), _bytes(named.get("d") or b""))), 0, True
 
 
 def _bytes(value: Any) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode()
 
 
-def _session_of(packed: bytes) -> list[Any]:
-    """[row tail, heartbeats, last ms, token, device id] for b'<license id>|<token>|<device id>';
-    the row tail is the COPY row's last three fields.  ValueError for what PostgreSQL would refuse."""
+def _row_tail(packed: bytes) -> bytes:
+    """The COPY row's last three fields for b'<license id>|<token>|<device id>'.  ValueError for what
+    PostgreSQL would refuse."""
+    license_id, uuid, device_id = _fields_of(packed)
+    return _ROW_TAIL.pack(8, license_id, 16, uuid, 8, device_id) if device_id \
+        else _ROW_TAIL_NO_DEVICE.pack(8, license_id, 16, uuid, -1)
+
+
+def _fields_of(packed: bytes) -> tuple[int, bytes, int]:
+    """(license id, the token's 16 bytes, device id or 0) of b'<license id>|<token>|<device id>'."""
     license_text, token, device = packed.split(b"|")
     license_id = int(license_text)
     device_id = int(device) if device else 0
@@ -170,15 +199,14 @@ def _session_of(packed: bytes) -> list[Any]:
     uuid = unhexlify(token.replace(b"-", b""))  # binascii.Error is a ValueError
     if len(uuid) != 16:
         raise ValueError("session token is not a uuid")
-    tail = _ROW_MID.pack(8, license_id, 16) + uuid + (_ROW_DEVICE.pack(8, device_id) if device_id
-                                                      else _ROW_NO_DEVICE)
-    return [tail, 0, -1, uuid, device_id]
+    return license_id, uuid, device_id
 
 
 @dataclass(slots=True)
 class Decoded:
-    """A batch ready for PostgreSQL: its rows as binary COPY data, and the same heartbeats aggregated
-    per session (token -> [heartbeats, last received_at]) and per device (id -> last received_at)."""
+    """A batch ready for PostgreSQL: its rows as binary COPY data, and the mirror's updates: per session
+    with a marked or legacy heartbeat in the batch (token -> [legacy heartbeats, highest marked count,
+    last received_at]) and per device of those (id -> last received_at)."""
 
     copy_data: bytearray  # not bytes: asyncpg would take bytes for a file name
     rows: int
@@ -186,82 +214,137 @@ class Decoded:
     sessions: dict[Any, list[Any]]
     devices: dict[int, datetime]
     received_ms: list[int]  # of every row: the months a missing partition is made for
+    legacy: dict[str, Any]  # event id -> token of each legacy entry (counted again only if new)
 
 
-def decode_batch(batch: Batch) -> Decoded:
-    """A batch as Redis sent it, in one pass: binary COPY rows and the per-session/device aggregates.
+class _Decoder:
+    """decode_batch() in steps: feed() any number of entries of a shard, then finish()."""
 
-    A row: (received_at, event_id, license_id, session_token, device_id).  Entries as heartbeat.lua
-    writes them ('h') are taken by position; anything else (the three fields written before 'h',
-    another order, redis-py's dicts) by name.  Whatever PostgreSQL would refuse is counted as malformed
-    and left out here, so one bad entry cannot fail the batch's COPY.  The fields' value is the same
-    for every heartbeat of a session, so it is parsed once per session and batch: a row then costs its
-    stream id and one dict lookup, and no Python object (no datetime, no UUID).
-    """
-    out = bytearray(COPY_HEADER)
-    sessions: dict[bytes, list[Any]] = {}
-    received: list[int] = []
-    malformed = 0
-    head = _ROW_HEAD.pack
-    for shard, items in batch.by_shard.items():
+    __slots__ = ("legacy_ids", "malformed", "mirror", "out", "received", "tails")
+
+    def __init__(self) -> None:
+        self.out = bytearray(COPY_HEADER)
+        self.tails: dict[bytes, bytes] = {}          # packed -> its COPY row tail
+        self.mirror: dict[bytes, list[int]] = {}     # packed -> [legacy rows, highest count, its ms]
+        self.received: list[int] = []
+        self.legacy_ids: dict[bytes, bytes] = {}     # event id -> packed, of each legacy entry
+        self.malformed = 0
+
+    def feed(self, shard: int, items: list[Any]) -> None:
+        out, tails, received, head = self.out, self.tails, self.received, _ROW_HEAD.pack
         prefix = f"{shard}-".encode()
         for entry_id, fields in items:
             try:
-                packed = fields[1] if type(fields) is list and len(fields) == 2 and fields[0] == _H \
-                    else _packed(fields)
-                session = sessions.get(packed)
-                if session is None:
-                    session = _session_of(packed)
+                count = 0
+                if type(fields) is list and len(fields) == 2 and fields[0] == _B:
+                    legacy = False
+                    packed = fields[1]
+                    if packed.count(b"|") == 3:  # a marked heartbeat: '|<count>' at the end
+                        packed, _, mark = packed.rpartition(b"|")
+                        count = int(mark)
+                        if not 0 < count <= MAX_BIGINT:
+                            raise ValueError("heartbeat count out of range")
+                else:
+                    packed, count, legacy = _packed(fields)
+                tail = tails.get(packed)
+                if tail is None:
+                    tail = tails[packed] = _row_tail(packed)
                 eid = entry_id if type(entry_id) is bytes else str(entry_id).encode()
                 ms = int(eid.partition(b"-")[0])
                 if not 0 <= ms <= MAX_MS:
                     raise ValueError("time out of range")
             except (ValueError, TypeError, AttributeError) as exc:
                 # acknowledged with the batch: an entry PostgreSQL would refuse must not block the stream
-                malformed += 1
+                self.malformed += 1
                 log.warning("worker.flush.malformed shard=%s entry=%s error=%s", shard, entry_id, exc)
                 continue
-            if session[1] == 0:
-                sessions[packed] = session
-            session[1] += 1
-            if ms > session[2]:  # noqa: PLR1730 - max() costs a call per heartbeat
-                session[2] = ms
             eid = prefix + eid
+            if count or legacy:  # one heartbeat in K
+                self._mirrored(packed, count, ms, eid if legacy else None)
             out += head(5, 8, (ms - PG_EPOCH_MS) * 1000, len(eid))
             out += eid
-            out += session[0]
+            out += tail
             received.append(ms)
-    out += COPY_TRAILER
-    by_token: dict[Any, list[Any]] = {}
-    devices: dict[int, int] = {}
-    for _, n, last, token, device_id in sessions.values():
-        key = PgUUID(token)
-        if key in by_token:  # the same token written differently (upper case): one row, one update
-            by_token[key][0] += n
-            by_token[key][1] = max(by_token[key][1], last)
-        else:
-            by_token[key] = [n, last]
-        if device_id and devices.get(device_id, -1) < last:
-            devices[device_id] = last
-    return Decoded(out, len(received), malformed,
-                   {token: [n, received_at(last)] for token, (n, last) in by_token.items()},
-                   {device: received_at(last) for device, last in devices.items()}, received)
 
-
-def aggregate(rows: list[Any]) -> tuple[dict[Any, list[Any]], dict[int, datetime]]:
-    """Per session and per device, from rows of (received_at, session token, device id)."""
-    sessions: dict[Any, list[Any]] = {}
-    devices: dict[int, datetime] = {}
-    for at, token, device_id in rows:
-        seen = sessions.get(token)
+    def _mirrored(self, packed: bytes, count: int, ms: int, legacy_id: bytes | None) -> None:
+        seen = self.mirror.get(packed)
         if seen is None:
-            sessions[token] = [1, at]
-        else:
+            seen = self.mirror[packed] = [0, 0, -1]
+        if legacy_id is not None:
             seen[0] += 1
-            seen[1] = max(seen[1], at)
-        if device_id is not None and (device_id not in devices or devices[device_id] < at):
-            devices[device_id] = at
-    return sessions, devices
+            self.legacy_ids[legacy_id] = packed
+        if count > seen[1]:  # noqa: PLR1730
+            seen[1] = count
+        if ms > seen[2]:  # noqa: PLR1730
+            seen[2] = ms
+
+    def finish(self) -> Decoded:
+        self.out += COPY_TRAILER
+        # The sessions with a marked or legacy heartbeat in the batch: one update each, to the highest
+        # marked count (legacy rows add one each) and the latest of those heartbeats.
+        by_token: dict[Any, list[Any]] = {}
+        devices: dict[int, int] = {}
+        tokens: dict[bytes, Any] = {}
+        for packed, (added, count, last) in self.mirror.items():
+            _, uuid, device_id = _fields_of(packed)
+            key = tokens[packed] = PgUUID(uuid)
+            seen = by_token.get(key)
+            if seen is not None:  # the same token written differently (upper case): one row, one update
+                seen[0] += added
+                seen[1] = max(seen[1], count)
+                seen[2] = max(seen[2], last)
+            else:
+                by_token[key] = [added, count, last]
+            if device_id and devices.get(device_id, -1) < last:
+                devices[device_id] = last
+        return Decoded(self.out, len(self.received), self.malformed,
+                       {token: [added, count, received_at(last)] for token, (added, count, last) in by_token.items()},
+                       {device: received_at(last) for device, last in devices.items()}, self.received,
+                       {eid.decode(): tokens[packed] for eid, packed in self.legacy_ids.items()})
+
+
+def decode_batch(batch: Batch) -> Decoded:
+    """A batch as Redis sent it, in one pass: binary COPY rows and the per-session/device aggregates.
+
+    A row: (received_at, event_id, license_id, session_token, device_id).  Entries as heartbeat.lua
+    writes them ('b', or 'h' before) are taken by position; anything else (the three fields written
+    before 'h', another order, redis-py's dicts) by name.  Whatever PostgreSQL would refuse is counted as malformed
+    and left out here, so one bad entry cannot fail the batch's COPY.  The fields' value is the same
+    for every heartbeat of a session, so it is parsed once per session and batch: a row then costs its
+    stream id and one dict lookup, and no Python object (no datetime, no UUID).
+    """
+    decoder = _Decoder()
+    for shard, items in batch.by_shard.items():
+        decoder.feed(shard, items)
+    return decoder.finish()
+
+
+# Entries decoded between two looks at the event loop while a batch is decoded beside another's store.
+DECODE_SLICE = 1000
+
+
+async def decode_beside(batch: Batch) -> Decoded:
+    """decode_batch(), handing the event loop back every DECODE_SLICE entries: the batch before is being
+    stored meanwhile, and its next statement goes out as soon as PostgreSQL answered the one before,
+    instead of after the whole batch is decoded (PostgreSQL would sit idle that long)."""
+    decoder = _Decoder()
+    for shard, items in batch.by_shard.items():
+        for start in range(0, len(items), DECODE_SLICE):
+            decoder.feed(shard, items[start:start + DECODE_SLICE] if len(items) > DECODE_SLICE else items)
+            await asyncio.sleep(0)
+    return decoder.finish()
+
+
+def redelivered(decoded: Decoded, new_event_ids: list[str]) -> dict[Any, list[Any]]:
+    """The session updates of a batch delivered before, of which only `new_event_ids` were stored now:
+    marked counts and last heartbeats are applied again as they are (greatest() makes that a no-op where
+    they were applied), legacy heartbeats are added only if they are new rows."""
+    added: dict[Any, int] = {}
+    for event_id in new_event_ids:
+        token = decoded.legacy.get(event_id)
+        if token is not None:
+            added[token] = added.get(token, 0) + 1
+    return {token: [added.get(token, 0), count, last] for token, (_, count, last) in decoded.sessions.items()}
 
 
 def heartbeat_records(entries: list[Entry]) -> Decoded:
@@ -311,7 +394,7 @@ async def _store_once(conn: Conn, decoded: Decoded, shards: list[int]) -> int:
         await conn.copy_to_table(BATCH_TABLE, source=decoded.copy_data,  # type: ignore[arg-type]
                                  columns=BATCH_COLUMNS, format="binary")
         rows = await conn.fetch(MOVE_BATCH)
-        await _update_sessions_and_devices(conn, *aggregate([tuple(r) for r in rows]))
+        await _update_sessions_and_devices(conn, redelivered(decoded, [r[0] for r in rows]), decoded.devices)
         return len(rows)
 
 
@@ -323,7 +406,7 @@ async def _update_sessions_and_devices(conn: Conn, sessions: dict[Any, list[Any]
     if sessions:
         tokens = sorted(sessions)
         await conn.execute(UPDATE_SESSIONS, tokens, [sessions[t][0] for t in tokens],
-                           [sessions[t][1] for t in tokens])
+                           [sessions[t][1] for t in tokens], [sessions[t][2] for t in tokens])
     if devices:
         ids = sorted(devices)
         await conn.execute(UPDATE_DEVICES, ids, [devices[i] for i in ids])
@@ -346,12 +429,13 @@ async def flush_batch(pool: asyncpg.Pool, consumer: StreamConsumer) -> FlushResu
 
 
 async def flush_batches(pool: asyncpg.Pool, consumer: StreamConsumer, *, max_batches: int,
-                        on_result: Callable[[FlushResult], None] | None = None) -> list[FlushResult]:
+                        on_result: Callable[[FlushResult], None] | None = None,
+                        stop: asyncio.Event | None = None) -> list[FlushResult]:
     """Flush batches back to back while they come full, at most `max_batches`: the next batch is read
     and decoded while PostgreSQL stores the one before, so the worker's Python and PostgreSQL work at
     the same time.  Each batch is acknowledged after its own commit; on failure every batch not
     acknowledged stays pending and is read again (StreamConsumer.retry_pending).  on_result is told of
-    each batch stored, also when a later one fails.
+    each batch stored, also when a later one fails.  Once `stop` is set no further batch is read.
     """
     results: list[FlushResult] = []
     batch: Batch | None = await consumer.read()
@@ -361,9 +445,10 @@ async def flush_batches(pool: asyncpg.Pool, consumer: StreamConsumer, *, max_bat
         following: Batch | None = None
         following_decoded: Decoded | None = None
         try:
-            if len(batch) >= consumer.batch_size and len(results) + 1 < max_batches:
+            if len(batch) >= consumer.batch_size and len(results) + 1 < max_batches \
+                    and not (stop is not None and stop.is_set()):
                 following = await consumer.read()
-                following_decoded = decode_batch(following) if following else None
+                following_decoded = await decode_beside(following) if following else None
         except BaseException as exc:
             # the batch in flight is finished (or, when we are cancelled, cancelled) before giving up
             if isinstance(exc, asyncio.CancelledError):
@@ -411,5 +496,5 @@ async def flush_heartbeats(ctx: dict[str, Any]) -> int:
             log.info("worker.flush.redelivered duplicates=%s stored=%s", result.duplicates, result.stored)
 
     results = await flush_batches(ctx["pool"], ctx["heartbeat_consumer"], max_batches=PIPELINE_BATCHES,
-                                  on_result=done)
+                                  on_result=done, stop=ctx.get("stop"))
     return sum(result.read for result in results)

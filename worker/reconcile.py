@@ -45,17 +45,24 @@ FIRST_TOKEN = "00000000-0000-0000-0000-000000000000"
 # Rows an incremental round checks (and rows per query of a full sweep).
 RECONCILE_PAGE = 10_000
 
-# ended_at is the session's last sign of life: when it vanished after that is unknown.
+# ended_at is the session's last sign of life: when it vanished after that is unknown.  The mirror row
+# is brought up to date only every HEARTLINE_HEARTBEAT_MIRROR_S (worker/flush.py), so the count and the
+# last heartbeat come from the heartbeats stored for the session (the same lookup that records a
+# `started` event), the row's own where it knows more.
 CLOSE_LOST = """
 WITH lost AS (
     DELETE FROM license_sessions WHERE session_token = ANY($1::uuid[]) RETURNING *
 )
 INSERT INTO session_history (session_token, license_id, device_id, hardware_fingerprint, started_at,
                              ended_at, end_reason, heartbeat_count, client_version, client_ip)
-SELECT session_token, license_id, device_id, hardware_fingerprint, started_at,
-       greatest(coalesce(last_heartbeat_at, started_at), started_at), 'plane_lost', heartbeat_count,
-       client_version, client_ip
-  FROM lost
+SELECT l.session_token, l.license_id, l.device_id, l.hardware_fingerprint, l.started_at,
+       greatest(l.last_heartbeat_at, hb.last_at, l.started_at), 'plane_lost',
+       greatest(l.heartbeat_count, hb.n), l.client_version, l.client_ip
+  FROM lost l
+  LEFT JOIN LATERAL (
+       SELECT count(*) AS n, max(h.received_at) AS last_at FROM license_heartbeats h
+        WHERE h.license_id = l.license_id AND h.received_at >= l.started_at
+          AND h.session_token = l.session_token) hb ON true
 ON CONFLICT (session_token) DO NOTHING
 """
 

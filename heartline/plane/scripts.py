@@ -83,12 +83,14 @@ class PlaneScripts:
 
     `redis` is anything with redis-py's `evalsha` and `script_load` (redis-py's Redis or RedisCluster,
     or the plane's multiplexed clients); `shards` fixes the key layout, `max_len` trims the streams
-    approximately, `grace_ms` is how long a session hash outlives its deadline if no reaper ends it.
+    approximately, `grace_ms` is how long a session hash outlives its deadline if no reaper ends it,
+    `mirror_s` how often heartbeat.lua marks a session's heartbeat for the worker's mirror update.
     """
 
     def __init__(self, redis: Any, *, shards: int, max_len: int,
-                 grace_ms: int = keys.SESSION_GRACE_MS) -> None:
+                 grace_ms: int = keys.SESSION_GRACE_MS, mirror_s: int = 300) -> None:
         self.redis = redis
+        self.mirror_s = mirror_s
         self.shards = shards
         self.max_len = max_len
         self.grace_ms = grace_ms
@@ -152,7 +154,7 @@ class PlaneScripts:
             script_keys = self._heartbeat_keys[license_id] = [
                 *self._license(license_id), keys.heartbeat_stream(keys.shard_of(license_id, self.shards)),
                 keys.queue_expiry(license_id, self.shards)]
-        return script_keys, [license_id, token, min_gap_ms, self.max_len, self.grace_ms]
+        return script_keys, [license_id, token, min_gap_ms, self.max_len, self.grace_ms, self.mirror_s]
 
     async def heartbeat(self, license_id: int, token: str, min_gap_ms: int) -> list[Any]:
         if self._execute_packed is None:

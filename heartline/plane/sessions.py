@@ -139,7 +139,8 @@ class SessionPlane:
         self.settings = settings
         self.shards = settings.stream_shards
         self.scripts = PlaneScripts(redis if scripts_client is None else scripts_client,
-                                    shards=settings.stream_shards, max_len=settings.stream_max_len)
+                                    shards=settings.stream_shards, max_len=settings.stream_max_len,
+                                    mirror_s=settings.heartbeat_mirror_s)
 
     async def load_scripts(self) -> None:
         await self.scripts.load()

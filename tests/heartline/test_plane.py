@@ -356,6 +356,30 @@ async def test_heartbeat_too_frequent_is_refused_and_not_recorded(redis: aioredi
     assert await redis.xlen(keys.heartbeat_stream(shard)) == 0
 
 
+@pytest.mark.parametrize(("interval_s", "mirror_s", "marked"), [
+    (1, 3, [1, 3, 6, 9]),            # K = 3: the first and every third heartbeat
+    (10, 35, [1, 3, 6, 9]),          # K = floor(35 / 10) = 3
+    (30, 0, list(range(1, 11))),     # 0: every heartbeat
+    (30, 20, list(range(1, 11))),    # a mirror interval below the license's interval: every heartbeat
+])
+async def test_heartbeat_marks_the_first_and_every_kth_beat_with_the_plane_count(
+        redis: aioredis.Redis, settings: Settings, interval_s: int, mirror_s: int, marked: list[int]) -> None:
+    plane = SessionPlane(redis, settings.replace(heartbeat_min_gap_ms=0, heartbeat_mirror_s=mirror_s))
+    await plane.load_scripts()
+    await plane.cache_license(cached(interval_s=interval_s, timeout_s=interval_s * 2), {"fp1": 101})
+    out = await plane.start_session(LICENSE_ID, "fp1")
+    assert out.token
+    for _ in range(10):
+        assert (await plane.heartbeat(LICENSE_ID, out.token)).code is PlaneCode.OK
+    shard = keys.shard_of(LICENSE_ID, plane.shards)
+    beats = [heartbeat_from_fields(shard, eid, fields)
+             for eid, fields in await redis.xrange(keys.heartbeat_stream(shard))]
+    assert len(beats) == 10
+    assert all((b.license_id, b.session_token, b.device_id, b.legacy) == (LICENSE_ID, out.token, 101, False)
+               for b in beats)
+    assert [b.mirror_count for b in beats] == [n if n in marked else None for n in range(1, 11)]
+
+
 async def test_heartbeat_on_suspended_license_ends_session(plane: SessionPlane) -> None:
     out = await plane.start_session(LICENSE_ID, "fp1")
     assert out.token

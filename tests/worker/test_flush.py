@@ -53,9 +53,11 @@ async def test_heartbeats_land_once_each_in_their_month_partition(
     stamps = [ms(2026, 10, 31, 23, 59, 59), ms(2026, 11, 1), ms(2026, 11, 15, 12),
               ms(2026, 12, 31, 23, 59, 59),
               ms(2027, 1, 1), ms(2027, 1, 1, 0, 0, 1)]
-    for stamp in stamps:
+    # every heartbeat marked with the plane's count (HEARTLINE_HEARTBEAT_MIRROR_S=0)
+    for nth, stamp in enumerate(stamps):
         for seq in range(100):
-            await add_heartbeat(redis, shards, lic["id"], token, device, entry_id=f"{stamp}-{seq}")
+            await add_heartbeat(redis, shards, lic["id"], token, device, entry_id=f"{stamp}-{seq}",
+                                count=nth * 100 + seq + 1)
 
     assert await drain(worker_ctx) == 600
 
@@ -76,17 +78,19 @@ async def test_heartbeats_land_once_each_in_their_month_partition(
         assert (await redis.xpending(keys.heartbeat_stream(shard), keys.HEARTBEAT_GROUP))["pending"] == 0
 
 
-@pytest.mark.parametrize("old_format", [False, True], ids=["h", "l-t-d"])
+@pytest.mark.parametrize("old_format", [False, "h", "l-t-d"], ids=["b", "h", "l-t-d"])
 @pytest.mark.parametrize("heir_fast", [True, False], ids=["multiplexed", "redis-py"])
 async def test_batch_delivered_again_after_commit_is_neither_stored_nor_counted_twice(
         worker_ctx: dict[str, Any], db: asyncpg.Connection, redis: aioredis.Redis, make_license: Any,
-        old_format: bool, heir_fast: bool) -> None:
+        old_format: bool | str, heir_fast: bool) -> None:
     settings = worker_ctx["settings"]
     lic = await make_license()
     device = await make_device(db, lic["id"])
     token = await open_session(db, lic["id"], device)
-    for _ in range(150):
-        await add_heartbeat(redis, settings.stream_shards, lic["id"], token, device, old_format=old_format)
+    for n in range(1, 151):
+        # as heartbeat.lua marks them with K = 10: the first and every tenth carry the plane's count
+        await add_heartbeat(redis, settings.stream_shards, lic["id"], token, device, old_format=old_format,
+                            count=n if n == 1 or n % 10 == 0 else None)
 
     # A consumer that commits and dies before acknowledging...
     dying = StreamConsumer(redis, group=keys.HEARTBEAT_GROUP, stream_key=keys.heartbeat_stream,
@@ -127,17 +131,22 @@ async def test_malformed_entries_are_acknowledged_and_never_stored(
     await redis.xadd(stream, {"h": f"{lic['id']}|{token}"})
     await redis.xadd(stream, {"h": f"0|{token}|"})
     await redis.xadd(stream, {"h": f"{lic['id']}|{token}|x"})
+    await redis.xadd(stream, {"b": f"{lic['id']}|{token}||x"})
+    await redis.xadd(stream, {"b": f"{lic['id']}|{token}||0"})
+    await redis.xadd(stream, {"b": f"{lic['id']}|{token}||{2**63}"})
+    await redis.xadd(stream, {"b": f"{lic['id']}|{token}|||7"})
     await add_heartbeat(redis, shards, lic["id"], token, None)
     await redis.xadd(stream, {"h": f"{lic['id']}|{token}|"}, id=f"{2**62}-0")  # a time no date holds
 
-    assert await drain(worker_ctx) == 11
+    assert await drain(worker_ctx) == 15
     assert await db.fetchval("SELECT count(*) FROM license_heartbeats") == 1
     assert (await redis.xpending(stream, keys.HEARTBEAT_GROUP))["pending"] == 0
 
 
-async def test_entries_of_both_formats_are_stored_once_each_with_their_fields(
+async def test_entries_of_every_format_are_stored_once_each_with_their_fields(
         worker_ctx: dict[str, Any], db: asyncpg.Connection, redis: aioredis.Redis, make_license: Any) -> None:
-    # At an upgrade a stream holds entries heartbeat.lua wrote before 'h' (l, t, d) ahead of new ones.
+    # At an upgrade a stream holds entries heartbeat.lua wrote before 'b' ('h', or l, t, d before that)
+    # ahead of new ones; those are mirrored one by one, the new ones only where marked.
     shards = worker_ctx["settings"].stream_shards
     lic = await make_license()
     device = await make_device(db, lic["id"])
@@ -147,9 +156,9 @@ async def test_entries_of_both_formats_are_stored_once_each_with_their_fields(
     for n in range(40):
         stamp = ms(2026, 11, 30, 12, 0, n)
         stamps[await add_heartbeat(redis, shards, lic["id"], token, device, entry_id=f"{stamp}-0",
-                                   old_format=n % 2 == 0)] = (token, device)
+                                   old_format="l-t-d" if n % 2 == 0 else "h")] = (token, device)
         stamps[await add_heartbeat(redis, shards, lic["id"], other, None, entry_id=f"{stamp}-1",
-                                   old_format=n % 3 == 0)] = (other, None)
+                                   count=n + 1 if n in (0, 19, 39) else None)] = (other, None)
 
     assert await drain(worker_ctx) == 80
 
@@ -166,6 +175,46 @@ async def test_entries_of_both_formats_are_stored_once_each_with_their_fields(
         "SELECT session_token::text AS t, heartbeat_count, last_heartbeat_at FROM license_sessions")}
     last = datetime(2026, 11, 30, 12, 0, 39, tzinfo=UTC)
     assert sessions == {token: (40, last), other: (40, last)}
+
+
+async def test_only_marked_heartbeats_move_the_mirror_to_the_plane_count(
+        worker_ctx: dict[str, Any], db: asyncpg.Connection, redis: aioredis.Redis, make_license: Any) -> None:
+    shards = worker_ctx["settings"].stream_shards
+    lic = await make_license()
+    device = await make_device(db, lic["id"])
+    token = await open_session(db, lic["id"], device)
+
+    async def mirror() -> tuple[Any, ...]:
+        row = found(await db.fetchrow(
+            "SELECT s.heartbeat_count, s.last_heartbeat_at, d.last_seen_at FROM license_sessions s "
+            "JOIN device_registrations d ON d.id = s.device_id"))
+        return tuple(row)
+
+    base = ms(2026, 11, 30, 12)
+    # heartbeats 2..4 of a session whose first was marked in an earlier batch: stored, mirror untouched
+    for n in range(2, 5):
+        await add_heartbeat(redis, shards, lic["id"], token, device, entry_id=f"{base + n * 30_000}-0")
+    assert await drain(worker_ctx) == 3
+    assert await db.fetchval("SELECT count(*) FROM license_heartbeats") == 3
+    assert await mirror() == (0, None, None)
+
+    # the fifth is marked: the count becomes the plane's (5, not 0 + 1), at its time; the sixth, not
+    # marked, is stored and waits for the next mark
+    await add_heartbeat(redis, shards, lic["id"], token, device, entry_id=f"{base + 5 * 30_000}-0", count=5)
+    await add_heartbeat(redis, shards, lic["id"], token, device, entry_id=f"{base + 6 * 30_000}-0")
+    assert await drain(worker_ctx) == 2
+    fifth = datetime.fromtimestamp((base + 5 * 30_000) / 1000, UTC)
+    assert await mirror() == (5, fifth, fifth)
+
+    # a marked count below the row's (an older entry delivered late) never lowers it; a legacy entry
+    # of an edge not yet upgraded adds one
+    await add_heartbeat(redis, shards, lic["id"], token, device, entry_id=f"{base + 7 * 30_000}-0", count=3)
+    await add_heartbeat(redis, shards, lic["id"], token, device, entry_id=f"{base + 8 * 30_000}-0",
+                        old_format="h")
+    assert await drain(worker_ctx) == 2
+    eighth = datetime.fromtimestamp((base + 8 * 30_000) / 1000, UTC)
+    assert await mirror() == (6, eighth, eighth)
+    assert await db.fetchval("SELECT count(*) FROM license_heartbeats") == 7
 
 
 async def test_flush_loop_stores_heartbeats_of_every_shard(
@@ -192,9 +241,26 @@ async def test_flush_loop_stores_heartbeats_of_every_shard(
         return sorted(r["heartbeat_count"] for r in rows)
 
     await eventually(stored)
-    # the mirror catches up within a flush interval (started events and heartbeats drain separately)
+    # the mirror catches up within a flush interval (started events and heartbeats drain separately);
+    # with interval 59 s and HEARTLINE_HEARTBEAT_MIRROR_S 300 every fifth heartbeat is marked, the 50th too
     await eventually(lambda: _equals(counted, [50] * len(tokens)))
 
 
 async def _equals(fetch: Callable[[], Awaitable[Any]], expected: Any) -> bool:
     return bool(await fetch() == expected)
+
+
+async def test_a_flush_step_stores_full_batches_back_to_back_until_the_worker_stops(
+        worker_ctx: dict[str, Any], db: asyncpg.Connection, redis: aioredis.Redis, make_license: Any) -> None:
+    shards = worker_ctx["settings"].stream_shards
+    batch = worker_ctx["settings"].flush_batch_size
+    lic = await make_license()
+    token = await open_session(db, lic["id"], None)
+    for _ in range(batch * 5):
+        await add_heartbeat(redis, shards, lic["id"], token, None)
+    worker_ctx["stop"] = stop = asyncio.Event()
+    stop.set()  # asked to stop: the step finishes the batch it has and reads no other
+    assert await flush_heartbeats(worker_ctx) == batch
+    stop.clear()
+    assert await flush_heartbeats(worker_ctx) == batch * 4  # the backlog, in one step
+    assert await db.fetchval("SELECT count(*) FROM license_heartbeats") == batch * 5

@@ -135,10 +135,13 @@ async def test_heartbeats_flushed_before_their_sessions_start_is_recorded_still_
         await plane.heartbeat(lic.license_id, started.token or "")
     assert await flush_heartbeats(worker_ctx) == 5      # no live row yet: nothing to count into
     await drain(worker_ctx)                             # the row starts with the 5 already stored
-    await plane.heartbeat(lic.license_id, started.token or "")
-    assert await flush_heartbeats(worker_ctx) == 1
+    assert await db.fetchval("SELECT heartbeat_count FROM license_sessions") == 5
+    # later heartbeats count into the row (interval 59 s, mirror 300 s: every fifth is marked)
+    for _ in range(5):
+        await plane.heartbeat(lic.license_id, started.token or "")
+    assert await flush_heartbeats(worker_ctx) == 5
     row = found(await db.fetchrow("SELECT heartbeat_count, last_heartbeat_at FROM license_sessions"))
-    assert row["heartbeat_count"] == 6
+    assert row["heartbeat_count"] == 10
     assert row["last_heartbeat_at"] == await db.fetchval("SELECT max(received_at) FROM license_heartbeats")
 
 

@@ -22,6 +22,7 @@ from heartline.plane.events import EndReason
 from heartline.plane.sessions import SessionPlane
 from heartline.settings import Settings
 from worker.arq_wiring import open_resources, shutdown
+from worker.flush import flush_heartbeats
 from worker.history import record_session_events
 from worker.reconcile import LostSessions, close_lost_sessions, redis_run_id
 
@@ -43,6 +44,28 @@ async def test_sessions_lost_with_a_redis_restart_are_closed_as_plane_lost(
     assert (str(row["session_token"]), row["end_reason"]) == (first.token, "plane_lost")
     assert await db.fetchval("SELECT count(*) FROM license_sessions") == 0
     assert await close_lost_sessions(worker_ctx) == 0
+
+
+async def test_a_lost_session_is_closed_with_every_stored_heartbeat_counted(
+        worker_ctx: dict[str, Any], db: asyncpg.Connection, redis: aioredis.Redis, plane: SessionPlane,
+        live_license: Callable[..., Awaitable[LiveLicense]]) -> None:
+    # The mirror row is brought up to date only from marked heartbeats (interval 59 s, mirror 300 s:
+    # K = 5), so after 23 heartbeats it says 20; history must say 23, ending at the last one stored.
+    lic = await live_license(timeout_s=60)
+    session = await plane.start_session(lic.license_id, lic.fingerprint)
+    await record_session_events(worker_ctx)
+    for _ in range(23):
+        assert (await plane.heartbeat(lic.license_id, session.token or "")).code == "OK"
+    while await flush_heartbeats(worker_ctx):
+        pass
+    assert await db.fetchval("SELECT heartbeat_count FROM license_sessions") == 20
+    last = await db.fetchval("SELECT max(received_at) FROM license_heartbeats")
+
+    await redis.flushdb()  # Redis restarted empty
+    assert await close_lost_sessions(worker_ctx) == 0
+    assert await close_lost_sessions(worker_ctx) == 1
+    row = found(await db.fetchrow("SELECT end_reason, heartbeat_count, ended_at FROM session_history"))
+    assert tuple(row) == ("plane_lost", 23, last)
 
 
 async def test_session_whose_end_is_still_in_the_stream_keeps_its_true_reason(

@@ -2,7 +2,9 @@
 -- KEYS: 1-4 the license's keys (lic, dev, live, ss), 5-7 the shard's keys (deadlines, events, count),
 --       8 the shard's heartbeat stream, 9 the license's seat queue expiry zset (qx)
 -- ARGV: 1 license id, 2 token, 3 minimum gap ms, 4 stream max length,
---       5 grace ms the session keys outlive the last write
+--       5 grace ms the session keys outlive the last write, 6 mirror interval s (the worker updates the
+--       session's row in PostgreSQL from every K-th heartbeat, K = this / the license's interval; absent
+--       or 0: every heartbeat)
 -- Reply: {'OK', deadline ms, heartbeat interval s, offline grace s}
 --        or {'HEARTBEAT_TOO_FREQUENT', retry after ms} (nothing recorded)
 --        or {'SESSION_LIMIT_REACHED', sessions limit, seats in use}: the session lapsed (missed its
@@ -77,7 +79,14 @@ rec.lh = now
 rec.n = (tonumber(rec.n) or 0) + 1
 write_session(lk, token, rec)
 keep_session_keys(lk, timeout_ms + resume_ms + tonumber(ARGV[5]))
--- one field 'h' = 'license id|token|device id' (heartline/plane/events.py): a third of the stream reply
--- the worker's XREADGROUP builds and parses for three fields
-append_event(KEYS[8], ARGV[4], 'h', license_id .. '|' .. token .. '|' .. rec.d)
+-- one field 'b' = 'license id|token|device id' (heartline/plane/events.py): a third of the stream reply
+-- the worker's XREADGROUP builds and parses for three fields.  The session's first and every K-th
+-- heartbeat add '|<count>': the worker updates the session's mirror row only from those (one row update
+-- per session every mirror interval, not per heartbeat), setting its count to the plane's own.
+local mark = license_id .. '|' .. token .. '|' .. rec.d
+local every = math.floor((tonumber(ARGV[6]) or 0) / (tonumber(lic[4]) or 1))
+if rec.n == 1 or every <= 1 or rec.n % every == 0 then
+  mark = mark .. '|' .. rec.n
+end
+append_event(KEYS[8], ARGV[4], 'b', mark)
 return {'OK', deadline, lic[4], lic[6] or 0}
