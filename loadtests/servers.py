@@ -163,3 +163,34 @@ def services(workdir: Path, redis_executable: str | None = None) -> Iterator[tup
         large.stop()
         small.stop()
         pg.stop()
+
+
+def redis_pid(url: str) -> int:
+    """The process id of the Redis server serving `url` (INFO server)."""
+    client = redis.Redis.from_url(url)
+    try:
+        return int(cast(dict[str, Any], client.info("server"))["process_id"])
+    finally:
+        client.close()
+
+
+def pin_process(pid: int, cpus: set[int]) -> None:
+    """Run every thread of process `pid` on `cpus` only (Linux: sched_setaffinity per thread)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(task.name), cpus)
+
+
+def parse_cpus(text: str) -> set[int]:
+    """'1' or '1,3' or '2-3' -> the CPU numbers; ValueError for what this machine lacks or leaves none."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        low, _, high = part.strip().partition("-")
+        cpus.update(range(int(low), int(high or low) + 1))
+    usable = os.sched_getaffinity(0)
+    if not cpus or not cpus <= usable:
+        raise ValueError(f"CPUs {sorted(cpus)} are not all among this process's {sorted(usable)}")
+    if not usable - cpus:
+        raise ValueError("no CPU would be left for the servers and the load generator")
+    return cpus
+

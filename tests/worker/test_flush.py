@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -264,3 +265,31 @@ async def test_a_flush_step_stores_full_batches_back_to_back_until_the_worker_st
     stop.clear()
     assert await flush_heartbeats(worker_ctx) == batch * 4  # the backlog, in one step
     assert await db.fetchval("SELECT count(*) FROM license_heartbeats") == batch * 5
+
+
+async def test_the_garbage_collector_is_paused_during_a_flush_step_and_back_after(
+        worker_ctx: dict[str, Any], db: asyncpg.Connection, redis: aioredis.Redis, make_license: Any) -> None:
+    shards = worker_ctx["settings"].stream_shards
+    lic = await make_license()
+    token = await open_session(db, lic["id"], None)
+    for _ in range(3):
+        await add_heartbeat(redis, shards, lic["id"], token, None)
+    seen: list[bool] = []
+    original = worker_ctx["heartbeat_consumer"].ack
+
+    async def ack(batch: Any) -> None:
+        seen.append(gc.isenabled())
+        await original(batch)
+
+    worker_ctx["heartbeat_consumer"].ack = ack
+    assert gc.isenabled()
+    assert await flush_heartbeats(worker_ctx) == 3
+    assert seen == [False] and gc.isenabled()
+    # a process that runs without the collector keeps it off
+    gc.disable()
+    try:
+        await add_heartbeat(redis, shards, lic["id"], token, None)
+        assert await flush_heartbeats(worker_ctx) == 1
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
