@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 
@@ -38,6 +39,8 @@ REDIS_MAX_CONNECTIONS = 256
 # A hung server must turn into a 503 the client can retry, not a request that never ends.
 REDIS_TIMEOUT_S = 5.0
 DATABASE_COMMAND_TIMEOUT_S = 10.0
+# The cyclic garbage collector's first threshold while the edge serves (Python's default: 700).
+GC_GROWTH = 20_000
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -81,9 +84,19 @@ def create_app(settings: Settings) -> Starlette:
         if settings.sign_answers:
             tasks.append(asyncio.create_task(signing.run_refresher(), name="signing-key-refresher"))
         log.info("edge.started shards=%s", settings.stream_shards)
+        # What was built so far lives as long as the process: out of the cyclic garbage collector's sight.
+        # And the collector waits for GC_GROWTH more container objects alive than freed, not 700: a
+        # request's objects are freed by reference counting, so with 700 it ran every few dozen requests
+        # just because 64 were in flight, walking them (~3.5 µs per heartbeat, 5 % of the edge's CPU);
+        # with both it did not run at all in loadtests.bench (docs/performance.md).
+        threshold = gc.get_threshold()
+        gc.freeze()
+        gc.set_threshold(GC_GROWTH, *threshold[1:])
         try:
             yield
         finally:
+            gc.set_threshold(*threshold)
+            gc.unfreeze()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

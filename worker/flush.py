@@ -240,7 +240,7 @@ class _Decoder:
     def __init__(self) -> None:
         self.out = bytearray(COPY_HEADER)
         self.tails: dict[bytes, bytes] = {}          # packed -> its COPY row tail
-        self.mirror: dict[bytes, list[int]] = {}     # packed -> [legacy rows, highest count, its ms]
+        self.mirror: dict[bytes, list[int]] = {}     # packed -> [legacy rows, highest count, latest ms]
         self.received: list[int] = []
         self.legacy_ids: dict[bytes, bytes] = {}     # event id -> packed, of each legacy entry
         self.malformed = 0
