@@ -78,7 +78,8 @@ return 1
 PARTS = {
     "deadline index": r"^index_license\(lk, license_id, shard.*\)$",
     "key expiry": r"^keep_session_keys\(.*\)$",
-    "stream entry": r"^append_event\(KEYS\[\d+\].*\)$",
+    # marked (with the count) or not: the if/else around the two append_event calls
+    "stream entry": r"^if rec\.n == 1[^\n]*\n  append_event\(KEYS[^\n]*\nelse\n  append_event\(KEYS[^\n]*\nend$",
     "record write": r"^write_session\(.*\)$",
     "live ZADD": r"^redis\.call\('ZADD', lk\.live, .*\)$",
 }

@@ -42,7 +42,7 @@ from heartline.devstack import embedded_services
 from heartline.migrations import migrate
 from heartline.plane import keys
 from heartline.plane import redis as plane_redis
-from heartline.plane.events import HEARTBEAT_FIELD, heartbeat_from_fields
+from heartline.plane.events import HEARTBEAT_FIELD, MIRROR_COUNT_FIELD, heartbeat_from_fields
 from heartline.settings import Settings
 from worker.flush import BATCH_COLUMNS, PIPELINE_BATCHES, flush_batches, prepare_connection, received_at
 from worker.streams import StreamConsumer
@@ -89,11 +89,11 @@ async def _fill_streams(redis: aioredis.Redis, sessions: list[tuple[int, str, in
             license_id, token, device_id = sessions[nth]
             at_ms = start_ms + beat * interval_ms + nth * interval_ms // len(sessions)
             count = before[nth] + beat + 1
-            packed = f"{license_id}|{token}|{device_id}"
+            fields: dict[str, Any] = {HEARTBEAT_FIELD: f"{license_id}|{token}|{device_id}"}
             if count == 1 or count % mark_every == 0:
-                packed += f"|{count}"
+                fields[MIRROR_COUNT_FIELD] = count
                 marked[nth] = count
-            pipe.xadd(keys.heartbeat_stream(keys.shard_of(license_id, shards)), {HEARTBEAT_FIELD: packed},
+            pipe.xadd(keys.heartbeat_stream(keys.shard_of(license_id, shards)), fields,  # type: ignore[arg-type]
                       id=f"{at_ms}-{i}")
             if i % 10_000 == 9_999:
                 await pipe.execute()

@@ -29,7 +29,7 @@ import asyncpg
 from asyncpg.pgproto.pgproto import UUID as PgUUID
 
 from heartline.db import Conn
-from heartline.plane.events import HEARTBEAT_FIELD, LEGACY_HEARTBEAT_FIELD
+from heartline.plane.events import HEARTBEAT_FIELD, MIRROR_COUNT_FIELD
 from worker.streams import Batch, Entry, StreamConsumer, field_dict
 
 log = logging.getLogger("worker.flush")
@@ -146,11 +146,11 @@ async def prepare_connection(conn: asyncpg.Connection) -> None:
     await conn.execute(CREATE_BATCH_TABLE)
 
 
-# heartbeat.lua writes one field, b = b'<license id>|<token>|<device id>[|<count>]'; entries written
-# before that have h = b'<license id>|<token>|<device id>' or three fields, l, t and d, in this order
+# heartbeat.lua writes h = b'<license id>|<token>|<device id>', and n = b'<count>' after it on a marked
+# heartbeat; entries written before 'h' have three fields, l, t and d, in this order
 # (heartline/plane/events.py), each mirrored.
-_B = HEARTBEAT_FIELD.encode()
-_H = LEGACY_HEARTBEAT_FIELD.encode()
+_H = HEARTBEAT_FIELD.encode()
+_N = MIRROR_COUNT_FIELD.encode()
 _L, _T, _D = b"l", b"t", b"d"
 
 
@@ -167,26 +167,24 @@ PG_EPOCH_MS = 946_684_800_000       # 2000-01-01T00:00:00Z in Unix ms
 MAX_MS = 253_402_300_799_999        # 9999-12-31T23:59:59.999Z, the last instant a datetime holds
 
 
+def _mark(value: Any) -> int:
+    """The count of a marked heartbeat (field n); ValueError for one PostgreSQL would refuse."""
+    count = int(value)
+    if not 0 < count <= MAX_BIGINT:
+        raise ValueError("heartbeat count out of range")
+    return count
+
+
 def _packed(fields: Any) -> tuple[bytes, int, bool]:
     """(b'<license id>|<token>|<device id>', marked count or 0, legacy) of an entry in any format but the
-    one the fast path takes ('b' as a two-item list); legacy: written before 'b' ('h', or l, t and d),
-    so mirrored whatever it carries."""
-    if type(fields) is list and len(fields) == 2 and fields[0] == _H:
-        return fields[1], 0, True
+    ones the fast path takes (h, or h and n, as a list); legacy: written before 'h' (l, t and d), so
+    mirrored whatever it carries."""
     if type(fields) is list and len(fields) == 6 and fields[0] == _L and fields[2] == _T and fields[4] == _D:
         return b"|".join((fields[1], fields[3], fields[5])), 0, True  # written before 'h'
     named = {(k.decode() if isinstance(k, bytes) else k): v for k, v in field_dict(fields).items()}
     if named.get(HEARTBEAT_FIELD) is not None:
-        packed = _bytes(named[HEARTBEAT_FIELD])
-        if packed.count(b"|") != 3:
-            return packed, 0, False
-        packed, _, mark = packed.rpartition(b"|")
-        count = int(mark)
-        if not 0 < count <= MAX_BIGINT:
-            raise ValueError("heartbeat count out of range")
-        return packed, count, False
-    if named.get(LEGACY_HEARTBEAT_FIELD) is not None:
-        return _bytes(named[LEGACY_HEARTBEAT_FIELD]), 0, True
+        count = named.get(MIRROR_COUNT_FIELD)
+        return _bytes(named[HEARTBEAT_FIELD]), 0 if count is None else _mark(_bytes(count)), False
     if named.get("l") is None or named.get("t") is None:
         raise ValueError("license id or token missing")
     return b"|".join((_bytes(named["l"]), _bytes(named["t"]), _bytes(named.get("d") or b""))), 0, True
@@ -250,15 +248,11 @@ class _Decoder:
         prefix = f"{shard}-".encode()
         for entry_id, fields in items:
             try:
-                count = 0
-                if type(fields) is list and len(fields) == 2 and fields[0] == _B:
-                    legacy = False
+                count, legacy = 0, False
+                if type(fields) is list and len(fields) == 2 and fields[0] == _H:
                     packed = fields[1]
-                    if packed.count(b"|") == 3:  # a marked heartbeat: '|<count>' at the end
-                        packed, _, mark = packed.rpartition(b"|")
-                        count = int(mark)
-                        if not 0 < count <= MAX_BIGINT:
-                            raise ValueError("heartbeat count out of range")
+                elif type(fields) is list and len(fields) == 4 and fields[0] == _H and fields[2] == _N:
+                    packed, count = fields[1], _mark(fields[3])  # a marked heartbeat
                 else:
                     packed, count, legacy = _packed(fields)
                 tail = tails.get(packed)
@@ -322,8 +316,8 @@ def decode_batch(batch: Batch) -> Decoded:
     """A batch as Redis sent it, in one pass: binary COPY rows and the per-session/device aggregates.
 
     A row: (received_at, event_id, license_id, session_token, device_id).  Entries as heartbeat.lua
-    writes them ('b', or 'h' before) are taken by position; anything else (the three fields written
-    before 'h', another order, redis-py's dicts) by name.  Whatever PostgreSQL would refuse is counted as malformed
+    writes them (h, or h and n) are taken by position; anything else (the three fields written before
+    'h', another order, redis-py's dicts) by name.  Whatever PostgreSQL would refuse is counted as malformed
     and left out here, so one bad entry cannot fail the batch's COPY.  The fields' value is the same
     for every heartbeat of a session, so it is parsed once per session and batch: a row then costs its
     stream id and one dict lookup, and no Python object (no datetime, no UUID).

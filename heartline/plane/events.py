@@ -10,12 +10,10 @@ from enum import StrEnum
 
 import msgspec
 
-# The one field of a heartbeat entry (HeartbeatEvent): b='<license id>|<token>|<device id>', plus
-# '|<count>' on the heartbeats the worker mirrors into the session's row (heartbeat.lua).
-HEARTBEAT_FIELD = "b"
-# Written before the mirror was throttled (h='<license id>|<token>|<device id>', every entry mirrored) and
-# before that as three fields l, t, d: a stream may still hold them at an upgrade.
-LEGACY_HEARTBEAT_FIELD = "h"
+# The field of a heartbeat entry (HeartbeatEvent): h='<license id>|<token>|<device id>'; the heartbeats the
+# worker mirrors into the session's row also carry n=<the session's count> (heartbeat.lua).
+HEARTBEAT_FIELD = "h"
+MIRROR_COUNT_FIELD = "n"
 
 
 class EndReason(StrEnum):
@@ -49,12 +47,11 @@ REFUSAL_CODES = frozenset({
 
 
 class HeartbeatEvent(msgspec.Struct, frozen=True, kw_only=True):
-    """hl:{sN}:hb entry.  On the wire one field, b='<license id>|<token>|<device id>' (the device id may
-    be empty), with '|<count>' added on a session's first and every K-th heartbeat (`mirror_count`: the
-    plane's count of the session's heartbeats so far; the worker updates the session's row from those
-    only).  Entries written before that format (h='<license id>|<token>|<device id>', or three fields
-    l=license id, t=token, d=device id) are read as well, each mirrored (`legacy`): a stream may still
-    hold them at an upgrade."""
+    """hl:{sN}:hb entry.  On the wire one field, h='<license id>|<token>|<device id>' (the device id may
+    be empty), and on a session's first and every K-th heartbeat a second, n=`mirror_count`: the plane's
+    count of the session's heartbeats so far (the worker updates the session's row from those only).
+    Entries written before 'h' (three fields: l=license id, t=token, d=device id) are read as well,
+    each mirrored (`legacy`): a stream may still hold them at an upgrade."""
 
     event_id: str          # '<shard>-<stream id>', unique across shards
     received_ms: int       # the stream id's milliseconds: Redis server time of acceptance
@@ -140,18 +137,16 @@ def heartbeat_from_fields(shard: int, entry_id: bytes | str,
     sid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
     packed = _s(_key(fields, HEARTBEAT_FIELD))
     legacy = packed is None
-    if legacy:
-        packed = _s(_key(fields, LEGACY_HEARTBEAT_FIELD))
     parts: list[str | None] = (list(packed.split("|")) if packed is not None
                                else [_s(_key(fields, name)) for name in ("l", "t", "d")])
-    license_id, token, device, *count = parts
+    license_id, token, device = parts
     return HeartbeatEvent(
         event_id=f"{shard}-{sid}",
         received_ms=int(sid.split("-", 1)[0]),
         license_id=int(license_id or 0),
         session_token=token or "",
         device_id=_i(device),
-        mirror_count=_i(count[0]) if count and not legacy else None,
+        mirror_count=None if legacy else _i(_key(fields, MIRROR_COUNT_FIELD)),
         legacy=legacy,
     )
 

@@ -79,11 +79,11 @@ async def test_heartbeats_land_once_each_in_their_month_partition(
         assert (await redis.xpending(keys.heartbeat_stream(shard), keys.HEARTBEAT_GROUP))["pending"] == 0
 
 
-@pytest.mark.parametrize("old_format", [False, "h", "l-t-d"], ids=["b", "h", "l-t-d"])
+@pytest.mark.parametrize("old_format", [False, True], ids=["h", "l-t-d"])
 @pytest.mark.parametrize("heir_fast", [True, False], ids=["multiplexed", "redis-py"])
 async def test_batch_delivered_again_after_commit_is_neither_stored_nor_counted_twice(
         worker_ctx: dict[str, Any], db: asyncpg.Connection, redis: aioredis.Redis, make_license: Any,
-        old_format: bool | str, heir_fast: bool) -> None:
+        old_format: bool, heir_fast: bool) -> None:
     settings = worker_ctx["settings"]
     lic = await make_license()
     device = await make_device(db, lic["id"])
@@ -132,10 +132,10 @@ async def test_malformed_entries_are_acknowledged_and_never_stored(
     await redis.xadd(stream, {"h": f"{lic['id']}|{token}"})
     await redis.xadd(stream, {"h": f"0|{token}|"})
     await redis.xadd(stream, {"h": f"{lic['id']}|{token}|x"})
-    await redis.xadd(stream, {"b": f"{lic['id']}|{token}||x"})
-    await redis.xadd(stream, {"b": f"{lic['id']}|{token}||0"})
-    await redis.xadd(stream, {"b": f"{lic['id']}|{token}||{2**63}"})
-    await redis.xadd(stream, {"b": f"{lic['id']}|{token}|||7"})
+    await redis.xadd(stream, {"h": f"{lic['id']}|{token}|", "n": "x"})
+    await redis.xadd(stream, {"h": f"{lic['id']}|{token}|", "n": 0})
+    await redis.xadd(stream, {"h": f"{lic['id']}|{token}|", "n": 2**63})
+    await redis.xadd(stream, {"h": f"{lic['id']}|{token}||7"})
     await add_heartbeat(redis, shards, lic["id"], token, None)
     await redis.xadd(stream, {"h": f"{lic['id']}|{token}|"}, id=f"{2**62}-0")  # a time no date holds
 
@@ -146,8 +146,8 @@ async def test_malformed_entries_are_acknowledged_and_never_stored(
 
 async def test_entries_of_every_format_are_stored_once_each_with_their_fields(
         worker_ctx: dict[str, Any], db: asyncpg.Connection, redis: aioredis.Redis, make_license: Any) -> None:
-    # At an upgrade a stream holds entries heartbeat.lua wrote before 'b' ('h', or l, t, d before that)
-    # ahead of new ones; those are mirrored one by one, the new ones only where marked.
+    # At an upgrade a stream holds entries heartbeat.lua wrote before 'h' (l, t, d) ahead of new ones;
+    # those are mirrored one by one, the new ones only where marked (n).
     shards = worker_ctx["settings"].stream_shards
     lic = await make_license()
     device = await make_device(db, lic["id"])
@@ -157,7 +157,7 @@ async def test_entries_of_every_format_are_stored_once_each_with_their_fields(
     for n in range(40):
         stamp = ms(2026, 11, 30, 12, 0, n)
         stamps[await add_heartbeat(redis, shards, lic["id"], token, device, entry_id=f"{stamp}-0",
-                                   old_format="l-t-d" if n % 2 == 0 else "h")] = (token, device)
+                                   old_format=True)] = (token, device)
         stamps[await add_heartbeat(redis, shards, lic["id"], other, None, entry_id=f"{stamp}-1",
                                    count=n + 1 if n in (0, 19, 39) else None)] = (other, None)
 
@@ -207,11 +207,11 @@ async def test_only_marked_heartbeats_move_the_mirror_to_the_plane_count(
     fifth = datetime.fromtimestamp((base + 5 * 30_000) / 1000, UTC)
     assert await mirror() == (5, fifth, fifth)
 
-    # a marked count below the row's (an older entry delivered late) never lowers it; a legacy entry
-    # of an edge not yet upgraded adds one
+    # a marked count below the row's (an older entry delivered late) never lowers it; an entry in the
+    # format before 'h' adds one
     await add_heartbeat(redis, shards, lic["id"], token, device, entry_id=f"{base + 7 * 30_000}-0", count=3)
     await add_heartbeat(redis, shards, lic["id"], token, device, entry_id=f"{base + 8 * 30_000}-0",
-                        old_format="h")
+                        old_format=True)
     assert await drain(worker_ctx) == 2
     eighth = datetime.fromtimestamp((base + 8 * 30_000) / 1000, UTC)
     assert await mirror() == (6, eighth, eighth)

@@ -26,17 +26,15 @@ async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 15.0,
 
 
 async def add_heartbeat(redis: aioredis.Redis, shards: int, license_id: int, token: str,
-                        device_id: int | None, entry_id: str = "*", *, old_format: bool | str = False,
+                        device_id: int | None, entry_id: str = "*", *, old_format: bool = False,
                         count: int | None = None) -> str:
-    """XADD one heartbeat entry as heartbeat.lua writes it (b = 'license|token|device', with '|count' when
-    `count` is given: a marked heartbeat), or with old_format as it wrote it before: True or 'l-t-d' for
-    three fields l, t, d, 'h' for h = 'license|token|device' (a stream may hold those at an upgrade)."""
+    """XADD one heartbeat entry as heartbeat.lua writes it (h = 'license|token|device', and n = count when
+    `count` is given: a marked heartbeat), or with old_format as it wrote it before 'h' (three fields l,
+    t, d): a stream may hold those at an upgrade."""
     device = "" if device_id is None else device_id
-    packed = f"{license_id}|{token}|{device}"
     fields: dict[str, Any] = (
-        {"l": license_id, "t": token, "d": device} if old_format in (True, "l-t-d")
-        else {"h": packed} if old_format == "h"
-        else {"b": packed if count is None else f"{packed}|{count}"})
+        {"l": license_id, "t": token, "d": device} if old_format
+        else {"h": f"{license_id}|{token}|{device}"} | ({} if count is None else {"n": count}))
     got = await redis.xadd(keys.heartbeat_stream(keys.shard_of(license_id, shards)), fields,  # type: ignore[arg-type]
                            id=entry_id)
     return got.decode() if isinstance(got, bytes) else str(got)

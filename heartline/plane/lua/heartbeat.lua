@@ -79,14 +79,16 @@ rec.lh = now
 rec.n = (tonumber(rec.n) or 0) + 1
 write_session(lk, token, rec)
 keep_session_keys(lk, timeout_ms + resume_ms + tonumber(ARGV[5]))
--- one field 'b' = 'license id|token|device id' (heartline/plane/events.py): a third of the stream reply
+-- one field 'h' = 'license id|token|device id' (heartline/plane/events.py): a third of the stream reply
 -- the worker's XREADGROUP builds and parses for three fields.  The session's first and every K-th
--- heartbeat add '|<count>': the worker updates the session's mirror row only from those (one row update
--- per session every mirror interval, not per heartbeat), setting its count to the plane's own.
-local mark = license_id .. '|' .. token .. '|' .. rec.d
+-- heartbeat add a field 'n' = its count: the worker updates the session's mirror row only from those
+-- (one row update per session every mirror interval, not per heartbeat), setting its count to the
+-- plane's own.  (A worker of an earlier release reads 'h' and passes over 'n': it stores every entry.)
+local packed = license_id .. '|' .. token .. '|' .. rec.d
 local every = math.floor((tonumber(ARGV[6]) or 0) / (tonumber(lic[4]) or 1))
 if rec.n == 1 or every <= 1 or rec.n % every == 0 then
-  mark = mark .. '|' .. rec.n
+  append_event(KEYS[8], ARGV[4], 'h', packed, 'n', rec.n)
+else
+  append_event(KEYS[8], ARGV[4], 'h', packed)
 end
-append_event(KEYS[8], ARGV[4], 'b', mark)
 return {'OK', deadline, lic[4], lic[6] or 0}
