@@ -37,6 +37,13 @@ async def make_device(db: asyncpg.Connection, license_id: int, fp: str = "fp-1")
                                  "VALUES ($1, $2) RETURNING id", license_id, fp))
 
 
+async def session_on_device(db: asyncpg.Connection, make_license: Any) -> tuple[Any, int, str]:
+    """A license with one device and a live-session row on it: (license row, device id, token)."""
+    lic = await make_license()
+    device = await make_device(db, lic["id"])
+    return lic, device, await open_session(db, lic["id"], device)
+
+
 async def drain(ctx: dict[str, Any]) -> int:
     total = 0
     while n := await flush_heartbeats(ctx):
@@ -47,9 +54,7 @@ async def drain(ctx: dict[str, Any]) -> int:
 async def test_heartbeats_land_once_each_in_their_month_partition(
         worker_ctx: dict[str, Any], db: asyncpg.Connection, redis: aioredis.Redis, make_license: Any) -> None:
     shards = worker_ctx["settings"].stream_shards
-    lic = await make_license()
-    device = await make_device(db, lic["id"])
-    token = await open_session(db, lic["id"], device)
+    lic, device, token = await session_on_device(db, make_license)
     # across a month and a year boundary; 2027-01 has no partition yet, the flush creates it
     stamps = [ms(2026, 10, 31, 23, 59, 59), ms(2026, 11, 1), ms(2026, 11, 15, 12),
               ms(2026, 12, 31, 23, 59, 59),
@@ -85,9 +90,7 @@ async def test_batch_delivered_again_after_commit_is_neither_stored_nor_counted_
         worker_ctx: dict[str, Any], db: asyncpg.Connection, redis: aioredis.Redis, make_license: Any,
         old_format: bool, heir_fast: bool) -> None:
     settings = worker_ctx["settings"]
-    lic = await make_license()
-    device = await make_device(db, lic["id"])
-    token = await open_session(db, lic["id"], device)
+    lic, device, token = await session_on_device(db, make_license)
     for n in range(1, 151):
         # as heartbeat.lua marks them with K = 10: the first and every tenth carry the plane's count
         await add_heartbeat(redis, settings.stream_shards, lic["id"], token, device, old_format=old_format,
@@ -149,9 +152,7 @@ async def test_entries_of_every_format_are_stored_once_each_with_their_fields(
     # At an upgrade a stream holds entries heartbeat.lua wrote before 'h' (l, t, d) ahead of new ones;
     # those are mirrored one by one, the new ones only where marked (n).
     shards = worker_ctx["settings"].stream_shards
-    lic = await make_license()
-    device = await make_device(db, lic["id"])
-    token = await open_session(db, lic["id"], device)
+    lic, device, token = await session_on_device(db, make_license)
     other = await open_session(db, lic["id"], None)
     stamps: dict[str, tuple[str, int | None]] = {}
     for n in range(40):
@@ -181,9 +182,7 @@ async def test_entries_of_every_format_are_stored_once_each_with_their_fields(
 async def test_only_marked_heartbeats_move_the_mirror_to_the_plane_count(
         worker_ctx: dict[str, Any], db: asyncpg.Connection, redis: aioredis.Redis, make_license: Any) -> None:
     shards = worker_ctx["settings"].stream_shards
-    lic = await make_license()
-    device = await make_device(db, lic["id"])
-    token = await open_session(db, lic["id"], device)
+    lic, device, token = await session_on_device(db, make_license)
 
     async def mirror() -> tuple[Any, ...]:
         row = found(await db.fetchrow(
