@@ -396,12 +396,12 @@ async def _store_once(conn: Conn, decoded: Decoded, shards: list[int]) -> int:
             await conn.execute(lock_for_flush(shards))
             await conn.copy_to_table(PARENT, source=decoded.copy_data,  # type: ignore[arg-type]
                                      columns=BATCH_COLUMNS, format="binary")  # (asyncpg takes buffers)
-            await _update_sessions_and_devices(conn, decoded.sessions, decoded.devices, planned=True)
+            await _update_sessions_and_devices(conn, decoded.sessions, decoded.devices)
             return decoded.rows
     except asyncpg.UniqueViolationError:
         pass
     async with conn.transaction():
-        await conn.execute(LOCK_SHARDS_SHARED, shards)
+        await conn.execute(lock_for_flush(shards))
         await conn.copy_to_table(BATCH_TABLE, source=decoded.copy_data,  # type: ignore[arg-type]
                                  columns=BATCH_COLUMNS, format="binary")
         rows = await conn.fetch(MOVE_BATCH)
@@ -410,24 +410,15 @@ async def _store_once(conn: Conn, decoded: Decoded, shards: list[int]) -> int:
 
 
 async def _update_sessions_and_devices(conn: Conn, sessions: dict[Any, list[Any]],
-                                       devices: dict[int, datetime], *, planned: bool = False) -> None:
-    """planned: JOIN_BY_INDEX ran in this transaction already."""
+                                       devices: dict[int, datetime]) -> None:
+    """One statement for both (JOIN_BY_INDEX ran in this transaction already, with the locks); either
+    may be empty."""
     # Sorted, so concurrent workers lock rows in the same order and do not deadlock each other.
-    if (sessions or devices) and not planned:
-        await conn.execute(JOIN_BY_INDEX)
-    if sessions and devices:
+    if sessions or devices:
         tokens, ids = sorted(sessions), sorted(devices)
         await conn.execute(UPDATE_SESSIONS_AND_DEVICES, tokens, [sessions[t][0] for t in tokens],
                            [sessions[t][1] for t in tokens], [sessions[t][2] for t in tokens],
                            ids, [devices[i] for i in ids])
-        return
-    if sessions:
-        tokens = sorted(sessions)
-        await conn.execute(UPDATE_SESSIONS, tokens, [sessions[t][0] for t in tokens],
-                           [sessions[t][1] for t in tokens], [sessions[t][2] for t in tokens])
-    if devices:
-        ids = sorted(devices)
-        await conn.execute(UPDATE_DEVICES, ids, [devices[i] for i in ids])
 
 
 async def ensure_partitions(pool: asyncpg.Pool, months: list[date]) -> None:
