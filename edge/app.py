@@ -59,12 +59,13 @@ def create_app(settings: Settings) -> Starlette:
         pool = await db.create_pool(settings.database_url or "", actor="edge", min_size=0,
                                     max_size=DATABASE_POOL_SIZE, command_timeout=DATABASE_COMMAND_TIMEOUT_S)
         # The plane's scripts (heartbeats above all) go through the multiplexing client, which writes the
-        # commands of every request in flight once per loop tick (one connection per cluster master):
-        # ~2x the heartbeats of one redis-py call per request (docs/performance.md).  TLS and unix-socket
-        # URLs stay on redis-py.
+        # commands of the requests in flight together, once per loop tick or every REDIS_WRITE_BATCH
+        # commands (one connection per cluster master): ~2x the heartbeats of one redis-py call per
+        # request (docs/performance.md).  TLS and unix-socket URLs stay on redis-py.
         scripts_client = plane_redis.multiplexed(settings.redis_url or "", connect_timeout=REDIS_TIMEOUT_S,
                                                  command_timeout=REDIS_TIMEOUT_S,
-                                                 min_replicas=settings.redis_min_replicas)
+                                                 min_replicas=settings.redis_min_replicas,
+                                                 write_batch=settings.redis_write_batch)
         plane = SessionPlane(redis_client, settings, scripts_client=scripts_client)
         try:
             await plane.load_scripts()

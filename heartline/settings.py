@@ -51,6 +51,12 @@ class Settings:
     per socket write batch per node, not per request); fewer within a second answers 503. 0: answered
     when the master applied it, so a master that dies before replicating loses its last writes.
     """
+    redis_write_batch: int = 8
+    """The edge's plane client writes its Redis commands once per event-loop tick, or every this many
+    commands, so Redis starts on the first heartbeats while the edge still reads the others (1.5-1.8x the
+    heartbeats/s of one write per tick on a 2-core box: performance.md). 0: one write per tick. Not
+    applied with `REDIS_MIN_REPLICAS` (its `WAIT` holds the connection once per write).
+    """
     data_dir: Path = Path(".heartline")
     """Where the embedded servers keep their data and `heartline dev` its state (demo keys, the generated
     admin secret key).
@@ -251,6 +257,8 @@ class Settings:
             raise SettingsError(f"{PREFIX}RETENTION_MONTHS must be at least 1")
         if not 0 <= self.redis_min_replicas <= 16:
             raise SettingsError(f"{PREFIX}REDIS_MIN_REPLICAS must be between 0 and 16")
+        if not 0 <= self.redis_write_batch <= 10_000:
+            raise SettingsError(f"{PREFIX}REDIS_WRITE_BATCH must be between 0 and 10000")
         if self.redis_url and self.redis_url.startswith("redis+cluster://"):
             from heartline.plane.redis import parse_cluster_url
 

@@ -19,7 +19,7 @@ stack, router and metrics middleware: what that stack costs per heartbeat.
 
 `edge-multiplexed` is the edge with the one change proposed for its hot path, measured before it lands:
 the plane's Lua scripts (heartbeat, start, end, ...) go through `heartline.plane.redis.single`'s
-MultiplexedRedis — one socket write per event-loop tick for all requests in flight — instead of a pooled
+MultiplexedRedis — one socket write per event-loop tick (or per 8 commands) for all requests in flight — instead of a pooled
 redis-py connection per call.  Everything else (auth, license cache, other Redis calls) is unchanged.
 
 uvloop, httptools, one worker process, no access log: the settings the architecture's performance notes

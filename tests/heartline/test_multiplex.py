@@ -39,12 +39,30 @@ async def test_concurrent_commands_get_their_own_replies(client: MultiplexedRedi
     assert replies == list(range(1, 501))
 
 
-async def test_commands_of_one_tick_share_one_write(client: MultiplexedRedis) -> None:
+async def test_commands_of_one_tick_go_out_every_write_batch_and_the_rest_at_the_tick_end(
+        client: MultiplexedRedis, redis: aioredis.Redis) -> None:
+    assert client.write_batch == 8  # the default: Redis starts on the first 8 while the rest are made
     await client.ping()
     writes, commands = client.writes, client.commands
-    await asyncio.gather(*(client.execute("SET", f"k{i}", i) for i in range(200)))
-    assert client.writes - writes == 1
-    assert client.commands - commands == 200
+    replies = await asyncio.gather(*(client.execute("INCR", "k") for _ in range(203)))
+    assert client.writes - writes == 203 // 8 + 1  # 25 full writes as the commands were made, 3 at the tick's end
+    assert client.commands - commands == 203
+    assert replies == list(range(1, 204))
+    assert await redis.get("k") == b"203"
+
+
+async def test_write_batch_0_sends_the_commands_of_one_tick_in_one_write(redis: aioredis.Redis,
+                                                                        redis_url: str) -> None:
+    client = MultiplexedRedis.from_url(redis_url, write_batch=0)
+    try:
+        await client.ping()
+        writes, commands = client.writes, client.commands
+        await asyncio.gather(*(client.execute("SET", f"k{i}", i) for i in range(200)))
+        assert client.writes - writes == 1
+        assert client.commands - commands == 200
+        assert await redis.get("k199") == b"199"
+    finally:
+        await client.aclose()
 
 
 async def test_error_reply_raises_without_shifting_later_replies(client: MultiplexedRedis,
@@ -242,10 +260,14 @@ async def test_min_replicas_fails_the_batch_when_no_replica_acknowledges(redis: 
     assert int((await redis.info("replication"))["connected_slaves"]) == 0
     client = MultiplexedRedis.from_url(redis_url, min_replicas=1)
     try:
-        results = await asyncio.gather(*(client.execute("INCR", "unreplicated") for _ in range(5)),
+        # 20 commands of one tick: one write and one WAIT, not one per write_batch (a WAIT holds the
+        # connection, so each more would cost the batch up to a second more)
+        results = await asyncio.gather(*(client.execute("INCR", "unreplicated") for _ in range(20)),
                                        return_exceptions=True)
         assert all(isinstance(r, ReplicationTimeout) for r in results)
         assert isinstance(results[0], RedisConnectionError)  # 503, retry
-        assert await redis.get("unreplicated") == b"5"  # applied on the master, unconfirmed
+        assert await redis.get("unreplicated") == b"20"  # applied on the master, unconfirmed
+        handshake = 1 if client.db else 0  # the SELECT of the test's database, before min_replicas applies
+        assert client.writes == handshake + 1
     finally:
         await client.aclose()

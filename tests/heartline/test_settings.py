@@ -40,6 +40,7 @@ def test_values_are_read_and_converted() -> None:
     ("HEARTLINE_TRUSTED_PROXIES", "10.0.0.300", "HEARTLINE_TRUSTED_PROXIES='10.0.0.300' is malformed"),
     ("HEARTLINE_DATABASE_URL", "localhost", "HEARTLINE_DATABASE_URL is not a URL"),
     ("HEARTLINE_HEARTBEAT_TIMEOUT_S", "20", "HEARTLINE_HEARTBEAT_TIMEOUT_S (20) must be greater than"),
+    ("HEARTLINE_REDIS_WRITE_BATCH", "-1", "HEARTLINE_REDIS_WRITE_BATCH must be between 0 and 10000"),
 ])
 def test_malformed_setting_names_the_variable(var: str, value: str, message: str) -> None:
     with pytest.raises(SettingsError, match=re.escape(message)):

@@ -119,7 +119,7 @@ def connect(url: str, **kwargs: Any) -> Any:
 def multiplexed(url: str, **kwargs: Any) -> MultiplexedRedis | ClusterMultiplexedRedis | None:
     """The multiplexing client for `url`, or None where it does not apply (TLS, unix sockets).
 
-    kwargs: connect_timeout, command_timeout, max_pending, min_replicas, decode_responses."""
+    kwargs: connect_timeout, command_timeout, max_pending, min_replicas, write_batch, decode_responses."""
     if is_cluster_url(url):
         parsed = parse_cluster_url(url)
         return ClusterMultiplexedRedis(parsed.seeds, username=parsed.username, password=parsed.password,

@@ -30,7 +30,12 @@ from redis.exceptions import AskError, ClusterDownError, MovedError, ResponseErr
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from heartline.plane.redis.protocol import DEFAULT_MAX_PENDING, PlaneBusy, ReplicationTimeout
+from heartline.plane.redis.protocol import (
+    DEFAULT_MAX_PENDING,
+    DEFAULT_WRITE_BATCH,
+    PlaneBusy,
+    ReplicationTimeout,
+)
 from heartline.plane.redis.single import MultiplexedRedis
 
 log = logging.getLogger("heartline.plane.redis.cluster")
@@ -120,14 +125,15 @@ class ClusterMultiplexedRedis:
     def __init__(self, seeds: list[Address], *, username: str | None = None, password: str | None = None,
                  decode_responses: bool = False, connect_timeout: float = 5.0,
                  command_timeout: float | None = None, max_pending: int = DEFAULT_MAX_PENDING,
-                 min_replicas: int = 0) -> None:
+                 min_replicas: int = 0, write_batch: int = DEFAULT_WRITE_BATCH) -> None:
         if not seeds:
             raise ValueError("a cluster needs at least one seed node")
         self.seeds = list(seeds)
         self._options: dict[str, Any] = {
             "username": username, "password": password, "decode_responses": decode_responses,
             "connect_timeout": connect_timeout, "command_timeout": command_timeout,
-            "max_pending": max_pending, "min_replicas": min_replicas}
+            "max_pending": max_pending, "min_replicas": min_replicas,
+            "write_batch": write_batch}
         self.min_replicas = min_replicas
         self._slots: list[Address | None] = [None] * SLOTS
         self._nodes: dict[Address, MultiplexedRedis] = {}

@@ -1,11 +1,20 @@
 """The protocol core both multiplexing clients share: one connection, writes batched per loop tick,
 replies matched to futures in order, redis-py's exceptions, a bound on what may wait.
 
-Every command is packed by hiredis, appended to one buffer with a future, and the buffer goes out in
-ONE socket write per event-loop tick; replies come back in order on the same connection, so they are
-matched to the futures first in, first out.
+Every command is packed by hiredis, appended to one buffer with a future, and the buffer goes out
+once per event-loop tick, or as soon as it holds `write_batch` commands; replies come back in order on
+the same connection, so they are matched to the futures first in, first out.
 
-Two options change what a batch is:
+Why `write_batch` (default 8): with one write per tick, an edge under load takes in every request in
+flight, packs all their commands and writes them at once; Redis then works through that batch while the
+edge has nothing to do, and the edge works through the answers while Redis has nothing to do.  The two
+take turns instead of overlapping, and neither was busy more than ~60-70 % of the time (top during
+loadtests.bench).  Writing every 8 commands as they are made lets Redis start on the first ones while the
+edge makes the rest: 1.5-1.8x the heartbeats/s on the bench's 2-core box (docs/performance.md).
+
+Three options change what a batch is:
+- `write_batch` (above): at most this many commands per socket write, 0 for no bound (one write per
+  tick).  Not applied with `min_replicas`, whose WAIT holds the connection once per write.
 - `max_pending` bounds the commands written or waiting to be written whose replies have not come back
   (back-pressure): beyond it `send` refuses at once with `PlaneBusy`, a redis-py ConnectionError, which
   the edge answers 503 PLANE_UNAVAILABLE with Retry-After.  A slow Redis thus costs refusals, never
@@ -40,6 +49,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 # Commands one connection may have in flight (sent or about to be, reply not back).  Far above what an
 # edge process meets when Redis keeps up (a few hundred), far below what would hurt its memory.
 DEFAULT_MAX_PENDING = 20_000
+# Commands per socket write (write_batch above): 4-8 served the most heartbeats per second on the bench's
+# 2-core box, 16 and 32 fewer, one write per tick the fewest (docs/performance.md).
+DEFAULT_WRITE_BATCH = 8
 # How long WAIT lets the replicas take to acknowledge a batch before it is failed.
 REPLICA_WAIT_MS = 1000
 
@@ -89,15 +101,17 @@ class _Wait:
 
 
 class Connection(asyncio.Protocol):
-    """One connection: writes batched per loop tick, replies matched to futures in order."""
+    """One connection: writes batched per loop tick (at most `write_batch` commands each), replies
+    matched to futures in order."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, encoding: str | None,
                  command_timeout: float | None = None, *, max_pending: int = DEFAULT_MAX_PENDING,
-                 min_replicas: int = 0) -> None:
+                 min_replicas: int = 0, write_batch: int = DEFAULT_WRITE_BATCH) -> None:
         self.loop = loop
         self.command_timeout = command_timeout
         self.max_pending = max_pending
         self.min_replicas = min_replicas
+        self.write_batch = write_batch
         # a hung server is noticed by a watchdog that runs only while replies are awaited: no timer and
         # no clock read per command
         self.last_progress = 0.0
@@ -128,7 +142,9 @@ class Connection(asyncio.Protocol):
         self.waiting.append(future)
         self.outgoing.append(packed)
         self.commands += 1
-        if not self.flush_scheduled:
+        if len(self.outgoing) >= self.write_batch > 0 and not self.min_replicas:
+            self._write()  # Redis starts on these while the loop makes the next ones
+        elif not self.flush_scheduled:
             self.flush_scheduled = True
             self.loop.call_soon(self._flush)
         return future
@@ -143,6 +159,10 @@ class Connection(asyncio.Protocol):
 
     def _flush(self) -> None:
         self.flush_scheduled = False
+        self._write()
+
+    def _write(self) -> None:
+        """Write what is waiting to go out, in one socket write (with its WAIT under min_replicas)."""
         if self.transport is None or self.transport.is_closing() or not self.outgoing:
             return
         if self.min_replicas:

@@ -3,8 +3,8 @@
 redis-py spends 83-94 µs of client CPU per call and valkey-glide 54-70 µs, where this client spends 6-7
 (docs/architecture.md: 64 concurrent tasks calling EVALSHA on one Redis) — and that client cost, not
 Redis, is what caps the heartbeat.  Every command is packed by hiredis, appended to one buffer with a
-future, and the buffer goes out in ONE socket write per event-loop tick (protocol.py); under load all
-heartbeats in flight share a write and a read; when idle a command waits at most one loop tick.
+future, and the buffer goes out once per event-loop tick or every 8 commands (protocol.py); under load
+the heartbeats in flight share writes and reads; when idle a command waits at most one loop tick.
 Redis Cluster is served by cluster.py, with one of these per master.
 
 It speaks only what the heartbeat path needs, with redis-py's names and exceptions, so
@@ -29,7 +29,7 @@ from urllib.parse import unquote, urlsplit
 import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from heartline.plane.redis.protocol import DEFAULT_MAX_PENDING, Connection
+from heartline.plane.redis.protocol import DEFAULT_MAX_PENDING, DEFAULT_WRITE_BATCH, Connection
 
 
 class MultiplexedRedis:
@@ -38,15 +38,16 @@ class MultiplexedRedis:
     `host`/`port`/`db`/`username`/`password` say where to connect; `decode_responses` decodes bulk
     replies as UTF-8 like redis-py's option of that name; `connect_timeout` bounds a (re)connect;
     `command_timeout` (None: wait forever) fails the commands in flight with redis-py's TimeoutError when
-    the server sends nothing for that long while they wait, and drops the connection; `max_pending` and
-    `min_replicas`: back-pressure and replica acknowledgement, see protocol.py.
+    the server sends nothing for that long while they wait, and drops the connection; `max_pending`,
+    `min_replicas` and `write_batch`: back-pressure, replica acknowledgement and commands per socket
+    write, see protocol.py.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 6379, *, db: int = 0,
                  username: str | None = None, password: str | None = None,
                  decode_responses: bool = False, connect_timeout: float = 5.0,
                  command_timeout: float | None = None, max_pending: int = DEFAULT_MAX_PENDING,
-                 min_replicas: int = 0) -> None:
+                 min_replicas: int = 0, write_batch: int = DEFAULT_WRITE_BATCH) -> None:
         self.host = host
         self.port = port
         self.db = db
@@ -57,6 +58,7 @@ class MultiplexedRedis:
         self.command_timeout = command_timeout
         self.max_pending = max_pending
         self.min_replicas = min_replicas
+        self.write_batch = write_batch
         self._protocol: Connection | None = None
         self._connecting: asyncio.Task[Connection] | None = None
         self._writes_before = 0  # writes and commands of connections already replaced
@@ -133,7 +135,8 @@ class MultiplexedRedis:
         try:
             _, protocol = await asyncio.wait_for(
                 loop.create_connection(lambda: Connection(loop, self.encoding, self.command_timeout,
-                                                          max_pending=self.max_pending),
+                                                          max_pending=self.max_pending,
+                                                          write_batch=self.write_batch),
                                       self.host, self.port),
                 self.connect_timeout)
         except (TimeoutError, OSError) as exc:
