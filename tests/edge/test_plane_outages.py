@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+import redis.asyncio as aioredis
 from redis_process import RedisProcess
 from worker_support import TcpProxy, eventually
 
@@ -57,7 +58,9 @@ async def test_redis_loading_after_a_restart_answers_503_plane_unavailable(
 
 async def test_a_suspension_made_while_redis_was_unreachable_is_enforced_once_it_is_back(
         edge_settings: Settings, api_key: str, license_with_devices: Callable[..., Any],
-        db: asyncpg.Connection) -> None:
+        db: asyncpg.Connection, redis: aioredis.Redis) -> None:
+    # `redis` empties the plane: `db` restarts the ids, so an earlier test's live session of license 1's
+    # device fp0 would otherwise be resumed (200) instead of started (201)
     lic, _ = await license_with_devices(devices=1)
     host, port = edge_settings.redis_url.split("//", 1)[1].split("/", 1)[0].split(":")  # type: ignore[union-attr]
     proxy = TcpProxy(host, int(port))
