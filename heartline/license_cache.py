@@ -46,13 +46,16 @@ LICENSE_ID_BY_KEY = "SELECT id FROM licenses WHERE license_key = $1"
 # Licenses whose row, devices or entitlements changed since $1, from the audit log (indexed by table and
 # time, and written by a trigger, so psql edits are seen too); a product's default entitlements changing
 # changes every license of that product.
+# Each row: an audit row (change_id) and a license it changes; a product's entitlement change names every
+# license of the product.
 CHANGED_LICENSES = """
-SELECT DISTINCT CASE WHEN table_name = 'licenses' THEN row_id::bigint
-                     ELSE (coalesce(new_values, old_values) ->> 'license_id')::bigint END AS license_id
+SELECT id AS change_id,
+       CASE WHEN table_name = 'licenses' THEN row_id::bigint
+            ELSE (coalesce(new_values, old_values) ->> 'license_id')::bigint END AS license_id
 FROM audit_log
 WHERE table_name IN ('licenses', 'device_registrations', 'license_entitlements') AND occurred_at > $1
-UNION
-SELECT l.id FROM audit_log a JOIN licenses l ON l.product = coalesce(a.new_values, a.old_values) ->> 'product'
+UNION ALL
+SELECT a.id, l.id FROM audit_log a JOIN licenses l ON l.product = coalesce(a.new_values, a.old_values) ->> 'product'
 WHERE a.table_name = 'product_entitlements' AND a.occurred_at > $1
 """
 
@@ -142,6 +145,9 @@ class LicenseCache:
         self._since: dt.datetime | None = None
         # Licenses a poll found changed and not yet written to the plane (retried at every poll).
         self._pending: set[int] = set()
+        # The audit rows the previous poll read: the next one looks back over most of them again (the
+        # overlap), and a change is written once, not at each poll that sees it.
+        self._seen_changes: set[int] = set()
         self.poll_overlap = POLL_OVERLAP
 
     def known_id(self, license_key: str) -> int | None:
@@ -215,13 +221,21 @@ class LicenseCache:
 
         The licenses a poll finds wait in a retry set until they are written: the poll marker moves on
         at once, and a license whose reload failed (Redis unreachable) is written at the next poll that
-        can, however long the outage lasted."""
+        can, however long the outage lasted.  Each poll looks back `poll_overlap` beyond the previous one
+        (a row committed late can carry an earlier time), so it reads most of the previous poll's audit
+        rows again; only rows it has not read before (by id: a late row has one the previous poll did not
+        see) reload their licenses, so a change is written once per edge, not at each of the ~4 polls
+        whose window holds it (a product's change reloads each of its licenses once)."""
         async with self.pool.acquire() as conn:
             db_now: dt.datetime = await conn.fetchval("SELECT now()")
             since = (self._since or db_now) - self.poll_overlap
-            changed = [r["license_id"] for r in await conn.fetch(CHANGED_LICENSES, since)
-                       if r["license_id"] is not None]
-        self._pending.update(changed)
+            rows = await conn.fetch(CHANGED_LICENSES, since)
+        seen = self._seen_changes
+        self._pending.update(r["license_id"] for r in rows
+                             if r["change_id"] not in seen and r["license_id"] is not None)
+        # the next poll's window starts no earlier than this one's: what it reads that was already
+        # visible here is among these rows
+        self._seen_changes = {r["change_id"] for r in rows}
         self._since = db_now
         written = 0
         for license_id in sorted(self._pending):

@@ -1,0 +1,96 @@
+"""The license poll (LicenseCache.refresh_changed): each change is written into the plane once per edge,
+however many overlapping polls read its audit row, and a change committed after a poll that could not
+see it yet is still written at the next one."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from heartline import db as hldb
+from heartline.license_cache import LicenseCache
+from heartline.plane.sessions import SessionPlane
+from heartline.settings import Settings
+
+
+@pytest.fixture
+async def cache(settings: Settings, db: asyncpg.Connection, redis: aioredis.Redis) -> AsyncIterator[LicenseCache]:
+    """A license cache of its own (no edge, so no background poll races the test's polls)."""
+    client = aioredis.Redis.from_url(settings.redis_url)
+    pool = await hldb.create_pool(settings.database_url, actor="test", max_size=2)
+    try:
+        plane = SessionPlane(client, settings)
+        await plane.load_scripts()
+        yield LicenseCache(pool, plane, settings)
+    finally:
+        await pool.close()
+        await client.aclose()
+
+
+async def cached_status(cache: LicenseCache, license_id: int) -> str | None:
+    cached = await cache.plane.cached_license(license_id)
+    return None if cached is None else cached.status
+
+
+async def test_a_change_is_written_once_across_overlapping_polls(
+        cache: LicenseCache, make_license: Callable[..., Any], db: asyncpg.Connection) -> None:
+    lic = await make_license()
+    # the first poll looks back 10 s: the new license is in its window
+    assert await cache.refresh_changed() == 1
+    assert await cached_status(cache, lic["id"]) == "active"
+    # the next polls read the same audit rows again (their windows overlap by 10 s) and write nothing
+    assert await cache.refresh_changed() == 0
+    assert await cache.refresh_changed() == 0
+
+    await db.execute("UPDATE licenses SET status = 'suspended' WHERE id = $1", lic["id"])
+    assert await cache.refresh_changed() == 1
+    assert await cached_status(cache, lic["id"]) == "suspended"
+    assert await cache.refresh_changed() == 0
+    # a later change to the same license is written again
+    await db.execute("UPDATE licenses SET status = 'active' WHERE id = $1", lic["id"])
+    assert await cache.refresh_changed() == 1
+    assert await cached_status(cache, lic["id"]) == "active"
+
+
+async def test_a_change_committed_after_a_poll_is_written_at_the_next(
+        cache: LicenseCache, make_license: Callable[..., Any], database_url: str) -> None:
+    lic = await make_license()
+    assert await cache.refresh_changed() == 1
+    late = await hldb.connect(database_url, actor="test")
+    try:
+        # The audit row carries the transaction's start time, before the poll below runs: a poll that
+        # went by time alone would take it for a row it had already read.
+        async with late.transaction():
+            await late.execute("UPDATE licenses SET status = 'suspended' WHERE id = $1", lic["id"])
+            # not committed yet: invisible.  (A poll that reloaded this license now would wait for the
+            # row's lock, FOR SHARE, until this transaction ends: bounded, so that fails instead of hanging.)
+            assert await asyncio.wait_for(cache.refresh_changed(), timeout=10) == 0
+            assert await cached_status(cache, lic["id"]) == "active"
+    finally:
+        await late.close()
+    assert await cache.refresh_changed() == 1
+    assert await cached_status(cache, lic["id"]) == "suspended"
+    assert await cache.refresh_changed() == 0
+
+
+async def test_a_product_change_writes_each_of_its_licenses_once(
+        cache: LicenseCache, make_license: Callable[..., Any], db: asyncpg.Connection) -> None:
+    product = "refresh-test"
+    ids = [(await make_license(product=product))["id"] for _ in range(3)]
+    other = await make_license(product="another")
+    assert await cache.refresh_changed() == 4
+    entitlement = await db.fetchval("INSERT INTO entitlements (code, name) VALUES ('export', 'Export') RETURNING id")
+    await db.execute("INSERT INTO product_entitlements (product, entitlement_id) VALUES ($1, $2)", product,
+                     entitlement)
+    assert await cache.refresh_changed() == 3
+    assert await cache.refresh_changed() == 0
+    for license_id in ids:
+        cached = await cache.plane.cached_license(license_id)
+        assert cached is not None and cached.entitlements == ("export",)
+    cached = await cache.plane.cached_license(other["id"])
+    assert cached is not None and cached.entitlements == ()
