@@ -9,6 +9,7 @@ the last poll is written to the plane again, and a license no longer active has 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -46,22 +47,36 @@ LICENSE_ID_BY_KEY = "SELECT id FROM licenses WHERE license_key = $1"
 # Licenses whose row, devices or entitlements changed since $1, from the audit log (indexed by table and
 # time, and written by a trigger, so psql edits are seen too); a product's default entitlements changing
 # changes every license of that product.
-# Each row: an audit row (change_id) and a license it changes; a product's entitlement change names every
-# license of the product.
+# The audit rows of license changes since $1 (change_id, license_id NULL), and the licenses changed by
+# those of them not in $2 (the previous poll's rows), each once (change_id NULL, license_id): one snapshot,
+# so no row is counted as read without its licenses.  A product's entitlement change names every license
+# of the product.
 CHANGED_LICENSES = """
-SELECT id AS change_id,
-       CASE WHEN table_name = 'licenses' THEN row_id::bigint
-            ELSE (coalesce(new_values, old_values) ->> 'license_id')::bigint END AS license_id
-FROM audit_log
-WHERE table_name IN ('licenses', 'device_registrations', 'license_entitlements') AND occurred_at > $1
+WITH changes AS (
+    SELECT id, table_name, row_id, coalesce(new_values, old_values) AS v FROM audit_log
+    WHERE table_name IN ('licenses', 'device_registrations', 'license_entitlements', 'product_entitlements')
+      AND occurred_at > $1
+), unseen AS (
+    SELECT * FROM changes WHERE id <> ALL($2::bigint[])
+)
+SELECT id AS change_id, NULL::bigint AS license_id FROM changes
 UNION ALL
-SELECT a.id, l.id FROM audit_log a JOIN licenses l ON l.product = coalesce(a.new_values, a.old_values) ->> 'product'
-WHERE a.table_name = 'product_entitlements' AND a.occurred_at > $1
+SELECT NULL, license_id FROM (
+    SELECT CASE WHEN table_name = 'licenses' THEN row_id::bigint ELSE (v ->> 'license_id')::bigint END
+    FROM unseen WHERE table_name <> 'product_entitlements'
+    UNION
+    SELECT l.id FROM unseen u JOIN licenses l ON l.product = u.v ->> 'product'
+    WHERE u.table_name = 'product_entitlements'
+) AS changed (license_id)
+WHERE license_id IS NOT NULL
 """
 
 # now() is a transaction's start time, so a row committed just after a poll can carry a time before it:
-# each poll looks back this far beyond the previous one (rewriting a license twice is harmless).
+# each poll looks back this far beyond the previous one (and skips the audit rows it read before).
 POLL_OVERLAP = dt.timedelta(seconds=10)
+# Changed licenses a poll reloads at once (each one transaction and one plane write): a bulk change of
+# 5 000 licenses took one edge ~4.5 s one at a time.
+REFRESH_CONCURRENCY = 4
 # An unknown license key is remembered this long, so a client hammering with a bad key costs no query.
 UNKNOWN_KEY_TTL_S = 2.0
 
@@ -171,14 +186,21 @@ class LicenseCache:
         self._ids[license_key] = found
         return int(found)
 
-    async def load(self, license_id: int) -> CachedLicense | None:
+    async def load(self, license_id: int, *, fresh: bool = False) -> CachedLicense | None:
         """Read the license and its active devices from PostgreSQL into the plane.
 
         Concurrent loads of one license share one query (500 clients of a cold license cost one read);
         the load runs as a task of its own, so a caller that goes away cancels nobody else's wait.
         Returns None when the license no longer exists (its cache and sessions are then dropped).
+        `fresh`: the load must read PostgreSQL after the call (the poll, for a change it has just found):
+        a load already running may have read before the change, so it is waited out, not joined.
         """
         task = self._loading.get(license_id)
+        if fresh and task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(task)
+            # a load started since began after the one waited for ended, so after this call
+            task = self._loading.get(license_id)
         if task is None:
             task = asyncio.create_task(self._load(license_id), name=f"license-load-{license_id}")
             self._loading[license_id] = task
@@ -229,34 +251,45 @@ class LicenseCache:
         async with self.pool.acquire() as conn:
             db_now: dt.datetime = await conn.fetchval("SELECT now()")
             since = (self._since or db_now) - self.poll_overlap
-            rows = await conn.fetch(CHANGED_LICENSES, since)
-        seen = self._seen_changes
-        self._pending.update(r["license_id"] for r in rows
-                             if r["change_id"] not in seen and r["license_id"] is not None)
+            rows = await conn.fetch(CHANGED_LICENSES, since, list(self._seen_changes))
+        self._pending.update(r["license_id"] for r in rows if r["change_id"] is None)
         # the next poll's window starts no earlier than this one's: what it reads that was already
         # visible here is among these rows
-        self._seen_changes = {r["change_id"] for r in rows}
+        self._seen_changes = {r["change_id"] for r in rows if r["change_id"] is not None}
         self._since = db_now
         written = 0
-        for license_id in sorted(self._pending):
-            # The key may have been edited: the reload (_load) drops other keys of this license.  Forgetting
-            # them before it would send the license's heartbeats to PostgreSQL if the reload failed.
-            try:
-                cached = await self.load(license_id)
-            except LicenseMisconfigured:
-                self._pending.discard(license_id)  # refused on every use until an edit fixes it
-                continue
-            if cached is not None and cached.status != "active":
-                # the license was written suspended above; the sessions end in the same script that
-                # (again) switches the status, as the admin's suspension does
-                ended = await self.plane.suspend_license(license_id, cached.status, cached.version)
-                if ended > 0:
-                    log.info("license.sessions.ended license_id=%s status=%s count=%s", license_id,
-                             cached.status, ended)
-            self._pending.discard(license_id)
-            written += 1
+        pending = sorted(self._pending)
+        # a few licenses at a time: each reload is a transaction and a plane write, mostly waiting on
+        # round trips; the pool keeps connections for requests that need PostgreSQL
+        for at in range(0, len(pending), REFRESH_CONCURRENCY):
+            chunk = pending[at:at + REFRESH_CONCURRENCY]
+            outcomes = await asyncio.gather(*(self._refresh_one(license_id) for license_id in chunk),
+                                            return_exceptions=True)
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome  # the rest stay pending for the next poll
+                written += outcome
         self._unknown.clear()
         return written
+
+    async def _refresh_one(self, license_id: int) -> int:
+        """Write one changed license into the plane (1), or give it up as misconfigured (0)."""
+        # The key may have been edited: the reload (_load) drops other keys of this license.  Forgetting
+        # them before it would send the license's heartbeats to PostgreSQL if the reload failed.
+        try:
+            cached = await self.load(license_id, fresh=True)
+        except LicenseMisconfigured:
+            self._pending.discard(license_id)  # refused on every use until an edit fixes it
+            return 0
+        if cached is not None and cached.status != "active":
+            # the license was written suspended above; the sessions end in the same script that
+            # (again) switches the status, as the admin's suspension does
+            ended = await self.plane.suspend_license(license_id, cached.status, cached.version)
+            if ended > 0:
+                log.info("license.sessions.ended license_id=%s status=%s count=%s", license_id,
+                         cached.status, ended)
+        self._pending.discard(license_id)
+        return 1
 
     async def run_refresher(self) -> None:
         """Background task of the edge: poll for edits every `license_cache_s` until cancelled."""

@@ -249,7 +249,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         # An edge's first license poll reloads every license changed within POLL_OVERLAP of its start (one
         # PostgreSQL query and one plane write each): started right after the seed, each of the bench's
         # edges would reload all its licenses while the floor's warm-up and first round run beside it (a
-        # floor of 12 000-16 000/s against 31 000/s in later rounds).  The rounds measure heartbeats, not
+        # floor of 12 000-20 000/s against 31 000/s in later rounds).  The rounds measure heartbeats, not
         # that start-up work, so the servers start once the seed is older than the poll's look-back.
         settle_s = POLL_OVERLAP.total_seconds() + 1 - (time.perf_counter() - filled)
         if settle_s > 0:

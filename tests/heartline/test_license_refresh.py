@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 
 from heartline import db as hldb
 from heartline.license_cache import LicenseCache
+from heartline.plane.cached_license import CachedLicense
 from heartline.plane.sessions import SessionPlane
 from heartline.settings import Settings
 
@@ -94,3 +95,47 @@ async def test_a_product_change_writes_each_of_its_licenses_once(
         assert cached is not None and cached.entitlements == ("export",)
     cached = await cache.plane.cached_license(other["id"])
     assert cached is not None and cached.entitlements == ()
+
+
+class HeldPlane(SessionPlane):
+    """The real plane, whose next license write waits until the test lets it go: a load that read
+    PostgreSQL before a change is still running when the poll finds the change."""
+
+    hold: asyncio.Event | None = None
+    reached: asyncio.Event | None = None
+
+    async def cache_license(self, license: CachedLicense, devices: dict[str, int]) -> bool:
+        hold, reached = self.hold, self.reached
+        if hold is not None and reached is not None:
+            self.hold = self.reached = None
+            reached.set()
+            await hold.wait()
+        return await super().cache_license(license, devices)
+
+
+async def test_the_poll_does_not_take_a_load_that_read_before_the_change(
+        cache: LicenseCache, make_license: Callable[..., Any], db: asyncpg.Connection) -> None:
+    lic = await make_license()
+    device = await db.fetchval("INSERT INTO device_registrations (license_id, hardware_fingerprint) "
+                               "VALUES ($1, 'fp-held') RETURNING id", lic["id"])
+    plane = HeldPlane(cache.plane.redis, cache.settings)
+    await plane.load_scripts()
+    cache.plane = plane
+    assert await cache.refresh_changed() == 1
+    assert await plane.cached_device(lic["id"], "fp-held") == device
+
+    # a read-through load (a request's cache miss) reads the device as active, then its write waits
+    plane.hold, plane.reached = asyncio.Event(), asyncio.Event()
+    hold, reached = plane.hold, plane.reached
+    early = asyncio.create_task(cache.load(lic["id"]))
+    await asyncio.wait_for(reached.wait(), timeout=10)
+    # the device is deactivated (no change to the license's row, so its version stays), and the poll
+    # finds that change while the early load still holds its copy from before
+    await db.execute("UPDATE device_registrations SET is_active = false, deactivated_at = now() WHERE id = $1",
+                     device)
+    poll = asyncio.create_task(cache.refresh_changed())
+    await asyncio.sleep(0.3)
+    hold.set()
+    await asyncio.wait_for(early, timeout=10)
+    assert await asyncio.wait_for(poll, timeout=10) == 1
+    assert await plane.cached_device(lic["id"], "fp-held") is None

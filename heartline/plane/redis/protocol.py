@@ -10,8 +10,7 @@ flight, packs all their commands and writes them at once; Redis then works throu
 edge has nothing to do, and the edge works through the answers while Redis has nothing to do.  The two
 take turns instead of overlapping, and neither was busy more than ~60-70 % of the time (top during
 loadtests.bench).  Writing every 8 commands as they are made lets Redis start on the first ones while the
-edge makes the rest: 12-14 % more heartbeats/s on the bench's quiet 2-core box, up to 1.8x on a busy one
-(docs/performance.md).
+edge makes the rest: 12-14 % more heartbeats/s on the bench's quiet 2-core box (docs/performance.md).
 
 Three options change what a batch is:
 - `write_batch` (above): at most this many commands per socket write, 0 for no bound (one write per
