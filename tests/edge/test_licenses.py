@@ -92,9 +92,11 @@ async def test_resources_lists_what_the_license_holds(client: httpx.AsyncClient,
 
 
 async def test_a_license_the_heartbeat_defaults_contradict_is_refused_not_served(
-        edge_settings: Settings, api_key: str, make_license: Callable[..., Any]) -> None:
+        edge_settings: Settings, api_key: str, make_license: Callable[..., Any], redis: Any) -> None:
     """interval 40 without a timeout passes the database's CHECK (which fills in 60), but with defaults
-    of 10/25 it resolves to interval 40, timeout 25: sessions would time out between heartbeats."""
+    of 10/25 it resolves to interval 40, timeout 25: sessions would time out between heartbeats.
+    (`redis` empties the plane: license ids restart per test, and an earlier test's cached copy of this
+    id, valid under its settings, would be served until the edge's first poll dropped it.)"""
     lic = await make_license(heartbeat_interval_s=40)
     app = create_app(edge_settings.replace(heartbeat_interval_s=10, heartbeat_timeout_s=25))
     async with app.router.lifespan_context(app), httpx.AsyncClient(

@@ -38,8 +38,10 @@ async def test_a_refused_activation_is_one_refused_event(
 
 
 async def test_the_refusal_is_answered_while_the_plane_is_unreachable(
-        edge_settings: Settings, api_key: str, make_license: Callable[..., Any],
+        edge_settings: Settings, api_key: str, make_license: Callable[..., Any], redis: Any,
         caplog: pytest.LogCaptureFixture) -> None:
+    # `redis` empties the plane: license ids restart per test (an earlier test's cache of this id would
+    # otherwise be served)
     lic = await make_license(device_limit=1, concurrent_sessions_limit=1)
     host, port = edge_settings.redis_url.split("//", 1)[1].split("/", 1)[0].split(":")  # type: ignore[union-attr]
     proxy = TcpProxy(host, int(port))
