@@ -22,6 +22,7 @@ from heartline.settings import Settings
 @pytest.fixture
 async def cache(settings: Settings, db: asyncpg.Connection, redis: aioredis.Redis) -> AsyncIterator[LicenseCache]:
     """A license cache of its own (no edge, so no background poll races the test's polls)."""
+    assert settings.redis_url and settings.database_url
     client = aioredis.Redis.from_url(settings.redis_url)
     pool = await hldb.create_pool(settings.database_url, actor="test", max_size=2)
     try:
