@@ -44,13 +44,11 @@ ACTIVE_DEVICES = ("SELECT hardware_fingerprint, id FROM device_registrations "
                   "WHERE license_id = $1 AND is_active")
 LICENSE_ID_BY_KEY = "SELECT id FROM licenses WHERE license_key = $1"
 
-# Licenses whose row, devices or entitlements changed since $1, from the audit log (indexed by table and
-# time, and written by a trigger, so psql edits are seen too); a product's default entitlements changing
-# changes every license of that product.
-# The audit rows of license changes since $1 (change_id, license_id NULL), and the licenses changed by
-# those of them not in $2 (the previous poll's rows), each once (change_id NULL, license_id): one snapshot,
-# so no row is counted as read without its licenses.  A product's entitlement change names every license
-# of the product.
+# License changes from the audit log (indexed by table and time, and written by a trigger, so psql edits
+# are seen too): the audit rows since $1 of licenses, their devices and entitlements and products'
+# default entitlements (change_id, license_id NULL), and the licenses changed by those of them not in $2
+# (the previous poll's rows), each once (change_id NULL, license_id).  One snapshot, so no row is counted
+# as read without its licenses.  A product's entitlement change changes every license of that product.
 CHANGED_LICENSES = """
 WITH changes AS (
     SELECT id, table_name, row_id, coalesce(new_values, old_values) AS v FROM audit_log

@@ -54,8 +54,8 @@ class Settings:
     redis_write_batch: int = 8
     """The edge's plane client writes its Redis commands once per event-loop tick, or every this many
     commands, so Redis starts on the first heartbeats while the edge still reads the others (12-14 %
-    more heartbeats/s than one write per tick on a quiet 2-core box: performance.md). 0: one write per tick. Not
-    applied with `REDIS_MIN_REPLICAS` (its `WAIT` holds the connection once per write).
+    more heartbeats/s than one write per tick on a quiet 2-core box: performance.md). 0: one write per
+    tick. Not applied with `REDIS_MIN_REPLICAS` (its `WAIT` holds the connection once per write).
     """
     data_dir: Path = Path(".heartline")
     """Where the embedded servers keep their data and `heartline dev` its state (demo keys, the generated

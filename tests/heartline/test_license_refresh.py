@@ -135,7 +135,13 @@ async def test_the_poll_does_not_take_a_load_that_read_before_the_change(
     await db.execute("UPDATE device_registrations SET is_active = false, deactivated_at = now() WHERE id = $1",
                      device)
     poll = asyncio.create_task(cache.refresh_changed())
-    await asyncio.sleep(0.3)
+
+    async def found() -> None:  # the poll has read the change and goes on to reload the license
+        while lic["id"] not in cache._pending:
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(found(), timeout=10)
+    await asyncio.sleep(0.05)  # (it reaches the running load within a loop turn or two)
     hold.set()
     await asyncio.wait_for(early, timeout=10)
     assert await asyncio.wait_for(poll, timeout=10) == 1
